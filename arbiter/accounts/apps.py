@@ -1,0 +1,10 @@
+"""App config for accounts (label `accounts`, so AUTH_USER_MODEL is `accounts.User`)."""
+
+from django.apps import AppConfig
+
+
+class AccountsConfig(AppConfig):
+    name = "arbiter.accounts"
+    label = "accounts"
+    verbose_name = "Accounts and roles"
+    default_auto_field = "django.db.models.BigAutoField"

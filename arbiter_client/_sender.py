@@ -1,0 +1,208 @@
+"""The background thread that batches, compresses and delivers a run's reports, retrying while the server is away."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ._http import ArbiterError, Connection, TransientError
+
+MetricPoint = tuple[str, int, float, float]  # key, step, value, wall time (unix seconds)
+LogRecord = tuple[int, str, str, float]  # seq, stream, text, wall time
+
+
+def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential back-off with "equal jitter": half fixed, half random.
+
+    Why jitter: after a server restart, every client that waited on the same schedule would
+    otherwise reconnect in the same instant. Why half fixed: full jitter can pick ~0 and hammer
+    a server that is still down.
+    """
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
+
+
+class Sender(threading.Thread):
+    """Owns the buffers; the training loop only appends under a lock and never waits on the network.
+
+    Memory stays bounded while the server is unreachable: past `max_buffered` points the oldest
+    unsent points are dropped (and counted), so a long outage cannot exhaust the trainer's RAM.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        run_id: int,
+        *,
+        flush_interval: float = 1.0,
+        max_batch: int = 5000,
+        max_buffered: int = 2_000_000,
+        system_interval: float = 0.0,
+        system_sampler: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        super().__init__(name=f"arbiter-sender-{run_id}", daemon=True)
+        self.conn = conn
+        self.run_id = run_id
+        self.flush_interval = flush_interval
+        self.max_batch = max_batch
+        self.max_buffered = max_buffered
+        self.system_interval = system_interval
+        self.system_sampler = system_sampler
+        self._cond = threading.Condition()
+        self._metrics: deque[MetricPoint] = deque()
+        self._logs: deque[LogRecord] = deque()
+        self._calls: deque[tuple[str, dict[str, Any]]] = deque()
+        self._inflight = 0  # items taken from the buffers but not yet delivered
+        self._flush_requested = False
+        self._stopping = False
+        self._disabled = False  # set when the server refuses our token: retrying cannot help
+        self._next_system = time.monotonic() + system_interval if system_interval > 0 else float("inf")
+        self._system_seq = 0
+        self.dropped_points = 0
+        self.delivered_points = 0
+        self.attempts_failed = 0
+
+    # --- producer side (training thread) -------------------------------------------------
+    def add_metrics(self, points: list[MetricPoint]) -> None:
+        with self._cond:
+            if self._disabled:
+                return
+            self._metrics.extend(points)
+            overflow = len(self._metrics) - self.max_buffered
+            for _ in range(max(0, overflow)):
+                self._metrics.popleft()
+                self.dropped_points += 1
+            if len(self._metrics) >= self.max_batch:
+                self._cond.notify_all()
+
+    def add_log(self, record: LogRecord) -> None:
+        with self._cond:
+            if not self._disabled:
+                self._logs.append(record)
+
+    def add_call(self, path: str, payload: dict[str, Any]) -> None:
+        """A small ordered request (checkpoint, status) sent after the points logged before it."""
+        with self._cond:
+            if not self._disabled:
+                self._calls.append((path, payload))
+                self._cond.notify_all()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._metrics) + len(self._logs) + len(self._calls) + self._inflight
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything buffered so far is delivered; False if the timeout came first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
+            while not self._disabled and (self._metrics or self._logs or self._calls or self._inflight):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(timeout=0.05 if remaining is None else min(0.05, remaining))
+            self._flush_requested = False
+            return True
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        delivered = self.flush(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.join(timeout=5)
+        self.conn.close()
+        return delivered
+
+    # --- consumer side (this thread) -----------------------------------------------------
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                if not (self._flush_requested or self._calls or len(self._metrics) >= self.max_batch):
+                    self._cond.wait(timeout=min(self.flush_interval, max(0.0, self._next_system - time.monotonic())))
+                if self._stopping:
+                    return
+            self._sample_system()
+            self._drain()
+
+    def _sample_system(self) -> None:
+        if self.system_sampler is None or time.monotonic() < self._next_system:
+            return
+        self._next_system = time.monotonic() + self.system_interval
+        try:
+            sample = self.system_sampler()
+        except Exception:  # noqa: BLE001 - a sampler failure must never stop metric delivery
+            return
+        sample["seq"] = self._system_seq
+        sample["time"] = time.time()
+        self._system_seq += 1
+        self.add_call(f"/api/runs/{self.run_id}/system/", {"samples": [sample]})
+
+    def _drain(self) -> None:
+        while not self._disabled:
+            with self._cond:
+                points = [self._metrics.popleft() for _ in range(min(self.max_batch, len(self._metrics)))]
+                logs = [self._logs.popleft() for _ in range(min(self.max_batch, len(self._logs)))]
+                call = self._calls.popleft() if (self._calls and not points and not logs) else None
+                self._inflight = len(points) + len(logs) + (call is not None)
+            if not (points or logs or call):
+                return
+            if points:
+                body = {"points": [{"key": k, "step": s, "value": v, "time": t} for k, s, v, t in points]}
+                if self._deliver(f"/api/runs/{self.run_id}/metrics/", body):
+                    self.delivered_points += len(points)
+            if logs:
+                body = {"lines": [{"seq": q, "stream": st, "text": tx, "time": t} for q, st, tx, t in logs]}
+                self._deliver(f"/api/runs/{self.run_id}/logs/", body)
+            if call:
+                self._deliver(*call)
+            with self._cond:
+                self._inflight = 0
+                self._cond.notify_all()
+
+    def _deliver(self, path: str, body: dict[str, Any]) -> bool:
+        """Send one batch until it is accepted or refused for good.
+
+        A retried batch is the same batch: the server keys points on (run, key, step) and log
+        lines on (run, stream, seq), so a re-send after a lost answer writes nothing twice.
+        """
+        attempt = 0
+        while True:
+            try:
+                self.conn.request("POST", path, body)
+                return True
+            except TransientError as exc:
+                self.attempts_failed += 1
+                if attempt == 0:
+                    _warn(f"server unreachable, will retry: {exc}")
+                wake_at = time.monotonic() + backoff_delay(attempt)
+                with self._cond:
+                    # Producers notify this condition too: keep waiting until the back-off is over.
+                    while not self._stopping and (left := wake_at - time.monotonic()) > 0:
+                        self._cond.wait(timeout=left)
+                    if self._stopping:
+                        return False
+                attempt += 1
+            except ArbiterError as exc:
+                if exc.status in {401, 403, 404}:
+                    _warn(f"run {self.run_id} refused ({exc}); reporting disabled")
+                    with self._cond:
+                        self._disabled = True
+                        self._metrics.clear()
+                        self._logs.clear()
+                        self._calls.clear()
+                        self._cond.notify_all()
+                else:
+                    _warn(f"batch refused and dropped: {exc}")
+                return False
+
+
+def _warn(message: str) -> None:
+    print(f"arbiter_client: {message}", file=sys.stderr, flush=True)  # noqa: T201 - the SDK's only voice

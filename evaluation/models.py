@@ -1,0 +1,198 @@
+"""Human studies: studies, items, assignments (leases), judgments, rubric flags and export jobs.
+
+The database refuses what must never happen: an item with more live assignments
+than its overlap (CheckConstraint on the item's counters), an annotator with the
+same item twice (UniqueConstraint), two judgments for one assignment
+(OneToOneField), two open assignments for one annotator in one study.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class StudyKind(models.TextChoices):
+    PAIRWISE = "pairwise", "Pairwise preference"
+    RUBRIC = "rubric", "Rubric grading"
+    VIOLATION = "violation", "Policy violations (agent trajectories)"
+    RATING = "rating", "Rating (Likert)"
+
+
+DEFAULT_SCALE = ["Very poor", "Poor", "Acceptable", "Good", "Excellent"]
+
+
+class Study(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="owned_studies")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=StudyKind.choices)
+    instructions = models.TextField(blank=True, help_text="Markdown, shown to annotators above every item.")
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="Judgments per item, from different annotators.")
+    lease_seconds = models.PositiveIntegerField(
+        default=900, help_text="How long an annotator holds an item before it returns to the queue."
+    )
+    accuracy_threshold = models.FloatField(
+        default=0.7, help_text="Annotators whose gold accuracy falls below this are flagged."
+    )
+    scale_labels = models.JSONField(default=list, blank=True, help_text="Rating studies: one label per point.")
+    shared_with = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="shared_studies")
+    annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="annotated_studies")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "studies"
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=StudyKind.values), name="study_kind_valid"),
+            models.CheckConstraint(condition=Q(overlap__gte=1) & Q(overlap__lte=50), name="study_overlap_range"),
+            models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="study_lease_min"),
+            models.CheckConstraint(
+                condition=Q(accuracy_threshold__gte=0) & Q(accuracy_threshold__lte=1), name="study_threshold_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def scale(self) -> list[str]:
+        return list(self.scale_labels) or DEFAULT_SCALE
+
+
+class Item(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="items")
+    position = models.PositiveIntegerField(default=0)
+    external_id = models.CharField(max_length=200, blank=True)
+    payload = models.JSONField()
+    is_gold = models.BooleanField(default=False)
+    expected = models.JSONField(null=True, blank=True)
+    # Copied from the study so a row-level CheckConstraint can refuse over-assignment.
+    overlap = models.PositiveSmallIntegerField(default=1)
+    # Live assignments: completed ones plus leases not yet released. The queue's test is claimed < overlap.
+    claimed = models.PositiveSmallIntegerField(default=0)
+    judgment_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(claimed__lte=F("overlap")), name="item_never_over_assigned"),
+            models.CheckConstraint(condition=Q(judgment_count__lte=F("claimed")), name="item_judgments_within_claims"),
+        ]
+        indexes = [
+            # The queue scan: only items with a free slot, in study order.
+            models.Index(fields=["study", "position", "id"], condition=Q(claimed__lt=F("overlap")), name="item_open"),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.pk} of study {self.study_id}"
+
+
+class Assignment(models.Model):
+    """One annotator's lease on one item. Closed by a judgment, a skip, or release after expiry."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="assignments")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    leased_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)  # lease expired and its slot went back
+    skipped = models.BooleanField(default=False)
+    flagged = models.BooleanField(default=False)
+    flag_reason = models.CharField(max_length=500, blank=True)
+    # Blinding: True when response B is shown on the left. Recorded so every verdict can be un-swapped.
+    swapped = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "annotator"], name="assignment_once_per_annotator"),
+            models.UniqueConstraint(
+                fields=["study", "annotator"],
+                condition=Q(completed_at__isnull=True, released_at__isnull=True),
+                name="assignment_one_open_per_annotator",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["study", "lease_expires_at"],
+                condition=Q(completed_at__isnull=True, released_at__isnull=True),
+                name="assignment_open_lease",
+            ),
+            models.Index(fields=["study", "annotator", "completed_at"], name="assignment_progress"),
+        ]
+
+    @property
+    def is_open(self) -> bool:
+        return self.completed_at is None and self.released_at is None
+
+
+class Judgment(models.Model):
+    """A verdict; payload is typed per study kind (see evaluation.forms) and stored un-swapped."""
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="judgment")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="judgments")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="judgments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="judgments")
+    payload = models.JSONField()
+    time_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["study", "annotator"], name="judgment_study_annotator")]
+
+
+class RubricItemFlag(models.Model):
+    """An annotator's vote that a rubric item is badly written (rubric approval)."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="rubric_flags")
+    rubric_index = models.PositiveSmallIntegerField()
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="rubric_flags")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "rubric_index", "annotator"], name="rubric_flag_once"),
+        ]
+
+
+class ExportFormat(models.TextChoices):
+    JUDGMENTS_JSONL = "judgments_jsonl", "Judgments (JSONL)"
+    JUDGMENTS_CSV = "judgments_csv", "Judgments (CSV)"
+    REWARD = "reward", "Reward data (versioned dataset)"
+
+
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ExportJob(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="exports")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    format = models.CharField(max_length=20, choices=ExportFormat.choices)
+    keep_ties = models.BooleanField(default=False, help_text="Pairwise reward data: keep ties (as chosen/rejected).")
+    status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
+    version = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    rows = models.PositiveIntegerField(default=0)
+    path = models.CharField(max_length=500, blank=True)  # relative to ARTIFACT_ROOT
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=ExportStatus.values), name="export_status_valid"),
+            models.CheckConstraint(condition=Q(format__in=ExportFormat.values), name="export_format_valid"),
+        ]
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.status == ExportStatus.DONE else int(100 * self.done / self.total) if self.total else 0

@@ -1,0 +1,245 @@
+"""Suite-wide fixtures: users per role, logged-in clients, a real Celery worker, a real ASGI server, Chromium.
+
+Everything here talks to the real services: PostgreSQL (DATABASE_URL), Redis (REDIS_URL) — see tests/settings.py.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from django.db import connections
+from django.test import Client
+
+from arbiter.accounts.models import Role, User
+from tests.factories import TEST_PASSWORD, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail fast, with the fix, when a service the suite needs is not running."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("postgresql") and not _reachable(f"pg://{db['HOST']}:{db['PORT'] or 5432}", 5432):
+        pytest.exit("PostgreSQL is not reachable at DATABASE_URL; run `make services` (or `make test`).", 2)
+    if settings.REDIS_URL and not _reachable(settings.REDIS_URL, 6379):
+        pytest.exit("Redis is not reachable at REDIS_URL; run `make services` (or `make test`).", 2)
+    if settings.REDIS_URL:
+        import redis
+
+        # Each test session owns its Redis database number: start from an empty broker and channel layer.
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+# ---------- users and clients ----------
+
+
+@pytest.fixture
+def researcher(db: None) -> User:
+    return UserFactory(username="rita", role=Role.RESEARCHER)
+
+
+@pytest.fixture
+def other_researcher(db: None) -> User:
+    return UserFactory(username="oscar", role=Role.RESEARCHER)
+
+
+@pytest.fixture
+def annotator(db: None) -> User:
+    return UserFactory(username="anna", role=Role.ANNOTATOR)
+
+
+@pytest.fixture
+def admin_user(db: None) -> User:
+    return UserFactory(username="ada", role=Role.ADMIN, is_superuser=True)
+
+
+@pytest.fixture
+def client_for() -> Callable[[User | None], Client]:
+    """`client_for(user)` → a Client logged in as that user (`None` → anonymous)."""
+
+    def make(user: User | None) -> Client:
+        client = Client()
+        if user is not None:
+            client.force_login(user)
+        return client
+
+    return make
+
+
+# ---------- processes that talk to the test database ----------
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the database the tests run against (test_<name> on PostgreSQL)."""
+    db = connections["default"].settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"  # NAME is absolute, so this reads sqlite:////abs/path
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def platform_env(**extra: str) -> dict[str, str]:
+    """Environment for a subprocess of the platform (web server, worker) pointed at the test database."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=test_database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+
+
+class ASGIServer:
+    """A real daphne process serving arbiter.asgi on a free port, against the test database."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def asgi_server(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ASGIServer]:
+    """Session-wide web server. Tests that use it need committed data: mark them `transactional_db`."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("asgi") / "daphne.log").open("wb")
+    env = platform_env(ARBITER_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "arbiter.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield ASGIServer(proc, port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def celery_worker_app(transactional_db: None) -> Iterator[Any]:
+    """A real Celery worker (threads pool, in this process) consuming the Redis broker: no eager mode."""
+    from celery.contrib.testing.worker import start_worker
+
+    from arbiter.celery import Queue, app
+
+    app.loader.import_default_modules()
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        queues=[Queue.DEFAULT.value, Queue.GPU.value],
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+
+
+# ---------- browser ----------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make test` (it installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def login_page() -> Callable[[Any, str, User], Any]:
+    """`login_page(page, base_url, user)`: log in through the real form, return the page."""
+
+    def login(page: Any, base_url: str, user: User) -> Any:
+        page.goto(f"{base_url}/accounts/login/")
+        page.fill("#id_username", user.username)
+        page.fill("#id_password", TEST_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_load_state("domcontentloaded")
+        return page
+
+    return login
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run browser tests last: Playwright's sync API leaves an event loop marked running in the main thread,
+    which breaks asyncio-based tests (websocket communicators) that would run after it."""
+    items.sort(key=lambda item: "browser" in getattr(item, "fixturenames", ()))

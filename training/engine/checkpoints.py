@@ -1,0 +1,94 @@
+"""Hugging Face checkpoint folders plus the trainer state that makes a resumed run equal an uninterrupted one."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+TRAINER_STATE = "trainer_state.pt"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainerState(TypedDict):
+    """Everything beyond the weights that an exact resume needs."""
+
+    step: int
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def save_model_folder(folder: Path, *, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Write a folder that ``from_pretrained``, vLLM and the next run's ``model_name_or_path`` can load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def save_checkpoint(
+    *,
+    output_dir: Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> Path:
+    """Write ``<output_dir>/checkpoint-<step>/`` atomically: a cancel mid-write never leaves a half checkpoint."""
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".checkpoint-{step}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_folder(tmp, model=model, tokenizer=tokenizer)
+    state: TrainerState = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(),
+    }
+    torch.save(state, tmp / TRAINER_STATE)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def load_trainer_state(folder: Path) -> TrainerState:
+    """Read a checkpoint's trainer state (weights are loaded through the model path)."""
+    path = folder / TRAINER_STATE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} is not a resumable checkpoint: {TRAINER_STATE} is missing")
+    state: TrainerState = torch.load(path, map_location="cpu", weights_only=False)
+    return state
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint folder with the highest step, if any."""
+    found: list[tuple[int, Path]] = []
+    if output_dir.is_dir():
+        for child in output_dir.iterdir():
+            if (match := _CHECKPOINT_RE.match(child.name)) and (child / TRAINER_STATE).exists():
+                found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python's and torch's generator states."""
+    rng: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Put back what ``capture_rng`` saved."""
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,236 @@
+"""Typed recipe configs and the recipe registry; no torch import, so the web tier can build forms cheaply.
+
+Every field has a default (a minimal launch works), a description and constraints: the launch form is
+generated from ``config_cls.model_json_schema()`` and validated with ``config_cls.model_validate(data)``.
+Configs are flat on purpose: a flat schema renders as a plain form, with no nested objects to lay out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge"]
+
+
+class BaseRecipeConfig(BaseModel):
+    """Fields every recipe shares: the model, the optimiser, the schedule, checkpoints and the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name_or_path: str = Field(
+        "tiny",
+        description=(
+            "A local folder or hub id of a causal LM (also a previous run's checkpoint or final/ folder). "
+            "'tiny' builds a ~1M-parameter Llama from a config, with a character tokenizer trained on the data."
+        ),
+        min_length=1,
+        max_length=500,
+    )
+    dataset_path: str = Field(
+        "",
+        description=(
+            "JSONL or Parquet file in TRL's columns (prompt/completion, prompt/chosen/rejected, messages). "
+            "Empty uses the recipe's built-in demo data."
+        ),
+        max_length=1000,
+    )
+    max_steps: int = Field(200, ge=1, le=10_000_000, description="Optimiser steps to train for.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples (prompts for GRPO) per optimiser step.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule after warm-up."
+    )
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="Linear learning-rate warm-up steps.")
+    max_grad_norm: float = Field(1.0, ge=0.0, le=1000.0, description="Gradient-norm clip; 0 disables clipping.")
+    max_length: int = Field(128, ge=8, le=131_072, description="Tokens kept per example (prompt + completion).")
+    save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many steps.")
+    logging_steps: int = Field(1, ge=1, le=100_000, description="Report metrics every this many steps.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the trained model.")
+    num_threads: int = Field(0, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory (about 1.16x slower)."
+    )
+    tiny_hidden_size: int = Field(128, ge=8, le=4096, description="Hidden size of the 'tiny' model.")
+    tiny_num_layers: int = Field(4, ge=1, le=64, description="Decoder layers of the 'tiny' model.")
+    tiny_num_heads: int = Field(4, ge=1, le=64, description="Attention heads of the 'tiny' model.")
+
+
+class DemoConfig(BaseRecipeConfig):
+    """A toy language-modelling task for a tiny model: the loss visibly falls within a minute on one CPU thread."""
+
+    max_steps: int = Field(200, ge=1, le=100_000, description="Optimiser steps to train for.")
+    save_steps: int = Field(50, ge=1, le=100_000, description="Write a checkpoint every this many steps.")
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    num_threads: int = Field(1, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")
+    max_length: int = Field(32, ge=8, le=4096, description="Tokens kept per example (prompt + completion).")
+    tiny_num_layers: int = Field(2, ge=1, le=64, description="Decoder layers of the 'tiny' model.")
+    step_delay_s: float = Field(
+        0.15, ge=0.0, le=60.0, description="Sleep after each step, to watch a demo run in slow motion."
+    )
+
+
+class SFTConfig(BaseRecipeConfig):
+    """Supervised fine-tuning of a causal LM on prompt/completion (or messages) data."""
+
+    completion_only_loss: bool = Field(
+        True, description="Compute the loss on completion tokens only (prompt tokens are masked out)."
+    )
+
+
+class RewardModelConfig(BaseRecipeConfig):
+    """A Bradley-Terry reward model on prompt/chosen/rejected pairs."""
+
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    center_rewards_coefficient: float = Field(
+        0.0, ge=0.0, le=10.0, description="Weight of a penalty on (r_chosen + r_rejected)^2 that centres rewards."
+    )
+
+
+class DPOConfig(BaseRecipeConfig):
+    """Direct Preference Optimisation against a frozen reference model."""
+
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO temperature: strength of the pull to the reference.")
+    ref_model_name_or_path: str = Field(
+        "", max_length=500, description="Reference model; empty uses a frozen copy of the starting policy."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Conservative DPO: assumed probability that a preference label is flipped."
+    )
+
+
+class GRPOConfig(BaseRecipeConfig):
+    """Group Relative Policy Optimisation and its variants (Dr. GRPO, DAPO, GTPO, GRPO-Guard)."""
+
+    batch_size: int = Field(8, ge=1, le=4096, description="Prompts per optimiser step (each sampled G times).")
+    learning_rate: float = Field(1e-5, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    num_generations: int = Field(8, ge=2, le=256, description="G: completions sampled per prompt (a group).")
+    max_new_tokens: int = Field(32, ge=1, le=32_768, description="Longest completion sampled.")
+    temperature: float = Field(1.0, gt=0.0, le=10.0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold of rollouts.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description=(
+            "Token-loss aggregation: grpo = per-sequence mean then mean; bnpo = sum / tokens in the batch; "
+            "dr_grpo = sum / (B x max_new_tokens); dapo = sum / tokens in the whole generation batch."
+        ),
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group's reward std, the batch's, or not at all (Dr. GRPO)."
+    )
+    epsilon_low: float = Field(0.2, ge=0.0, le=1.0, description="Lower clip: ratio >= 1 - epsilon_low.")
+    epsilon_high: float = Field(0.2, ge=0.0, le=10.0, description="Upper clip: ratio <= 1 + epsilon_high (DAPO: 0.28).")
+    num_iterations: int = Field(1, ge=1, le=64, description="Optimiser passes over each generation batch (PPO mu).")
+    beta: float = Field(0.0, ge=0.0, le=10.0, description="Weight of the k3 KL penalty to the reference; 0 = none.")
+    ref_model_name_or_path: str = Field(
+        "", max_length=500, description="Reference model for the KL term; empty uses the starting policy."
+    )
+    variant: Literal["none", "gtpo", "grpo_guard"] = Field(
+        "none",
+        description=(
+            "gtpo: conflict-token protection and entropy filter (no reference model); "
+            "grpo_guard: ratio normalisation (an adaptation to language models of GRPO-Guard)."
+        ),
+    )
+    gtpo_conflict_boost: float = Field(
+        2.0, ge=1.0, le=10.0, description="GTPO: weight of conflict tokens in positive completions."
+    )
+    gtpo_entropy_threshold: float = Field(
+        0.0,
+        ge=0.0,
+        le=20.0,
+        description="GTPO: drop completions whose mean token entropy exceeds this (nats); 0 = ln(vocab) / 2.",
+    )
+    reward_funcs: list[RewardName] = Field(
+        default_factory=lambda: ["numeric_answer"],
+        min_length=1,
+        description="Reward functions, summed with reward_weights.",
+    )
+    reward_weights: list[float] = Field(
+        default_factory=list, description="One weight per reward function; empty means all 1.0."
+    )
+    reward_regex: str = Field("", max_length=1000, description="Pattern for the 'regex' reward (full match = 1).")
+    reward_model_path: str = Field("", max_length=500, description="Checkpoint of a reward_model run.")
+    rubric_judge_path: str = Field("", max_length=500, description="Causal LM that grades each rubric item.")
+    rollout_backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="'auto' uses vLLM when a GPU and vllm are present, else the Hugging Face backend."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=0.95, description="Fraction of GPU memory the colocated vLLM engine may take."
+    )
+    sft_warmup_steps: int = Field(
+        0, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
+    )
+    sft_learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Learning rate of the warm-start steps.")
+
+
+class DemoGRPOConfig(GRPOConfig):
+    """GRPO demo on CPU: a tiny model is warm-started by SFT on noisy labels, then GRPO raises exact-match reward."""
+
+    max_steps: int = Field(140, ge=1, le=100_000, description="Optimiser steps (warm-up SFT + GRPO).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Prompts per optimiser step (each sampled G times).")
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    num_generations: int = Field(8, ge=2, le=256, description="G: completions sampled per prompt (a group).")
+    max_new_tokens: int = Field(4, ge=1, le=256, description="Longest completion sampled.")
+    max_length: int = Field(32, ge=8, le=4096, description="Tokens kept per example (prompt + completion).")
+    save_steps: int = Field(50, ge=1, le=100_000, description="Write a checkpoint every this many steps.")
+    num_threads: int = Field(1, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")
+    tiny_num_layers: int = Field(2, ge=1, le=64, description="Decoder layers of the 'tiny' model.")
+    sft_warmup_steps: int = Field(
+        60, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
+    )
+    label_noise: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of warm-start answers replaced by wrong ones, so RL has room to improve.",
+    )
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    """One launchable recipe: its name, what the form shows, and its config class."""
+
+    name: str
+    title: str
+    description: str
+    config_cls: type[BaseRecipeConfig]
+    writes_checkpoints: bool = True
+
+
+RECIPES: dict[str, RecipeInfo] = {
+    info.name: info
+    for info in (
+        RecipeInfo(
+            "demo",
+            "Demo (tiny model, CPU)",
+            "A tiny model learns a toy task; the loss falls within a minute on one CPU thread.",
+            DemoConfig,
+        ),
+        RecipeInfo(
+            "demo_grpo",
+            "Demo GRPO (tiny model, CPU)",
+            "Warm-start by SFT on noisy labels, then GRPO visibly raises the verifier's reward in a few minutes.",
+            DemoGRPOConfig,
+        ),
+        RecipeInfo("sft", "SFT", "Supervised fine-tuning, loss on completion tokens only.", SFTConfig),
+        RecipeInfo(
+            "reward_model",
+            "Reward model",
+            "Bradley-Terry reward model on chosen/rejected pairs; logs accuracy and margin.",
+            RewardModelConfig,
+        ),
+        RecipeInfo("dpo", "DPO", "Direct Preference Optimisation against a frozen reference.", DPOConfig),
+        RecipeInfo(
+            "grpo",
+            "GRPO",
+            "Group-relative policy optimisation with Dr. GRPO, DAPO, GTPO and GRPO-Guard variants.",
+            GRPOConfig,
+        ),
+    )
+}

@@ -1,0 +1,220 @@
+"""Datasets in TRL's column conventions, from JSONL or Parquet; a bad file is refused naming the line and field.
+
+Accepted rows (TRL's "standard" and "conversational" formats):
+- supervised: ``{"prompt", "completion"}``, ``{"text"}`` or ``{"messages": [{"role", "content"}, ...]}``
+  (the last assistant message is the completion);
+- preference: ``{"prompt", "chosen", "rejected"}``, where each may be a string or a list of messages;
+- prompt-only (GRPO): ``{"prompt"}`` plus optional ``answer`` / ``solution`` / ``ground_truth`` (what the
+  verifiers compare with) and ``rubric`` (a list of item strings for the rubric judge).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Message = dict[str, str]
+Renderer = Callable[[list[Message], bool], str]
+DatasetKind = Literal["supervised", "preference", "prompt"]
+_ROLES = {"system", "user", "assistant", "tool"}
+_ANSWER_FIELDS = ("answer", "solution", "ground_truth")
+
+
+class DatasetError(ValueError):
+    """A dataset row that cannot be used; the message names the file, line (or row) and field."""
+
+
+@dataclass(frozen=True)
+class SupervisedExample:
+    """A prompt and the completion to learn (the loss falls on the completion)."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    """A prompt with a preferred and a dispreferred completion."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A prompt to sample from, with what the rewards need to score a completion."""
+
+    prompt: str
+    answer: str | None = None
+    rubric: tuple[str, ...] = field(default_factory=tuple)
+
+
+Example = SupervisedExample | PreferenceExample | PromptExample
+
+
+def render_plain(messages: list[Message], add_generation_prompt: bool) -> str:
+    """A chat rendering for tokenizers without a chat template: one ``role: content`` line per message."""
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+    return text + "assistant: " if add_generation_prompt else text
+
+
+def load_dataset(path: str | Path, *, kind: DatasetKind, render: Renderer = render_plain) -> list[Example]:
+    """Read a JSONL or Parquet file into examples of ``kind``; raise DatasetError on the first bad row."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    rows: Iterator[tuple[str, Any]]
+    if path.suffix == ".parquet":
+        rows = _parquet_rows(path)
+    elif path.suffix in {".jsonl", ".json"}:
+        rows = _jsonl_rows(path)
+    else:
+        raise DatasetError(f"{path}: expected a .jsonl or .parquet file")
+    examples = [_parse_row(row, where=where, kind=kind, render=render) for where, row in rows]
+    if not examples:
+        raise DatasetError(f"{path}: the file has no rows")
+    return examples
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:line {number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DatasetError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq  # lazily: only Parquet users pay for pyarrow
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several unrelated types for a corrupt file
+        raise DatasetError(f"{path}: not a readable Parquet file ({error})") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}:row {number}", row
+
+
+def _parse_row(row: Any, *, where: str, kind: DatasetKind, render: Renderer) -> Example:
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: each row must be a JSON object, got {type(row).__name__}")
+    if kind == "supervised":
+        return _supervised(row, where=where, render=render)
+    if kind == "preference":
+        return _preference(row, where=where, render=render)
+    return _prompt_only(row, where=where, render=render)
+
+
+def _supervised(row: dict[str, Any], *, where: str, render: Renderer) -> SupervisedExample:
+    if "messages" in row:
+        messages = _messages(row["messages"], where=where, name="messages")
+        if messages[-1]["role"] != "assistant":
+            raise DatasetError(f"{where}: field 'messages' must end with an assistant message")
+        return SupervisedExample(prompt=render(messages[:-1], True), completion=messages[-1]["content"])
+    if "text" in row and "prompt" not in row:
+        return SupervisedExample(prompt="", completion=_text(row, "text", where=where))
+    prompt = _prompt(row, where=where, render=render)
+    return SupervisedExample(prompt=prompt, completion=_completion(row, "completion", where=where))
+
+
+def _preference(row: dict[str, Any], *, where: str, render: Renderer) -> PreferenceExample:
+    prompt = _prompt(row, where=where, render=render) if "prompt" in row else ""
+    return PreferenceExample(
+        prompt=prompt,
+        chosen=_completion(row, "chosen", where=where),
+        rejected=_completion(row, "rejected", where=where),
+    )
+
+
+def _prompt_only(row: dict[str, Any], *, where: str, render: Renderer) -> PromptExample:
+    prompt = _prompt(row, where=where, render=render)
+    answer: str | None = None
+    for name in _ANSWER_FIELDS:
+        if name in row and row[name] is not None:
+            if not isinstance(row[name], str | int | float):
+                raise DatasetError(f"{where}: field {name!r} must be a string or number")
+            answer = str(row[name])
+            break
+    rubric: tuple[str, ...] = ()
+    if "rubric" in row and row["rubric"] is not None:
+        items = row["rubric"]
+        if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+            raise DatasetError(f"{where}: field 'rubric' must be a list of non-empty strings")
+        rubric = tuple(items)
+    return PromptExample(prompt=prompt, answer=answer, rubric=rubric)
+
+
+def _prompt(row: dict[str, Any], *, where: str, render: Renderer) -> str:
+    if "prompt" not in row:
+        raise DatasetError(f"{where}: missing field 'prompt'")
+    value = row["prompt"]
+    if isinstance(value, list):
+        return render(_messages(value, where=where, name="prompt"), True)
+    return _text(row, "prompt", where=where)
+
+
+def _completion(row: dict[str, Any], name: str, *, where: str) -> str:
+    if name not in row:
+        raise DatasetError(f"{where}: missing field {name!r}")
+    value = row[name]
+    if isinstance(value, list):
+        messages = _messages(value, where=where, name=name)
+        return "".join(m["content"] for m in messages if m["role"] == "assistant")
+    return _text(row, name, where=where)
+
+
+def _text(row: dict[str, Any], name: str, *, where: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str):
+        raise DatasetError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip() and name != "prompt":
+        raise DatasetError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def _messages(value: Any, *, where: str, name: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise DatasetError(f"{where}: field {name!r} must be a non-empty list of messages")
+    messages: list[Message] = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise DatasetError(f"{where}: field {name!r}[{index}] must be an object with a string 'content'")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise DatasetError(f"{where}: field {name!r}[{index}].role must be one of {sorted(_ROLES)}, got {role!r}")
+        messages.append({"role": str(role), "content": message["content"]})
+    return messages
+
+
+def step_batch(
+    examples: Sequence[Example], *, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[Example]:
+    """The examples of one optimiser step: a pure function of (seed, step), so a resumed run sees the same data.
+
+    Epochs are seeded permutations; under torchrun each rank takes its own contiguous share.
+    """
+    n = len(examples)
+    global_size = batch_size * world_size
+    start = (step - 1) * global_size + rank * batch_size
+    batch: list[Example] = []
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, n)
+        batch.append(examples[_permutation(n, seed, epoch)[offset]])
+    return batch
+
+
+@functools.lru_cache(maxsize=8)
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)  # noqa: S311 - seeded data order
+    return tuple(order)

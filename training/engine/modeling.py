@@ -1,0 +1,143 @@
+"""Load a policy: any local or hub path, or a tiny Llama built from a config with a locally trained tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from training.engine.config import BaseRecipeConfig
+
+TINY = "tiny"
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+
+
+def train_char_tokenizer(texts: Iterable[str], *, extra_merges: int = 0) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer (plus ``extra_merges`` BPE merges) trained on ``texts``; nothing downloaded.
+
+    Characters are the right unit for a ~1M-parameter model on toy tasks: every digit is its own token.
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))  # noqa: S106 - a token, not a password
+    # Fuse: no pre-tokenizer means tokens are raw characters, so decoding is plain concatenation.
+    tokenizer.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(SPECIAL_TOKENS) + extra_merges, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    # Sorted texts make the vocabulary (and so a tiny model's init) independent of data order.
+    tokenizer.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    pad, bos, eos, unk = SPECIAL_TOKENS
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk
+    )
+    fast.padding_side = "left"
+    return fast
+
+
+def tiny_llama_config(
+    *, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, max_positions: int, pad_token_id: int
+) -> LlamaConfig:
+    """The config of a tiny Llama (about 1M parameters at hidden 128, 4 layers)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=pad_token_id,
+        bos_token_id=pad_token_id + 1,
+        eos_token_id=pad_token_id + 2,
+        tie_word_embeddings=True,
+        num_labels=1,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when present (the local rank's device under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def load_tokenizer(path: str, *, texts: Iterable[str] = ()) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``path``, or a freshly trained character tokenizer for 'tiny'."""
+    if path == TINY:
+        return train_char_tokenizer(texts)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Left padding keeps every prompt's last token at the same position, which batched decoding needs.
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_causal_lm(
+    path: str, *, config: BaseRecipeConfig, tokenizer: PreTrainedTokenizerBase, seed: int, device: torch.device
+) -> PreTrainedModel:
+    """A causal LM from ``path``, or a tiny Llama initialised deterministically from ``seed``."""
+    dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+    model: PreTrainedModel
+    if path == TINY:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(_tiny_config(config, tokenizer))
+        model = model.to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.to(device)
+
+
+def load_sequence_classifier(
+    path: str, *, config: BaseRecipeConfig, tokenizer: PreTrainedTokenizerBase, seed: int, device: torch.device
+) -> PreTrainedModel:
+    """A one-logit sequence classifier (a reward model) from ``path`` or a tiny Llama."""
+    model: PreTrainedModel
+    if path == TINY:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForSequenceClassification(_tiny_config(config, tokenizer))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    if model.config.pad_token_id is None:
+        # The classifier finds each sequence's last real token through pad_token_id.
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Trainable parameters of a model."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def is_tiny(path: str) -> bool:
+    """Whether ``path`` names the built-in tiny model rather than a folder or hub id."""
+    return path == TINY and not Path(path).exists()
+
+
+def _tiny_config(config: BaseRecipeConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    return tiny_llama_config(
+        vocab_size=len(tokenizer),
+        hidden_size=config.tiny_hidden_size,
+        num_layers=config.tiny_num_layers,
+        num_heads=config.tiny_num_heads,
+        max_positions=max(config.max_length, 64) * 2,
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+    )

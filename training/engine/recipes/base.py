@@ -1,0 +1,185 @@
+"""The loop every recipe shares: seed per step, optimiser and schedule, report, checkpoint, resume, cancel."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from training.engine import checkpoints
+from training.engine.config import BaseRecipeConfig
+from training.engine.data import Example, render_plain
+from training.engine.demo_tasks import task_texts
+from training.engine.distributed import DistInfo, unwrap
+from training.engine.modeling import TINY, load_tokenizer, resolve_device
+from training.engine.reporting import Reporter
+from training.engine.spec import RunSpec
+
+
+@dataclass
+class RunContext:
+    """What a recipe is given: the spec, its validated config, where to report, and this process's place."""
+
+    spec: RunSpec
+    config: BaseRecipeConfig
+    reporter: Reporter
+    dist: DistInfo
+    device: torch.device
+    output_dir: Path
+
+    @classmethod
+    def create(cls, *, spec: RunSpec, reporter: Reporter, dist: DistInfo) -> RunContext:
+        """Validate the recipe config, pick the device and make the output folder."""
+        config = spec.recipe_config()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        output_dir = Path(spec.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return cls(spec, config, reporter, dist, resolve_device(config.device), output_dir)
+
+    @property
+    def policy_path(self) -> str:
+        """Where the trained weights start: the checkpoint being resumed, else the configured model."""
+        return self.spec.resume_from or self.config.model_name_or_path
+
+    def tokenizer_for(self, examples: list[Example]) -> PreTrainedTokenizerBase:
+        """The policy's tokenizer; for 'tiny' one trained on these examples' text."""
+        return load_tokenizer(self.policy_path, texts=task_texts(examples))  # type: ignore[arg-type]
+
+
+def chat_renderer(tokenizer: PreTrainedTokenizerBase) -> object:
+    """The tokenizer's chat template as a data renderer when it has one, else the plain renderer."""
+    if getattr(tokenizer, "chat_template", None):
+
+        def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            return str(text)
+
+        return render
+    return render_plain
+
+
+class Recipe(ABC):
+    """One training method: it owns its models; ``train_step`` runs forward and backward and returns metrics."""
+
+    model: torch.nn.Module  # what the optimiser updates (DDP-wrapped under torchrun)
+    tokenizer: PreTrainedTokenizerBase
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def train_step(self, step: int) -> dict[str, float]:
+        """Forward and backward for one optimiser step (the loop clips, steps and zeroes)."""
+
+    def after_update(self, step: int) -> None:
+        """Called after each optimiser step (GRPO pushes weights into its rollout engine here)."""
+        return None
+
+    def lr_factor(self, step: int) -> float:
+        """A recipe-specific learning-rate factor on top of the schedule (GRPO's SFT warm start uses it)."""
+        return 1.0
+
+    def saved_model(self) -> PreTrainedModel:
+        """The model a checkpoint holds."""
+        inner = unwrap(self.model)
+        assert isinstance(inner, PreTrainedModel)
+        return inner
+
+
+def schedule_factor(config: BaseRecipeConfig, step: int) -> float:
+    """Warm-up then constant / linear / cosine decay, as a multiple of the peak learning rate."""
+    if config.warmup_steps and step <= config.warmup_steps:
+        return step / config.warmup_steps
+    span = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    if config.lr_scheduler == "linear":
+        return 1.0 - progress
+    if config.lr_scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Seed every generator from (seed, step): a resumed run samples exactly what an uninterrupted one would."""
+    value = seed * 1_000_003 + step
+    random.seed(value)
+    torch.manual_seed(value)
+
+
+def run_training(recipe: Recipe) -> Path | None:
+    """Train ``recipe`` to ``max_steps``, resuming if asked; return the final model folder (rank 0)."""
+    ctx, config = recipe.ctx, recipe.ctx.config
+    params = [p for p in recipe.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The factor is evaluated for the step about to run (LambdaLR passes the count of steps taken).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda taken: schedule_factor(config, taken + 1) * recipe.lr_factor(taken + 1)
+    )
+    start = 0
+    if ctx.spec.resume_from:
+        state = checkpoints.load_trainer_state(Path(ctx.spec.resume_from))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoints.restore_rng(state["rng"])
+        start = state["step"]
+        _say(ctx, f"resumed from {ctx.spec.resume_from} at step {start}")
+    if ctx.dist.is_main:
+        params_m = sum(p.numel() for p in params) / 1e6
+        _say(ctx, f"recipe {ctx.spec.recipe}: {params_m:.2f}M trainable parameters on {ctx.device}")
+    for step in range(start + 1, config.max_steps + 1):
+        seed_step(ctx.spec.seed, step)
+        began = time.perf_counter()
+        metrics = recipe.train_step(step)
+        if config.max_grad_norm > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        recipe.after_update(step)
+        metrics["learning_rate"] = optimizer.param_groups[0]["lr"]
+        metrics["step_time"] = time.perf_counter() - began
+        if ctx.dist.is_main and (step % config.logging_steps == 0 or step == config.max_steps):
+            ctx.reporter.log(metrics, step)
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k or k.startswith("rewards/"))
+            _say(ctx, f"step {step}/{config.max_steps} {shown}")
+        if step % config.save_steps == 0 or step == config.max_steps:
+            _checkpoint(recipe, step, optimizer, scheduler)
+    if not ctx.dist.is_main:
+        return None
+    final = ctx.output_dir / "final"
+    checkpoints.save_model_folder(final, model=recipe.saved_model(), tokenizer=recipe.tokenizer)
+    _say(ctx, f"final model written to {final}")
+    return final
+
+
+def _checkpoint(
+    recipe: Recipe, step: int, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> None:
+    ctx = recipe.ctx
+    if not ctx.dist.is_main:
+        return
+    path = checkpoints.save_checkpoint(
+        output_dir=ctx.output_dir,
+        step=step,
+        model=recipe.saved_model(),
+        tokenizer=recipe.tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+    ctx.reporter.log_checkpoint(step, str(path))
+    _say(ctx, f"checkpoint written to {path}")
+
+
+def _say(ctx: RunContext, line: str) -> None:
+    if ctx.dist.is_main:
+        print(line, flush=True)  # noqa: T201 - stdout is the run's log
+
+
+__all__ = ["TINY", "Recipe", "RunContext", "chat_renderer", "run_training", "schedule_factor", "seed_step"]

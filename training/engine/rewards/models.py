@@ -1,0 +1,98 @@
+"""Model-based rewards: a reward-model checkpoint, and a rubric judge that grades each rubric item yes/no."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from training.engine.batching import encode_prompt, pad_left, positions
+from training.engine.data import PromptExample
+
+JUDGE_TEMPLATE = "Task: {prompt}\nResponse: {response}\nDoes the response satisfy: {item}? Answer yes or no.\nAnswer:"
+
+
+class RewardModelReward:
+    """The scalar head of a ``reward_model`` run's checkpoint on prompt + completion."""
+
+    def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, completions: Sequence[str], examples: Sequence[PromptExample]) -> list[float]:
+        """r_φ(prompt, completion) per completion."""
+        pad = int(self.model.config.pad_token_id)
+        rows = [encode_prompt(self.tokenizer, e.prompt + c) for c, e in zip(completions, examples, strict=True)]
+        scores: list[float] = []
+        for start in range(0, len(rows), self.batch_size):
+            ids, mask = _right_pad(rows[start : start + self.batch_size], pad_id=pad)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            scores += logits[:, 0].float().cpu().tolist()
+        return scores
+
+
+class RubricJudge:
+    """Reward = fraction of rubric items a judge model says the response satisfies.
+
+    Each item is asked separately ("does the response satisfy: <item>? yes/no"); the item counts as satisfied
+    when the judge's next-token logit for "yes" beats "no" (Gunjal et al. 2025, "Rubrics as Rewards": a rubric
+    item is a checklist criterion graded independently; the reward aggregates the satisfied fraction).
+    """
+
+    def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.yes_id, self.no_id = self._answer_token(" yes", "yes"), self._answer_token(" no", "no")
+        if self.yes_id == self.no_id:
+            raise ValueError(f"the judge's tokenizer ({path}) does not tell 'yes' from 'no' by their first token")
+
+    def _answer_token(self, *spellings: str) -> int:
+        unk = self.tokenizer.unk_token_id
+        for spelling in spellings:
+            ids = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
+            if ids and ids[0] != unk:
+                return int(ids[0])
+        return int(self.tokenizer(spellings[-1], add_special_tokens=False)["input_ids"][0])
+
+    @torch.no_grad()
+    def satisfied(self, prompt: str, response: str, items: Sequence[str]) -> list[bool]:
+        """The judge's verdict on each rubric item."""
+        queries = [JUDGE_TEMPLATE.format(prompt=prompt, response=response, item=item) for item in items]
+        verdicts: list[bool] = []
+        pad = int(self.tokenizer.pad_token_id or self.tokenizer.eos_token_id or 0)
+        for start in range(0, len(queries), self.batch_size):
+            rows = [encode_prompt(self.tokenizer, q) for q in queries[start : start + self.batch_size]]
+            ids, mask = pad_left(rows, pad_id=pad)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits[:, -1]
+            verdicts += (logits[:, self.yes_id] > logits[:, self.no_id]).cpu().tolist()
+        return verdicts
+
+    def __call__(self, completions: Sequence[str], examples: Sequence[PromptExample]) -> list[float]:
+        """Fraction of each example's rubric items satisfied (0 when the example has no rubric)."""
+        scores: list[float] = []
+        for completion, example in zip(completions, examples, strict=True):
+            if not example.rubric:
+                scores.append(0.0)
+                continue
+            verdicts = self.satisfied(example.prompt, completion, example.rubric)
+            scores.append(sum(verdicts) / len(verdicts))
+        return scores
+
+
+def _right_pad(rows: list[list[int]], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask

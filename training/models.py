@@ -1,0 +1,217 @@
+"""Training runs and what they report: status history, metric points and their rollups, logs, checkpoints, API keys.
+
+Metric storage is shaped for millions of points per run and thousands of runs in PostgreSQL:
+- MetricPoint is narrow (run, key, step, value, wall_time; ~50 bytes a row) with the composite
+  primary key (run, key, step) as its only index: it makes a re-sent point a no-op (ON CONFLICT
+  DO NOTHING) and is the exact order a chart reads a series in.
+- MetricRollup holds min/max per fixed-width step bucket at a few widths, maintained in the same
+  statement that inserts the points, so a chart of a 1,000,000-point series reads ~1,000 rollup
+  rows instead of a million points.
+- MetricSummary holds the last value of each key per run: the run list sorts by any final metric
+  without touching the points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    LOST = "lost", "Lost"
+
+
+ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+TERMINAL_STATUSES = frozenset(set(RunStatus) - ACTIVE_STATUSES)
+EXTERNAL_RECIPE = "external"  # a run created through the API by a script the platform did not start
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored as SHA-256: they are long random strings, so no salt or slow hash is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> str:
+    # The prefix tells a run token from a user API key in logs and error messages.
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+class Run(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    name = models.CharField(max_length=200)
+    recipe = models.CharField(max_length=64)
+    config = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=32, default="gpu")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    # Visible to every researcher when true; otherwise to its owner and admins only.
+    shared = models.BooleanField(default=False)
+    token_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    pgid = models.IntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    resume_from = models.CharField(max_length=1000, blank=True)
+    # Sequence number of the last live event: the page discards deltas older than its backlog.
+    event_seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="run_owner_created"),
+            models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="run_status_valid"),
+            models.CheckConstraint(
+                condition=~models.Q(status=RunStatus.RUNNING) | models.Q(started_at__isnull=False),
+                name="run_running_has_started_at",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def is_external(self) -> bool:
+        return self.recipe == EXTERNAL_RECIPE
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class RunTag(models.Model):
+    """A run's tags as rows (not a JSON list): filtering by tag is an index lookup on every database."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="runtag_unique")]
+        indexes = [models.Index(fields=["name"], name="runtag_name")]
+
+
+class RunTransition(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="transitions")
+    status = models.CharField(max_length=16, choices=RunStatus.choices)
+    at = models.DateTimeField(default=timezone.now)
+    note = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="transition_status_valid"),
+        ]
+
+
+class MetricKey(models.Model):
+    """Metric names, shared by all runs: a point stores a 4-byte id instead of the name."""
+
+    id = models.AutoField(primary_key=True)
+    name = models.CharField(max_length=200, unique=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class MetricPoint(models.Model):
+    pk = models.CompositePrimaryKey("run", "key", "step")
+    # No database FK constraints on the two hot tables: a constraint costs two index probes per
+    # inserted row (deferred to commit), ~25% of ingest time. Only record_metrics writes here, for a
+    # run it has just locked; Django still cascades a run's deletion (one DELETE by run_id).
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, db_constraint=False)
+    key = models.ForeignKey(MetricKey, on_delete=models.DO_NOTHING, db_index=False, db_constraint=False)
+    step = models.BigIntegerField()
+    value = models.FloatField()
+    wall_time = models.FloatField()  # unix seconds: the chart's other x axis, cheaper than a timestamptz
+
+
+class MetricRollup(models.Model):
+    """Min and max of a series over steps [bucket × width, (bucket + 1) × width)."""
+
+    pk = models.CompositePrimaryKey("run", "key", "width", "bucket")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, db_constraint=False)
+    key = models.ForeignKey(MetricKey, on_delete=models.DO_NOTHING, db_index=False, db_constraint=False)
+    width = models.IntegerField()
+    bucket = models.BigIntegerField()
+    n = models.IntegerField()
+    min_step = models.BigIntegerField()
+    min_value = models.FloatField()
+    min_time = models.FloatField()
+    max_step = models.BigIntegerField()
+    max_value = models.FloatField()
+    max_time = models.FloatField()
+
+
+class MetricSummary(models.Model):
+    """The latest point of each series of a run (its "final" value) and its point count."""
+
+    pk = models.CompositePrimaryKey("run", "key")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="summaries", db_index=False)
+    key = models.ForeignKey(MetricKey, on_delete=models.PROTECT, related_name="+")
+    n = models.BigIntegerField()
+    last_step = models.BigIntegerField()
+    last_value = models.FloatField()
+    last_time = models.FloatField()
+    min_value = models.FloatField()
+    max_value = models.FloatField()
+
+
+class LogLine(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_lines", db_index=False)
+    stream = models.CharField(max_length=8)  # stdout | stderr | client
+    seq = models.BigIntegerField()  # the producer's line number: a re-sent line is a no-op
+    text = models.TextField()
+    time = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "stream", "seq"], name="logline_unique")]
+        indexes = [models.Index(fields=["run", "id"], name="logline_run_id")]
+
+
+class Checkpoint(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.BigIntegerField()
+    path = models.CharField(max_length=1000)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_unique_step")]
+
+
+class ApiToken(models.Model):
+    """A user's API key for scripts started outside the platform (`arbiter_client.init`)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12)  # first characters, so a user can tell keys apart
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -1,0 +1,180 @@
+"""Parsing and validation of the ingest API's JSON bodies (pure: no database, no Django).
+
+Every function either returns fully validated columns or raises PayloadError naming the first
+bad field (`points[17].value`), so a bad batch is refused whole and nothing of it is written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MAX_POINTS = 50_000
+MAX_LINES = 10_000
+MAX_STEP = 2**62
+KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$")
+STREAMS = frozenset({"stdout", "stderr", "client"})
+CLIENT_STATUSES = frozenset({"running", "succeeded", "failed", "cancelled"})
+SYSTEM_FIELDS = ("cpu_percent", "memory_percent", "process_rss_mb", "gpu_percent", "gpu_memory_percent")
+
+
+class PayloadError(ValueError):
+    """A request body the API refuses; `field` is the JSON path of the first bad value."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class MetricBatch:
+    """Column-oriented points: the shape `unnest()` inserts in one statement."""
+
+    keys: list[str]
+    steps: list[int]
+    values: list[float]
+    times: list[float]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class LogBatch:
+    seqs: list[int]
+    streams: list[str]
+    texts: list[str]
+    times: list[float]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _list_field(body: Any, name: str, limit: int) -> list[Any]:
+    if not isinstance(body, dict):
+        raise PayloadError("body", "must be a JSON object")
+    items = body.get(name)
+    if not isinstance(items, list):
+        raise PayloadError(name, "must be a list")
+    if len(items) > limit:
+        raise PayloadError(name, f"at most {limit} items per batch, got {len(items)}")
+    return items
+
+
+def parse_metrics(body: Any, *, now: float) -> MetricBatch:
+    """`{"points": [{"key": str, "step": int ≥ 0, "value": finite number, "time": unix seconds?}]}`."""
+    items = _list_field(body, "points", MAX_POINTS)
+    keys: list[str] = []
+    steps: list[int] = []
+    values: list[float] = []
+    times: list[float] = []
+    seen_keys: set[str] = set()
+    for i, p in enumerate(items):
+        if not isinstance(p, dict):
+            raise PayloadError(f"points[{i}]", "must be an object")
+        key, step, value, t = p.get("key"), p.get("step"), p.get("value"), p.get("time", now)
+        if key not in seen_keys:  # a batch repeats a handful of keys: check each once
+            if not isinstance(key, str) or not KEY_RE.match(key):
+                raise PayloadError(f"points[{i}].key", "must be 1-200 letters, digits, spaces or _.:/@%+-")
+            seen_keys.add(key)
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < MAX_STEP:
+            raise PayloadError(f"points[{i}].step", "must be an integer ≥ 0")
+        if not _is_number(value) or not math.isfinite(value):
+            raise PayloadError(f"points[{i}].value", "must be a finite number")
+        if not _is_number(t) or not 0 <= t < 1e11:
+            raise PayloadError(f"points[{i}].time", "must be unix seconds")
+        keys.append(key)
+        steps.append(step)
+        values.append(float(value))
+        times.append(float(t))
+    return MetricBatch(keys, steps, values, times)
+
+
+def parse_logs(body: Any, *, now: float) -> LogBatch:
+    """`{"lines": [{"seq": int ≥ 0, "stream": "stdout"|"stderr"|"client", "text": str, "time": number?}]}`."""
+    items = _list_field(body, "lines", MAX_LINES)
+    out = LogBatch([], [], [], [])
+    for i, line in enumerate(items):
+        if not isinstance(line, dict):
+            raise PayloadError(f"lines[{i}]", "must be an object")
+        seq, stream, text, t = line.get("seq"), line.get("stream", "client"), line.get("text"), line.get("time", now)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_STEP:
+            raise PayloadError(f"lines[{i}].seq", "must be an integer ≥ 0")
+        if stream not in STREAMS:
+            raise PayloadError(f"lines[{i}].stream", f"must be one of {sorted(STREAMS)}")
+        if not isinstance(text, str):
+            raise PayloadError(f"lines[{i}].text", "must be a string")
+        if not _is_number(t):
+            raise PayloadError(f"lines[{i}].time", "must be unix seconds")
+        out.seqs.append(seq)
+        out.streams.append(stream)
+        out.texts.append(text[:10_000].replace("\x00", ""))  # PostgreSQL text cannot hold NUL
+        out.times.append(float(t))
+    return out
+
+
+def parse_system(body: Any, *, now: float) -> MetricBatch:
+    """`{"samples": [{"seq": int, "time": number, "cpu_percent": number, ...}]}` → points under `system/`.
+
+    The sample's seq is its step, so system series are idempotent like any other metric.
+    """
+    items = _list_field(body, "samples", MAX_LINES)
+    batch = MetricBatch([], [], [], [])
+    for i, s in enumerate(items):
+        if not isinstance(s, dict):
+            raise PayloadError(f"samples[{i}]", "must be an object")
+        seq, t = s.get("seq"), s.get("time", now)
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise PayloadError(f"samples[{i}].seq", "must be an integer ≥ 0")
+        if not _is_number(t):
+            raise PayloadError(f"samples[{i}].time", "must be unix seconds")
+        for name in SYSTEM_FIELDS:
+            if name not in s:
+                continue
+            if not _is_number(s[name]) or not math.isfinite(s[name]):
+                raise PayloadError(f"samples[{i}].{name}", "must be a finite number")
+            batch.keys.append(f"system/{name}")
+            batch.steps.append(seq)
+            batch.values.append(float(s[name]))
+            batch.times.append(float(t))
+    return batch
+
+
+def parse_status(body: Any) -> tuple[str, int | None]:
+    if not isinstance(body, dict):
+        raise PayloadError("body", "must be a JSON object")
+    status, exit_code = body.get("status"), body.get("exit_code")
+    if status not in CLIENT_STATUSES:
+        raise PayloadError("status", f"must be one of {sorted(CLIENT_STATUSES)}")
+    if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
+        raise PayloadError("exit_code", "must be an integer or null")
+    return status, exit_code
+
+
+def parse_checkpoint(body: Any) -> tuple[int, str]:
+    if not isinstance(body, dict):
+        raise PayloadError("body", "must be a JSON object")
+    step, path = body.get("step"), body.get("path")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise PayloadError("step", "must be an integer ≥ 0")
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 1000:
+        raise PayloadError("path", "must be an absolute path")
+    return step, path
+
+
+def parse_new_run(body: Any) -> tuple[str, dict[str, Any], list[str]]:
+    """`{"name": str, "config": object, "tags": [str]}` for a run created from an external script."""
+    if not isinstance(body, dict):
+        raise PayloadError("body", "must be a JSON object")
+    name, config, tags = body.get("name", ""), body.get("config", {}), body.get("tags", [])
+    if not isinstance(name, str) or len(name) > 200:
+        raise PayloadError("name", "must be a string of at most 200 characters")
+    if not isinstance(config, dict):
+        raise PayloadError("config", "must be an object")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and 0 < len(t) <= 50 for t in tags):
+        raise PayloadError("tags", "must be a list of strings of 1-50 characters")
+    return name, config, tags

@@ -1,0 +1,262 @@
+"""Run lifecycle: launch, claim, cancel, finish, the lost-run sweep, retry/resume, and user API keys."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+from pydantic import ValidationError as PydanticValidationError
+
+from arbiter.accounts.models import User
+from training import events
+from training.models import (
+    ACTIVE_STATUSES,
+    EXTERNAL_RECIPE,
+    ApiToken,
+    Run,
+    RunStatus,
+    RunTag,
+    RunTransition,
+    hash_token,
+    new_token,
+)
+
+logger = logging.getLogger(__name__)
+
+# Which status may follow which. The database row moves only through `_transition`, whose
+# UPDATE ... WHERE status IN (allowed) makes each move happen at most once under races.
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    RunStatus.RUNNING: frozenset({RunStatus.QUEUED}),
+    RunStatus.SUCCEEDED: frozenset({RunStatus.RUNNING, RunStatus.LOST}),
+    RunStatus.FAILED: frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.LOST}),
+    RunStatus.CANCELLED: frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.LOST}),
+    RunStatus.LOST: frozenset({RunStatus.RUNNING}),
+}
+
+
+def run_queues() -> list[str]:
+    return list(getattr(settings, "ARBITER_RUN_QUEUES", ["gpu"]))
+
+
+def recipe_config_cls(recipe: str) -> Any:
+    from training.engine.config import RECIPES  # no torch: the registry is import-cheap by contract
+
+    info = RECIPES.get(recipe)
+    if info is None:
+        raise ValidationError({"recipe": f"Unknown recipe {recipe!r}."})
+    return info.config_cls
+
+
+def validate_config(*, recipe: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Validate with the recipe's pydantic model; each bad field becomes its own message."""
+    cls = recipe_config_cls(recipe)
+    try:
+        return cls.model_validate(config).model_dump(mode="json")
+    except PydanticValidationError as exc:
+        errors: dict[str, list[str]] = {}
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "config"
+            errors.setdefault(field, []).append(err["msg"])
+        raise ValidationError(errors) from None
+
+
+def bump_seq(*, run_id: int) -> int:
+    """Next live-event sequence number; also row-locks the run until commit, serialising its writers."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "UPDATE training_run SET event_seq = event_seq + 1 WHERE id = %s RETURNING event_seq", [run_id]
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise Run.DoesNotExist(run_id)
+    return int(row[0])
+
+
+def status_info(run: Run) -> events.StatusInfo:
+    return {
+        "status": run.status,
+        "exit_code": run.exit_code,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def _transition(*, run_id: int, to: str, note: str = "", **fields: Any) -> Run | None:
+    """Move a run to `to` if its current status allows it; record the transition; announce it after commit."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Run.objects.filter(id=run_id, status__in=ALLOWED_FROM[to]).update(status=to, **fields)
+        if not changed:
+            return None
+        RunTransition.objects.create(run_id=run_id, status=to, at=now, note=note[:300])
+        seq = bump_seq(run_id=run_id)
+        run = Run.objects.get(id=run_id)
+        delta = events.empty_delta(run_id=run_id, seq=seq)
+        delta["status"] = status_info(run)
+        transaction.on_commit(lambda: events.broadcast(delta))
+    return run
+
+
+def _set_tags(run: Run, tags: Iterable[str]) -> None:
+    names = sorted({t.strip()[:50] for t in tags if t.strip()})
+    RunTag.objects.bulk_create([RunTag(run=run, name=n) for n in names], ignore_conflicts=True)
+
+
+@transaction.atomic
+def launch_run(
+    *,
+    owner: User,
+    recipe: str,
+    config: dict[str, Any],
+    name: str = "",
+    queue: str = "gpu",
+    tags: Iterable[str] = (),
+    shared: bool = False,
+    parent: Run | None = None,
+    resume_from: str = "",
+) -> Run:
+    """Create a queued run and enqueue its supervisor on `queue` once the row is committed."""
+    if not owner.is_researcher:
+        raise ValidationError("Only researchers launch runs.")
+    if queue not in run_queues():
+        raise ValidationError({"queue": f"Unknown queue {queue!r}."})
+    clean = validate_config(recipe=recipe, config=config)
+    run = Run.objects.create(
+        owner=owner, name=name.strip() or f"{recipe}-{timezone.now():%m%d-%H%M%S}", recipe=recipe,
+        config=clean, queue=queue, shared=shared, parent=parent, resume_from=resume_from,
+    )
+    _set_tags(run, tags)
+    RunTransition.objects.create(run=run, status=RunStatus.QUEUED, at=run.created_at)
+    from training.tasks import supervise_run  # tasks import services: import here to avoid a cycle
+
+    transaction.on_commit(lambda: supervise_run.apply_async((run.id,), queue=queue))
+    return run
+
+
+@transaction.atomic
+def create_external_run(
+    *, owner: User, name: str, config: dict[str, Any], tags: Iterable[str] = ()
+) -> tuple[Run, str]:
+    """A run for a script started outside the platform: running at once; its token is returned once."""
+    token = new_token("arb_r")
+    now = timezone.now()
+    run = Run.objects.create(
+        owner=owner, name=name.strip() or f"external-{now:%m%d-%H%M%S}", recipe=EXTERNAL_RECIPE,
+        config=config, queue="", status=RunStatus.RUNNING, started_at=now, heartbeat_at=now,
+        token_hash=hash_token(token),
+    )
+    _set_tags(run, tags)
+    RunTransition.objects.create(run=run, status=RunStatus.RUNNING, at=now, note="created through the API")
+    return run, token
+
+
+def claim_run(*, run_id: int, worker: str, pid: int | None = None) -> tuple[Run, str] | None:
+    """queued → running for exactly one caller; returns the run and its fresh token, else None."""
+    token = new_token("arb_r")
+    now = timezone.now()
+    run = _transition(
+        run_id=run_id, to=RunStatus.RUNNING, note=f"claimed by {worker}"[:300], started_at=now,
+        heartbeat_at=now, worker=worker[:200], token_hash=hash_token(token),
+    )
+    return (run, token) if run else None
+
+
+def record_process(*, run_id: int, pid: int, pgid: int) -> None:
+    Run.objects.filter(id=run_id).update(pid=pid, pgid=pgid)
+
+
+def heartbeat(*, run_id: int) -> bool:
+    """Stamp the heartbeat; return True when a cancel was requested (the supervisor's poll)."""
+    Run.objects.filter(id=run_id).update(heartbeat_at=timezone.now())
+    return Run.objects.filter(id=run_id, cancel_requested_at__isnull=False).exists()
+
+
+def finish_run(*, run_id: int, exit_code: int | None, cancelled: bool = False, note: str = "") -> Run | None:
+    if cancelled:
+        to = RunStatus.CANCELLED
+    else:
+        to = RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED
+    return _transition(run_id=run_id, to=to, note=note, exit_code=exit_code, finished_at=timezone.now())
+
+
+def cancel_run(*, run: Run, by: User) -> Run:
+    """Queued (or external) runs end now; a supervised running run is stopped by its supervisor's poll."""
+    if not run.is_active:
+        raise ValidationError(f"Run #{run.id} is already {run.status}.")
+    Run.objects.filter(id=run.id, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
+    if run.status == RunStatus.QUEUED or run.is_external:
+        _transition(run_id=run.id, to=RunStatus.CANCELLED, note=f"cancelled by {by.username}",
+                    finished_at=timezone.now())
+    run.refresh_from_db()
+    return run
+
+
+def set_status_from_client(*, run: Run, status: str, exit_code: int | None) -> Run:
+    """An external script reports its own end; platform runs' status belongs to their supervisor."""
+    if not run.is_external:
+        raise ValidationError("The status of a platform-launched run is recorded by its supervisor.")
+    if status == RunStatus.RUNNING:
+        return run
+    _transition(run_id=run.id, to=status, exit_code=exit_code, finished_at=timezone.now(), note="reported by client")
+    run.refresh_from_db()
+    return run
+
+
+def mark_lost_runs(*, timeout_s: int | None = None) -> list[int]:
+    """Supervised runs whose heartbeat stopped (worker killed, machine gone) become lost."""
+    timeout_s = timeout_s if timeout_s is not None else settings.RUN_HEARTBEAT_TIMEOUT
+    cutoff = timezone.now() - timedelta(seconds=timeout_s)
+    stale = list(
+        Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff)
+        .filter(~Q(recipe=EXTERNAL_RECIPE))
+        .values_list("id", flat=True)
+    )
+    lost = []
+    for run_id in stale:
+        if _transition(run_id=run_id, to=RunStatus.LOST, note=f"no heartbeat for {timeout_s}s",
+                       finished_at=timezone.now()):
+            lost.append(run_id)
+    if lost:
+        logger.warning("marked runs lost: %s", lost)
+    return lost
+
+
+def retry_run(*, run: Run, by: User) -> Run:
+    """A new run from the same recipe and config (from step 0)."""
+    if run.is_external:
+        raise ValidationError("External runs are started by their own script.")
+    return launch_run(owner=by, recipe=run.recipe, config=run.config, name=f"{run.name} (retry)",
+                      queue=run.queue, tags=run.tags.values_list("name", flat=True), parent=run)
+
+
+def resume_run(*, run: Run, by: User) -> Run:
+    """A new run that continues from this run's last checkpoint."""
+    if run.is_active:
+        raise ValidationError("Cancel the run before resuming it.")
+    checkpoint = run.checkpoints.order_by("-step").first()
+    if checkpoint is None:
+        raise ValidationError(f"Run #{run.id} has no checkpoint to resume from.")
+    return launch_run(owner=by, recipe=run.recipe, config=run.config,
+                      name=f"{run.name} (resumed @{checkpoint.step})", queue=run.queue,
+                      tags=run.tags.values_list("name", flat=True), parent=run, resume_from=checkpoint.path)
+
+
+def issue_api_token(*, user: User, name: str) -> tuple[ApiToken, str]:
+    """A new API key; the plain key is returned once and only its hash is kept."""
+    if not user.is_researcher:
+        raise ValidationError("Only researchers may create API keys.")
+    plain = new_token("arb_u")
+    token = ApiToken.objects.create(user=user, name=name[:100] or "key", token_hash=hash_token(plain),
+                                    prefix=plain[:10])
+    return token, plain
+
+
+def revoke_api_token(*, token: ApiToken) -> None:
+    ApiToken.objects.filter(id=token.id, revoked_at__isnull=True).update(revoked_at=timezone.now())
