@@ -74,10 +74,11 @@ class Command(BaseCommand):
         """First start creates one account per role with a random password, saved for the next start."""
         path = Path(settings.VAR_DIR) / "initial-credentials.txt"
         if path.exists():
-            return path.read_text().splitlines()
+            return [line for line in path.read_text().splitlines() if line]
         lines = []
         for username, role in DEMO_ACCOUNTS:
             if User.objects.filter(username=username).exists():
+                lines.append(f"{role.label.lower():<11} username: {username:<11} (existed already; password unchanged)")
                 continue
             password = secrets.token_urlsafe(9)
             user = User(username=username, role=role, is_superuser=role == Role.ADMIN)
