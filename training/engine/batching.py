@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,9 +26,15 @@ class TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
+@functools.lru_cache(maxsize=131_072)
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool) -> tuple[int, ...]:
+    # Datasets repeat over epochs: tokenising each string once takes the tokenizer off the step's critical path.
+    return tuple(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Prompt token ids, starting with BOS when the tokenizer has one (tiny tokenizers do not add it themselves)."""
-    ids: list[int] = list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) if prompt else []
+    ids: list[int] = list(_ids(tokenizer, prompt, True)) if prompt else []
     bos = tokenizer.bos_token_id
     if bos is not None and (not ids or ids[0] != bos):
         ids = [int(bos), *ids]
@@ -36,7 +43,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
     """Completion token ids followed by EOS (so the model learns to stop)."""
-    ids: list[int] = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    ids: list[int] = list(_ids(tokenizer, completion, False))
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return ids

@@ -172,9 +172,9 @@ class GRPOConfig(BaseRecipeConfig):
 class DemoGRPOConfig(GRPOConfig):
     """GRPO demo on CPU: a tiny model is warm-started by SFT on noisy labels, then GRPO raises exact-match reward."""
 
-    max_steps: int = Field(140, ge=1, le=100_000, description="Optimiser steps (warm-up SFT + GRPO).")
+    max_steps: int = Field(450, ge=1, le=100_000, description="Optimiser steps (warm-start SFT + GRPO).")
     batch_size: int = Field(16, ge=1, le=4096, description="Prompts per optimiser step (each sampled G times).")
-    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(5e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate of the GRPO steps.")
     num_generations: int = Field(8, ge=2, le=256, description="G: completions sampled per prompt (a group).")
     max_new_tokens: int = Field(4, ge=1, le=256, description="Longest completion sampled.")
     max_length: int = Field(32, ge=8, le=4096, description="Tokens kept per example (prompt + completion).")
@@ -182,10 +182,10 @@ class DemoGRPOConfig(GRPOConfig):
     num_threads: int = Field(1, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")
     tiny_num_layers: int = Field(2, ge=1, le=64, description="Decoder layers of the 'tiny' model.")
     sft_warmup_steps: int = Field(
-        60, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
+        250, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
     )
     label_noise: float = Field(
-        0.5,
+        0.4,
         ge=0.0,
         le=1.0,
         description="Fraction of warm-start answers replaced by wrong ones, so RL has room to improve.",

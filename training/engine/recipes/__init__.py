@@ -9,8 +9,8 @@ from training.engine.recipes.base import Recipe, RunContext
 _IMPLEMENTATIONS: dict[str, str] = {
     "demo": "training.engine.recipes.sft:DemoRecipe",
     "sft": "training.engine.recipes.sft:SFTRecipe",
-    "reward_model": "training.engine.recipes.reward_model:RewardModelRecipe",
-    "dpo": "training.engine.recipes.dpo:DPORecipe",
+    "reward_model": "training.engine.recipes.preference:RewardModelRecipe",
+    "dpo": "training.engine.recipes.preference:DPORecipe",
     "grpo": "training.engine.recipes.grpo:GRPORecipe",
     "demo_grpo": "training.engine.recipes.grpo:GRPORecipe",
 }

@@ -117,7 +117,8 @@ def run_training(recipe: Recipe) -> Path | None:
     """Train ``recipe`` to ``max_steps``, resuming if asked; return the final model folder (rank 0)."""
     ctx, config = recipe.ctx, recipe.ctx.config
     params = [p for p in recipe.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # fused: one kernel per step instead of a loop over tensors (CPU and CUDA both have it)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
     # The factor is evaluated for the step about to run (LambdaLR passes the count of steps taken).
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda taken: schedule_factor(config, taken + 1) * recipe.lr_factor(taken + 1)
@@ -147,7 +148,9 @@ def run_training(recipe: Recipe) -> Path | None:
         metrics["step_time"] = time.perf_counter() - began
         if ctx.dist.is_main and (step % config.logging_steps == 0 or step == config.max_steps):
             ctx.reporter.log(metrics, step)
-            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k or k.startswith("rewards/"))
+            shown = " ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k or k.startswith(("rewards/", "sft/"))
+            )
             _say(ctx, f"step {step}/{config.max_steps} {shown}")
         if step % config.save_steps == 0 or step == config.max_steps:
             _checkpoint(recipe, step, optimizer, scheduler)
@@ -175,6 +178,11 @@ def _checkpoint(
     )
     ctx.reporter.log_checkpoint(step, str(path))
     _say(ctx, f"checkpoint written to {path}")
+
+
+def _shown(key: str) -> bool:
+    """Keys worth a place on the human-readable log line (all of them go to the reporter)."""
+    return "/" not in key or key.startswith(("rewards/", "sft/"))
 
 
 def _say(ctx: RunContext, line: str) -> None:

@@ -50,17 +50,18 @@ class RubricJudge:
         self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
         self.device = device
         self.batch_size = batch_size
-        self.yes_id, self.no_id = self._answer_token(" yes", "yes"), self._answer_token(" no", "no")
-        if self.yes_id == self.no_id:
-            raise ValueError(f"the judge's tokenizer ({path}) does not tell 'yes' from 'no' by their first token")
+        self.yes_id, self.no_id = self._answer_tokens(path)
 
-    def _answer_token(self, *spellings: str) -> int:
+    def _answer_tokens(self, path: str) -> tuple[int, int]:
+        """First-token ids of "yes" and "no", trying spellings until the two differ (a character tokenizer
+        would otherwise compare the leading space with itself)."""
         unk = self.tokenizer.unk_token_id
-        for spelling in spellings:
-            ids = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
-            if ids and ids[0] != unk:
-                return int(ids[0])
-        return int(self.tokenizer(spellings[-1], add_special_tokens=False)["input_ids"][0])
+        for yes, no in ((" yes", " no"), ("yes", "no"), (" Yes", " No"), ("Yes", "No")):
+            y = self.tokenizer(yes, add_special_tokens=False)["input_ids"]
+            n = self.tokenizer(no, add_special_tokens=False)["input_ids"]
+            if y and n and y[0] != n[0] and unk not in (y[0], n[0]):
+                return int(y[0]), int(n[0])
+        raise ValueError(f"the judge's tokenizer ({path}) does not tell 'yes' from 'no' by their first token")
 
     @torch.no_grad()
     def satisfied(self, prompt: str, response: str, items: Sequence[str]) -> list[bool]:

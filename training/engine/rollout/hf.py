@@ -53,7 +53,9 @@ class HFRollout:
         ids, mask = ids.to(device), mask.to(device)
         pos = positions(mask)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1
+        )
         logits = out.logits[:, -1]
         batch = ids.size(0)
         tokens = torch.full((batch, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
@@ -78,7 +80,7 @@ class HFRollout:
                 input_ids=token[:, None],
                 attention_mask=mask,
                 position_ids=next_pos,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
             logits = out.logits[:, -1]

@@ -1,0 +1,238 @@
+"""Our GRPO and DPO steps against TRL's GRPOTrainer and DPOTrainer: same model, data and batch, one process.
+
+Run: .venv/bin/pip install -r requirements/bench.txt && .venv/bin/python bench/bench_engine.py
+Fixed config: a ~1M-parameter Llama built from a config, a character tokenizer trained on the task, fp32 on
+CPU with 2 threads; GRPO 8 prompts x 4 generations x 24 new tokens, no KL (TRL's default beta=0, loss dapo);
+DPO 16 pairs per step with an explicit frozen reference (TRL cannot build one from a config-built model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.engine.checkpoints import save_model_folder  # noqa: E402
+from training.engine.config import SFTConfig  # noqa: E402
+from training.engine.demo_tasks import addition_prompts, sorting_preferences, task_texts  # noqa: E402
+from training.engine.distributed import DistInfo  # noqa: E402
+from training.engine.modeling import load_causal_lm, train_char_tokenizer  # noqa: E402
+from training.engine.recipes import build_recipe  # noqa: E402
+from training.engine.recipes.base import RunContext, run_training  # noqa: E402
+from training.engine.rewards.verifiers import numeric_answer  # noqa: E402
+from training.engine.spec import RunSpec  # noqa: E402
+
+PROMPTS, GENERATIONS, NEW_TOKENS, DPO_BATCH = 8, 4, 24, 16
+TINY = {"tiny_hidden_size": 128, "tiny_num_layers": 4, "tiny_num_heads": 4}
+
+
+class Timings:
+    """Collects our engine's per-step metrics (the Reporter protocol)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def log(self, metrics: Any, step: int | None = None) -> None:
+        self.rows.append(dict(metrics))
+
+    def log_checkpoint(self, step: int, path: str) -> None:
+        return None
+
+    def finish(self, exit_code: int = 0) -> None:
+        return None
+
+
+def build_model_folder(root: Path) -> Path:
+    """One tiny model + tokenizer on disk, loaded by both engines."""
+    texts = task_texts(addition_prompts()) + task_texts(sorting_preferences(n=2000, seed=99))
+    tokenizer = train_char_tokenizer(texts)
+    config = SFTConfig(**TINY, max_length=64)
+    model = load_causal_lm("tiny", config=config, tokenizer=tokenizer, seed=0, device=torch.device("cpu"))
+    folder = root / "model"
+    save_model_folder(folder, model=model, tokenizer=tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: {params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, {torch.get_num_threads()} threads")
+    return folder
+
+
+def ours(recipe: str, folder: Path, root: Path, steps: int, config: dict[str, Any]) -> list[dict[str, float]]:
+    spec = RunSpec(
+        recipe=recipe,
+        config={"model_name_or_path": str(folder), "max_steps": steps, "save_steps": 10_000, **config},
+        output_dir=str(root / f"ours-{recipe}"),
+    )
+    timings = Timings()
+    ctx = RunContext.create(spec=spec, reporter=timings, dist=DistInfo())
+    run_training(build_recipe(ctx))
+    return timings.rows
+
+
+class StepClock:
+    """A TRL callback that times each optimiser step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float]]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    rows = [{"prompt": e.prompt, "answer": e.answer} for e in addition_prompts()]
+
+    def reward(completions: list[str], answer: list[str], **_: Any) -> list[float]:
+        from training.engine.data import PromptExample
+
+        return numeric_answer(completions, [PromptExample("", a) for a in answer])
+
+    args = GRPOConfig(
+        output_dir=str(root / "trl-grpo"),
+        per_device_train_batch_size=PROMPTS * GENERATIONS,
+        num_generations=GENERATIONS,
+        max_completion_length=NEW_TOKENS,
+        max_steps=steps,
+        learning_rate=1e-5,
+        beta=0.0,
+        loss_type="dapo",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    clock = StepClock()
+    callback = type(
+        "Clock", (TrainerCallback,), {"on_step_begin": clock.on_step_begin, "on_step_end": clock.on_step_end}
+    )
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=Dataset.from_list(rows * 4),
+        processing_class=tokenizer,
+        callbacks=[callback()],
+    )
+    trainer.train()
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return clock.times, lengths
+
+
+def trl_dpo(folder: Path, root: Path, steps: int) -> list[float]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [
+        {"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in sorting_preferences(n=2000, seed=99)
+    ]
+    args = DPOConfig(
+        output_dir=str(root / "trl-dpo"),
+        per_device_train_batch_size=DPO_BATCH,
+        max_steps=steps,
+        learning_rate=1e-4,
+        beta=0.1,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    clock = StepClock()
+    callback = type(
+        "Clock", (TrainerCallback,), {"on_step_begin": clock.on_step_begin, "on_step_end": clock.on_step_end}
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder),
+        ref_model=AutoModelForCausalLM.from_pretrained(folder),  # explicit: TRL crashes building one itself
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[callback()],
+    )
+    trainer.train()
+    return clock.times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per engine (after 3 warm-up steps)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    warm, n = 3, args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = build_model_folder(root)
+        grpo_cfg = {
+            "batch_size": PROMPTS,
+            "num_generations": GENERATIONS,
+            "max_new_tokens": NEW_TOKENS,
+            "learning_rate": 1e-5,
+            "loss_type": "dapo",
+            "max_length": 64,
+            "num_threads": args.threads,
+        }
+        rows = ours("grpo", folder, root, warm + n, grpo_cfg)[warm:]
+        our_grpo = statistics.median(r["step_time"] for r in rows)
+        our_tokens = statistics.mean(r["completions/mean_length"] for r in rows) * PROMPTS * GENERATIONS
+        trl_times, trl_lengths = trl_grpo(folder, root, warm + n)
+        trl_grpo_t = statistics.median(trl_times[warm:])
+        trl_tokens = statistics.mean(trl_lengths[warm:]) * PROMPTS * GENERATIONS
+        dpo_rows = ours(
+            "dpo", folder, root, warm + n, {"batch_size": DPO_BATCH, "max_length": 64, "num_threads": args.threads}
+        )[warm:]
+        our_dpo = statistics.median(r["step_time"] for r in dpo_rows)
+        trl_dpo_t = statistics.median(trl_dpo(folder, root, warm + n)[warm:])
+    print()
+    print(f"{'measure (median of ' + str(n) + ' steps)':<38}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
+    table = [
+        ("GRPO step time (s)", our_grpo, trl_grpo_t, our_grpo / trl_grpo_t),
+        (
+            "GRPO generated tokens/s",
+            our_tokens / our_grpo,
+            trl_tokens / trl_grpo_t,
+            (our_tokens / our_grpo) / (trl_tokens / trl_grpo_t),
+        ),
+        ("DPO step time (s)", our_dpo, trl_dpo_t, our_dpo / trl_dpo_t),
+        ("DPO pairs/s", DPO_BATCH / our_dpo, DPO_BATCH / trl_dpo_t, trl_dpo_t / our_dpo),
+    ]
+    for name, a, b, ratio in table:
+        print(f"{name:<38}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
+    print(
+        f"mean completion length: Arbiter {our_tokens / (PROMPTS * GENERATIONS):.1f}, "
+        f"TRL {trl_tokens / (PROMPTS * GENERATIONS):.1f} tokens"
+    )
+
+
+if __name__ == "__main__":
+    main()

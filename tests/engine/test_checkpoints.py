@@ -1,0 +1,76 @@
+"""Checkpoints are Hugging Face folders, and resuming from one equals never having stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.engine.checkpoints import latest_checkpoint
+from training.engine.recipes import build_recipe
+from training.engine.recipes.base import run_training
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra"),
+    [
+        ("sft", {"lr_scheduler": "cosine", "warmup_steps": 2}),
+        (
+            "grpo",
+            {
+                "batch_size": 2,
+                "num_generations": 2,
+                "max_new_tokens": 3,
+                "learning_rate": 1e-2,
+                "reward_funcs": ["regex"],
+                "reward_regex": "[0-9].*",
+            },
+        ),
+    ],
+)
+def test_resume_equals_uninterrupted_run(context_factory: Any, recipe: str, extra: dict[str, Any]) -> None:
+    config = {"max_steps": 6, "save_steps": 3, "learning_rate": 3e-3, **extra}
+    ctx, straight = context_factory(recipe, config, out="straight")
+    final_straight = run_training(build_recipe(ctx))
+    # An interrupted run would have written exactly the straight run's checkpoint-3: resume from it.
+    checkpoint = ctx.output_dir / "checkpoint-3"
+    assert latest_checkpoint(ctx.output_dir) == ctx.output_dir / "checkpoint-6"
+    ctx_b, resumed = context_factory(recipe, config, out="resumed", resume_from=str(checkpoint))
+    final_resumed = run_training(build_recipe(ctx_b))
+    assert final_straight is not None
+    assert final_resumed is not None
+    a, b = weights(final_straight), weights(final_resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert straight.series("loss")[-1] == resumed.series("loss")[-1]
+    assert [s for s, _ in resumed.metrics] == [4, 5, 6]
+
+
+def test_checkpoint_folder_loads_with_transformers_and_as_next_model(context_factory: Any) -> None:
+    ctx, reporter = context_factory("sft", {"max_steps": 4, "save_steps": 2})
+    final = run_training(build_recipe(ctx))
+    assert [step for step, _ in reporter.checkpoints] == [2, 4]
+    for step, path in reporter.checkpoints:
+        folder = Path(path)
+        assert folder.name == f"checkpoint-{step}"
+        assert {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt"} <= {
+            p.name for p in folder.iterdir()
+        }
+    assert final is not None
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    ids = tokenizer("ab>", return_tensors="pt").input_ids
+    assert model(input_ids=ids).logits.shape[-1] == len(tokenizer)
+    # the next run starts from it
+    ctx2, reporter2 = context_factory("sft", {"max_steps": 1, "model_name_or_path": str(final)}, out="next")
+    run_training(build_recipe(ctx2))
+    assert reporter2.series("loss")[0] < reporter.series("loss")[0]

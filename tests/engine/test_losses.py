@@ -1,0 +1,158 @@
+"""Each loss equals its formula, computed by hand on small tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.engine import losses
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_dpo_loss_equals_sigmoid_formula() -> None:
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.5])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -1.0])
+    loss, chosen, rejected = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    h = [(-1.0 + 1.5) - (-3.0 + 2.5), (-2.0 + 2.0) - (-1.5 + 1.0)]
+    expected = sum(-math.log(sig(0.5 * x)) for x in h) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert chosen.tolist() == pytest.approx([0.25, 0.0])
+    assert rejected.tolist() == pytest.approx([-0.25, -0.25])
+
+
+def test_dpo_label_smoothing_mixes_both_directions() -> None:
+    z = torch.tensor([0.0])
+    loss, _, _ = losses.dpo_loss(torch.tensor([1.0]), z, z, z, beta=1.0, label_smoothing=0.2)
+    expected = -0.8 * math.log(sig(1.0)) - 0.2 * math.log(sig(-1.0))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bradley_terry_equals_formula_with_centering() -> None:
+    rc, rr = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.0])
+    loss = losses.bradley_terry_loss(rc, rr, center_coefficient=0.1)
+    expected = (-math.log(sig(1.0)) - math.log(sig(-0.5))) / 2 + 0.1 * (9.0 + 2.25) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_advantages_group_batch_and_none() -> None:
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 3.0, 1.0])
+    none = losses.group_advantages(r, group_size=3, scale="none")
+    assert none.tolist() == pytest.approx([1 / 3, -2 / 3, 1 / 3, -4 / 3, 5 / 3, -1 / 3], rel=1e-6)
+    group = losses.group_advantages(r, group_size=3, scale="group", eps=0.0)
+    std1, std2 = torch.tensor([1.0, 0.0, 1.0]).std().item(), torch.tensor([0.0, 3.0, 1.0]).std().item()
+    assert group[:3].tolist() == pytest.approx((none[:3] / std1).tolist(), rel=1e-6)
+    assert group[3:].tolist() == pytest.approx((none[3:] / std2).tolist(), rel=1e-6)
+    batch = losses.group_advantages(r, group_size=3, scale="batch", eps=0.0)
+    assert batch.tolist() == pytest.approx((none / r.std()).tolist(), rel=1e-6)
+
+
+def test_group_advantages_zero_when_group_rewards_are_equal() -> None:
+    adv = losses.group_advantages(torch.tensor([2.0, 2.0, 2.0, 2.0]), group_size=4, scale="group")
+    assert torch.equal(adv, torch.zeros(4))
+
+
+def test_k3_kl_equals_formula_and_is_zero_at_equality() -> None:
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    kl = losses.k3_kl(logp, ref)
+    assert kl[0].item() == pytest.approx(math.exp(-0.5) + 0.5 - 1.0, rel=1e-6)
+    assert kl[1].item() == 0.0
+
+
+def test_clipped_loss_uses_asymmetric_bounds() -> None:
+    old = torch.zeros(2, 3)
+    logps = torch.log(torch.tensor([[1.5, 1.1, 0.5], [1.5, 1.1, 0.5]]))
+    adv = torch.tensor([1.0, -1.0])
+    loss, ratio = losses.clipped_token_loss(logps, old, adv, epsilon_low=0.2, epsilon_high=0.28)
+    # positive advantage: min(r, clip(r)) -> clipped at 1.28 above, r below; negative: max(r, clip(r)) -> 0.8 below
+    assert (-loss[0]).tolist() == pytest.approx([1.28, 1.1, 0.5], rel=1e-6)
+    assert (-loss[1]).tolist() == pytest.approx([-1.5, -1.1, -0.8], rel=1e-6)
+    assert ratio[0].tolist() == pytest.approx([1.5, 1.1, 0.5], rel=1e-6)
+
+
+def test_clip_ratio_metrics_count_active_clips() -> None:
+    ratio = torch.tensor([[1.5, 1.0], [0.5, 1.0]])
+    metrics = losses.clip_ratio_metrics(
+        ratio, torch.tensor([1.0, -1.0]), torch.ones(2, 2), epsilon_low=0.2, epsilon_high=0.2
+    )
+    assert metrics == {"clip_ratio/low_mean": 0.25, "clip_ratio/high_mean": 0.25, "clip_ratio/region_mean": 0.5}
+
+
+PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+MASK = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "expected"),
+    [
+        ("grpo", ((1 + 2 + 3) / 3 + 4 / 1) / 2),
+        ("bnpo", (1 + 2 + 3 + 4) / 4),
+        ("dr_grpo", (1 + 2 + 3 + 4) / (2 * 8)),
+        ("dapo", (1 + 2 + 3 + 4) / 10),
+    ],
+)
+def test_aggregation_matches_trl_loss_types(loss_type: str, expected: float) -> None:
+    # dapo divides by the tokens of the whole generation batch (10 here, across micro-batches), not this one's 4
+    got = losses.aggregate_token_loss(
+        PER_TOKEN, MASK, loss_type=loss_type, max_completion_length=8, num_items_in_batch=10
+    )
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gtpo_conflict_mask_marks_tokens_shared_by_positive_and_negative() -> None:
+    # one group of 4: completions 0,1 positive, 2 negative, 3 zero advantage
+    ids = torch.tensor([[5, 6, 7], [5, 9, 8], [5, 6, 8], [4, 6, 7]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    adv = torch.tensor([1.0, 0.5, -1.0, 0.0])
+    conflict = losses.gtpo_conflict_mask(ids, mask, adv, group_size=4)
+    expected = torch.tensor(
+        [
+            [True, True, False],  # 5 and 6 also in negative completion 2 at positions 0 and 1
+            [True, False, False],  # 8 at position 2 is padding in completion 2: no conflict
+            [True, True, False],
+            [False, True, False],  # token 6 at position 1 is shared by a positive and a negative
+        ]
+    )
+    assert torch.equal(conflict, expected)
+
+
+def test_gtpo_weights_shield_negative_and_amplify_positive_conflicts() -> None:
+    conflict = torch.tensor([[True, False], [True, False]])
+    weights = losses.gtpo_token_weights(conflict, torch.tensor([1.0, -1.0]), boost=2.0)
+    assert weights.tolist() == [[2.0, 1.0], [0.0, 1.0]]
+
+
+def test_gtpo_entropy_filter_drops_high_entropy_completions() -> None:
+    keep = losses.gtpo_entropy_keep(torch.tensor([0.1, 2.0, 0.5]), threshold=0.5)
+    assert keep.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_guard_normalisation_centres_log_ratio_per_position() -> None:
+    logps = torch.tensor([[0.2, 0.1], [0.4, -0.3], [0.0, 0.5]], requires_grad=True)
+    old = torch.zeros(3, 2)
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0]])
+    normed = losses.guard_normalised_log_ratio(logps, old, mask)
+    # position 0: mean of 0.2, 0.4, 0.0 = 0.2; position 1: mean of 0.1, -0.3 (third is padding) = -0.1
+    assert torch.allclose(normed.detach(), torch.tensor([[0.0, 0.2], [0.2, -0.2], [-0.2, 0.0]]), atol=1e-6)
+    normed.sum().backward()
+    assert logps.grad is not None
+    assert logps.grad.tolist() == [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]  # the mean is a stop-gradient
+
+
+def test_guard_normalisation_is_identity_on_first_pass() -> None:
+    logps = torch.randn(4, 3)
+    assert torch.equal(losses.guard_normalised_log_ratio(logps, logps, torch.ones(4, 3)), torch.zeros(4, 3))
+
+
+def test_sft_loss_ignores_prompt_tokens() -> None:
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 1, 2] = 5.0  # predicts the token at position 2
+    labels = torch.tensor([[-100, -100, 2]])
+    loss, accuracy = losses.sft_loss(logits, labels)
+    expected = -torch.log_softmax(logits[0, 1], -1)[2].item()
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert accuracy == 1.0
