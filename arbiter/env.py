@@ -47,7 +47,7 @@ def env_path(name: str, default: Path) -> Path:
     return Path(raw).expanduser().resolve() if raw else default
 
 
-def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:
+def database_from_url(url: str, *, base_dir: Path, pool_max_size: int = 0) -> dict[str, object]:
     """Parse `postgres://user:pass@host:port/name?sslmode=...` or `sqlite:///relative/or/abs.sqlite3`.
 
     Written here rather than pulling dj-database-url for two schemes; unknown schemes are refused by name.
@@ -65,6 +65,10 @@ def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:
         }
     if parsed.scheme in {"postgres", "postgresql", "pgsql"}:
         options: dict[str, object] = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        if pool_max_size > 0:
+            # Under ASGI every request may run in a fresh thread: persistent per-thread connections pile up
+            # ("too many clients" at 32 annotators). A bounded psycopg pool per process reuses them instead.
+            options["pool"] = {"min_size": 1, "max_size": pool_max_size, "timeout": 30}
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parsed.path.lstrip("/")) or "arbiter",
@@ -72,7 +76,7 @@ def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 60,
+            "CONN_MAX_AGE": 0 if pool_max_size > 0 else 60,
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
             "TEST": {"NAME": "test_" + (unquote(parsed.path.lstrip("/")) or "arbiter")},

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run every benchmark in bench/ in turn; each prints its own table. Used by `make bench`.
+# Run every benchmark in turn; each prints its own table. Used by `make bench` (PostgreSQL + Redis from env).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for script in bench/bench_*.py; do
-  echo "== $script"
-  .venv/bin/python "$script" "$@"
-done
+PY=.venv/bin/python
+echo "== engine vs TRL";           $PY bench/bench_engine.py
+echo "== run ingest, chart reads, live latency"; $PY bench/bench_runs.py
+echo "== annotator loop, import, export";        $PY bench/bench_annotation.py

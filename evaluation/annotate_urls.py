@@ -1,17 +1,16 @@
-"""Annotator routes (placeholder until the evaluation app fills it)."""
+"""Annotator routes, mounted at /annotate/: the queue, the next item, submit and skip."""
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from __future__ import annotations
+
 from django.urls import path
 
-from arbiter.accounts.decorators import annotator_required
+from evaluation import annotate_views as views
 
 app_name = "annotate"
 
-
-@annotator_required
-def queue(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {"title": "Your queue"})
-
-
-urlpatterns = [path("", queue, name="queue")]
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("<int:study_id>/", views.next_item, name="next"),
+    path("<int:study_id>/submit/", views.submit, name="submit"),
+    path("<int:study_id>/skip/", views.skip, name="skip"),
+]

@@ -8,9 +8,11 @@ older messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -60,6 +62,19 @@ def notify_progress(*, study_id: int, force: bool = False) -> None:
         return
     message: StudyEventMessage = {"type": "study.event", "payload": study_progress(study_id=study_id)}
     try:
-        async_to_sync(layer.group_send)(study_group(study_id), message)
+        asyncio.get_running_loop()
+    except RuntimeError:
+        _send(layer, study_group(study_id), message)
+    else:
+        # This thread runs an event loop (a sync call made from async code, a browser driver in
+        # tests): async_to_sync refuses to run here, so send from a short-lived thread.
+        sender = threading.Thread(target=_send, args=(layer, study_group(study_id), message))
+        sender.start()
+        sender.join(timeout=5)
+
+
+def _send(layer: Any, group: str, message: StudyEventMessage) -> None:
+    try:
+        async_to_sync(layer.group_send)(group, message)
     except Exception:  # a socket is a hint: never fail a judgment because Redis hiccupped
-        logger.warning("progress broadcast for study %s failed", study_id, exc_info=True)
+        logger.warning("progress broadcast to %s failed", group, exc_info=True)

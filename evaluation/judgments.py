@@ -29,7 +29,9 @@ def _unswap_side(shown: str, swapped: bool) -> str:
     return "ab"[1 - index if swapped else index]
 
 
-def canonical_judgment(*, kind: str, item_payload: dict[str, Any], data: dict[str, Any], swapped: bool) -> dict[str, Any]:
+def canonical_judgment(
+    *, kind: str, item_payload: dict[str, Any], data: dict[str, Any], swapped: bool
+) -> dict[str, Any]:
     """Validate a form's cleaned data against the item and return the stored payload."""
     if kind == "pairwise":
         shown = data.get("choice")
@@ -130,7 +132,9 @@ def gold_score(*, kind: str, payload: dict[str, Any], expected: Any) -> float:
 # --------------------------------------------------------------------------- agreement units
 
 
-def agreement_labels(*, kind: str, item_id: int, payload: dict[str, Any], item_payload: dict[str, Any]) -> dict[str, Any]:
+def agreement_labels(
+    *, kind: str, item_id: int, payload: dict[str, Any], item_payload: dict[str, Any]
+) -> dict[str, Any]:
     """The units one judgment labels, {unit key: value}, for Krippendorff / kappa across annotators."""
     if kind == "pairwise":
         return {f"{item_id}": payload["choice"]}

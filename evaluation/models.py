@@ -38,6 +38,7 @@ class Study(models.Model):
     scale_labels = models.JSONField(default=list, blank=True, help_text="Rating studies: one label per point.")
     shared_with = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="shared_studies")
     annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="annotated_studies")
+    item_count = models.PositiveIntegerField(default=0, editable=False)  # kept by services.add_items
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -92,9 +93,14 @@ class Item(models.Model):
 class Assignment(models.Model):
     """One annotator's lease on one item. Closed by a judgment, a skip, or release after expiry."""
 
-    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="assignments")
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
-    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    # No single-column FK indexes: the composite ones below cover every lookup, and an index on
+    # annotator alone tempted the planner into scanning all of an annotator's assignments per
+    # candidate item instead of probing (item, annotator).
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="assignments", db_index=False)
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments", db_index=False)
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments", db_index=False
+    )
     leased_at = models.DateTimeField()
     lease_expires_at = models.DateTimeField()
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -120,8 +126,11 @@ class Assignment(models.Model):
                 condition=Q(completed_at__isnull=True, released_at__isnull=True),
                 name="assignment_open_lease",
             ),
-            models.Index(fields=["study", "annotator", "completed_at"], name="assignment_progress"),
+            models.Index(fields=["study", "annotator", "id"], name="assignment_latest"),
         ]
+
+    def __str__(self) -> str:
+        return f"assignment {self.pk}: item {self.item_id} to user {self.annotator_id}"
 
     @property
     def is_open(self) -> bool:
@@ -143,6 +152,9 @@ class Judgment(models.Model):
         ordering = ["id"]
         indexes = [models.Index(fields=["study", "annotator"], name="judgment_study_annotator")]
 
+    def __str__(self) -> str:
+        return f"judgment {self.pk} on item {self.item_id}"
+
 
 class RubricItemFlag(models.Model):
     """An annotator's vote that a rubric item is badly written (rubric approval)."""
@@ -156,6 +168,9 @@ class RubricItemFlag(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["item", "rubric_index", "annotator"], name="rubric_flag_once"),
         ]
+
+    def __str__(self) -> str:
+        return f"flag on rubric item {self.rubric_index} of item {self.item_id}"
 
 
 class ExportFormat(models.TextChoices):
@@ -192,6 +207,9 @@ class ExportJob(models.Model):
             models.CheckConstraint(condition=Q(status__in=ExportStatus.values), name="export_status_valid"),
             models.CheckConstraint(condition=Q(format__in=ExportFormat.values), name="export_format_valid"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.get_format_display()} export {self.pk} of study {self.study_id}"
 
     @property
     def percent(self) -> int:

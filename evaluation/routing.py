@@ -1,5 +1,9 @@
-"""Websocket routes of this app."""
+"""Websocket routes of the evaluation app."""
 
-from django.urls import URLPattern
+from __future__ import annotations
 
-websocket_urlpatterns: list[URLPattern] = []
+from django.urls import path
+
+from evaluation.consumers import StudyConsumer
+
+websocket_urlpatterns = [path("ws/studies/<int:study_id>/", StudyConsumer.as_asgi())]

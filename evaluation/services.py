@@ -13,17 +13,20 @@ The assignment rules live here and nowhere else:
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from arbiter.accounts.models import User
 from evaluation import events
@@ -112,10 +115,16 @@ def update_study(
     if overlap != locked.overlap:
         held = Item.objects.filter(study=locked).aggregate(m=Max("claimed"))["m"] or 0
         if overlap < held:
-            raise ValidationError({"overlap": f"Some items already have {held} judgments or leases; overlap >= {held}."})
+            raise ValidationError(
+                {"overlap": f"Some items already have {held} judgments or leases; overlap >= {held}."}
+            )
         Item.objects.filter(study=locked).update(overlap=overlap)
     locked.name, locked.instructions, locked.overlap = name, instructions, overlap
-    locked.lease_seconds, locked.accuracy_threshold, locked.scale_labels = lease_seconds, accuracy_threshold, scale_labels
+    locked.lease_seconds, locked.accuracy_threshold, locked.scale_labels = (
+        lease_seconds,
+        accuracy_threshold,
+        scale_labels,
+    )
     locked.save()
     locked.annotators.set(annotators)
     locked.shared_with.set(shared_with)
@@ -152,6 +161,13 @@ def add_items(*, study: Study, items: list[ParsedItem]) -> int:
         for i, p in enumerate(items)
     ]
     Item.objects.bulk_create(rows, batch_size=1000)
+    Study.objects.filter(pk=locked.pk).update(item_count=F("item_count") + len(rows))
+    if connection.vendor == "postgresql" and len(rows) >= 1000:
+        # Fresh statistics, or the queue's scan is planned for an empty table (a bitmap scan and a
+        # sort of every open item, tens of ms, instead of walking the index to the first free one).
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {Item._meta.db_table}")
+    study.item_count = locked.item_count + len(rows)
     return len(rows)
 
 
@@ -161,11 +177,13 @@ def add_items(*, study: Study, items: list[ParsedItem]) -> int:
 def next_assignment(*, annotator: User, study: Study) -> Assignment | None:
     """The annotator's open assignment in this study, or a newly leased item; None when nothing is left."""
     _maybe_release(study.pk)
+    claim = _claim_postgres if connection.vendor == "postgresql" else _claim_portable
     for attempt in range(3):
         try:
-            assignment = _claim(annotator=annotator, study=study)
-        except OperationalError:
-            # A deadlock with a concurrent sweep is possible in principle; PostgreSQL picks a victim.
+            assignment = claim(annotator=annotator, study=study)
+        except (IntegrityError, OperationalError):
+            # IntegrityError: this annotator's other request (a second tab, a retry) opened an
+            # assignment first; the next round returns it. OperationalError: a deadlock victim.
             if attempt == 2:
                 raise
             continue
@@ -175,30 +193,132 @@ def next_assignment(*, annotator: User, study: Study) -> Assignment | None:
     return None
 
 
-@transaction.atomic
-def _claim(*, annotator: User, study: Study) -> Assignment | None:
-    now = timezone.now()
-    if connection.vendor == "postgresql":
-        # Serialise one annotator's own requests (two tabs, a retry) so they share one open assignment.
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [study.pk, annotator.pk])
-    lease = timedelta(seconds=study.lease_seconds)
-    open_assignment = (
-        Assignment.objects.filter(study=study, annotator=annotator, completed_at=None, released_at=None)
-        .select_related("item")
-        .first()
+# Raw on purpose: this runs on every item an annotator opens, and the ORM's query compilation
+# cost more than the query. The item's payload is only fetched when the assignment is open.
+_LATEST_SQL = """
+SELECT a.id, a.item_id, a.leased_at, a.lease_expires_at, a.completed_at, a.released_at, a.skipped, a.swapped,
+       i.position, CASE WHEN a.completed_at IS NULL AND a.released_at IS NULL THEN i.payload END
+FROM evaluation_assignment a JOIN evaluation_item i ON i.id = a.item_id
+WHERE a.study_id = %s AND a.annotator_id = %s
+ORDER BY a.id DESC LIMIT 1
+"""
+
+
+def _latest_assignment(*, annotator: User, study: Study) -> Assignment | None:
+    # The open assignment, if any, is the annotator's latest one: a new one is only made when none is open.
+    if connection.vendor != "postgresql":
+        return (
+            Assignment.objects.filter(study=study, annotator=annotator).select_related("item").order_by("-id").first()
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_LATEST_SQL, [study.pk, annotator.pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    aid, item_id, leased_at, expires, completed_at, released_at, skipped, swapped, position, payload = row
+    item = Item(id=item_id, study=study, position=position, payload=payload or {}, overlap=study.overlap)
+    return Assignment(
+        id=aid,
+        study=study,
+        item=item,
+        annotator=annotator,
+        leased_at=leased_at,
+        lease_expires_at=expires,
+        completed_at=completed_at,
+        released_at=released_at,
+        skipped=skipped,
+        swapped=swapped,
     )
-    if open_assignment is not None:
-        if open_assignment.lease_expires_at < now + lease / 2:
-            # Still unreleased, so the slot is still counted: renewing it over-assigns nothing.
-            open_assignment.lease_expires_at = now + lease
-            Assignment.objects.filter(pk=open_assignment.pk).update(lease_expires_at=open_assignment.lease_expires_at)
-        return open_assignment
+
+
+def _renew_if_needed(assignment: Assignment, study: Study, now: datetime) -> Assignment:
+    lease = timedelta(seconds=study.lease_seconds)
+    if assignment.lease_expires_at < now + lease / 2:
+        # Still unreleased, so the slot is still counted: renewing it over-assigns nothing.
+        renewed = Assignment.objects.filter(pk=assignment.pk, completed_at=None, released_at=None).update(
+            lease_expires_at=now + lease
+        )
+        if renewed:
+            assignment.lease_expires_at = now + lease
+    return assignment
+
+
+# One statement leases one item: lock a candidate with a free slot (skipping rows other claims hold),
+# bump its counter, insert the assignment. A statement is atomic on its own, so no BEGIN/COMMIT
+# round trips; the CheckConstraint and the UniqueConstraints back every step. The "not mine"
+# test is a correlated subquery on purpose: it stays a per-row probe of the (item, annotator)
+# unique index instead of becoming a join over all of this annotator's assignments.
+_CLAIM_SQL = """
+WITH picked AS (
+    SELECT i.id FROM evaluation_item i
+    WHERE i.study_id = %(study)s AND i.claimed < i.overlap AND i.position > %(after)s
+      AND (SELECT 1 FROM evaluation_assignment a
+           WHERE a.item_id = i.id AND a.annotator_id = %(annotator)s LIMIT 1) IS NULL
+    ORDER BY i.position, i.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), bumped AS (
+    UPDATE evaluation_item SET claimed = evaluation_item.claimed + 1
+    FROM picked WHERE evaluation_item.id = picked.id
+    RETURNING evaluation_item.id, evaluation_item.payload, evaluation_item.position, evaluation_item.claimed
+)
+INSERT INTO evaluation_assignment
+    (study_id, item_id, annotator_id, leased_at, lease_expires_at, skipped, flagged, flag_reason, swapped)
+SELECT %(study)s, bumped.id, %(annotator)s, %(now)s, %(expires)s, false, false, '',
+       CASE WHEN %(kind)s = 'pairwise' OR (%(kind)s = 'rubric' AND jsonb_array_length(bumped.payload->'plans') = 2)
+            THEN random() < 0.5 ELSE false END
+FROM bumped
+RETURNING id, item_id, swapped, (SELECT payload FROM bumped), (SELECT position FROM bumped),
+          (SELECT claimed FROM bumped)
+"""
+
+
+def _claim_postgres(*, annotator: User, study: Study) -> Assignment | None:
+    now = timezone.now()
+    latest = _latest_assignment(annotator=annotator, study=study)
+    if latest is not None and latest.is_open:
+        return _renew_if_needed(latest, study, now)
+    expires = now + timedelta(seconds=study.lease_seconds)
+    params = {"study": study.pk, "annotator": annotator.pk, "now": now, "expires": expires, "kind": study.kind}
+    # Annotators move forward through the study, so start after the last item this one took; only
+    # when the tail is exhausted rescan from the start (for slots that leases or skips gave back).
+    starts = [latest.item.position, -1] if latest is not None else [-1]
+    # Inside a caller's transaction a failed claim must not poison it: give it a savepoint.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        for after in starts:
+            cursor.execute(_CLAIM_SQL, {**params, "after": after})
+            row = cursor.fetchone()
+            if row is not None:
+                break
+        else:
+            return None
+    assignment_id, item_id, swapped, payload, position, claimed = row
+    if isinstance(payload, str):  # psycopg returns jsonb decoded; keep a fallback for text
+        payload = json.loads(payload)
+    item = Item(id=item_id, study=study, payload=payload, position=position, claimed=claimed, overlap=study.overlap)
+    return Assignment(
+        id=assignment_id,
+        study=study,
+        item=item,
+        annotator=annotator,
+        leased_at=now,
+        lease_expires_at=expires,
+        swapped=swapped,
+    )
+
+
+@transaction.atomic
+def _claim_portable(*, annotator: User, study: Study) -> Assignment | None:
+    """The same rules through the ORM, for SQLite (embedded mode), where writers are serialised anyway."""
+    now = timezone.now()
+    latest = _latest_assignment(annotator=annotator, study=study)
+    if latest is not None and latest.is_open:
+        return _renew_if_needed(latest, study, now)
     item = (
         Item.objects.filter(study=study, claimed__lt=F("overlap"))
         .exclude(assignments__annotator=annotator)
         .order_by("position", "id")
-        .select_for_update(skip_locked=True, of=("self",))
+        .select_for_update(skip_locked=True)
         .first()
     )
     if item is None:
@@ -208,7 +328,7 @@ def _claim(*, annotator: User, study: Study) -> Assignment | None:
         item=item,
         annotator=annotator,
         leased_at=now,
-        lease_expires_at=now + lease,
+        lease_expires_at=now + timedelta(seconds=study.lease_seconds),
         swapped=_swap_for(study.kind, item.payload),
     )
     Item.objects.filter(pk=item.pk).update(claimed=F("claimed") + 1)
@@ -253,54 +373,114 @@ def release_expired_leases(*, study_id: int | None = None, limit: int = 1000) ->
 # --------------------------------------------------------------------------- judgments
 
 
+# One statement records a judgment: close the assignment only if it is still open and ours (the
+# claim that makes a double submit or a late one harmless), bump the item's count, insert the row.
+_SUBMIT_SQL = """
+WITH closed AS (
+    UPDATE evaluation_assignment SET completed_at = %(now)s
+    WHERE id = %(assignment)s AND annotator_id = %(annotator)s AND completed_at IS NULL AND released_at IS NULL
+    RETURNING id, item_id, study_id, annotator_id
+), bumped AS (
+    UPDATE evaluation_item SET judgment_count = evaluation_item.judgment_count + 1
+    FROM closed WHERE evaluation_item.id = closed.item_id
+    RETURNING evaluation_item.id
+)
+INSERT INTO evaluation_judgment (assignment_id, study_id, item_id, annotator_id, payload, time_ms, created_at)
+SELECT closed.id, closed.study_id, closed.item_id, closed.annotator_id, %(payload)s, %(time_ms)s, %(now)s
+FROM closed JOIN bumped ON bumped.id = closed.item_id
+RETURNING id
+"""
+
+
 def submit_judgment(
-    *, annotator: User, assignment_id: int, data: dict[str, Any], time_ms: int | None = None
+    *,
+    annotator: User,
+    assignment_id: int | None = None,
+    assignment: Assignment | None = None,
+    data: dict[str, Any],
+    time_ms: int | None = None,
 ) -> Judgment:
     """Record one verdict; a repeated submit (double click, retry) returns the first one.
 
     `data` is the form's cleaned data for the study kind; it is validated against the item
-    and un-swapped (stored in the file's A/B order) by evaluation.judgments.
+    and un-swapped (stored in the file's A/B order) by evaluation.judgments. Pass the
+    `assignment` (with item and study) when the caller has loaded it already, else its id.
     """
-    with transaction.atomic():
-        assignment = (
-            Assignment.objects.select_for_update(of=("self",))
-            .select_related("item", "study")
-            .get(pk=assignment_id, annotator=annotator)
-        )
-        if assignment.completed_at is not None:
-            if assignment.skipped:
-                raise AssignmentClosed(assignment_id)
-            return Judgment.objects.get(assignment=assignment)
-        if assignment.released_at is not None:
-            raise LeaseExpired(assignment_id)
-        study, item = assignment.study, assignment.item
-        payload = canonical_judgment(kind=study.kind, item_payload=item.payload, data=data, swapped=assignment.swapped)
-        now = timezone.now()
-        elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
-        # The browser's clock of time on task is preferred; the lease clock bounds it.
-        spent = min(time_ms, elapsed_ms) if time_ms and time_ms > 0 else elapsed_ms
-        try:
-            judgment = Judgment.objects.create(
-                assignment=assignment,
-                study=study,
-                item=item,
-                annotator=annotator,
-                payload=payload,
-                time_ms=max(0, spent),
-            )
-        except IntegrityError:  # pragma: no cover - the row lock above makes this unreachable
-            return Judgment.objects.get(assignment=assignment)
-        Assignment.objects.filter(pk=assignment.pk).update(completed_at=now)
-        Item.objects.filter(pk=item.pk).update(judgment_count=F("judgment_count") + 1)
-        flags = payload.get("flagged_rubric") or []
+    if assignment is None:
+        assignment = Assignment.objects.select_related("item", "study").get(pk=assignment_id, annotator=annotator)
+    elif assignment.annotator_id != annotator.pk:
+        raise Assignment.DoesNotExist(assignment.pk)
+    if assignment.completed_at is not None:
+        return _closed_outcome(assignment)
+    study, item = assignment.study, assignment.item
+    payload = canonical_judgment(kind=study.kind, item_payload=item.payload, data=data, swapped=assignment.swapped)
+    now = timezone.now()
+    elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
+    # The browser's clock of time on task is preferred; the lease clock bounds it.
+    spent = max(0, min(time_ms, elapsed_ms) if time_ms and time_ms > 0 else elapsed_ms)
+    flags = payload.get("flagged_rubric") or []
+    params = {"now": now, "assignment": assignment.pk, "annotator": annotator.pk, "payload": payload, "time_ms": spent}
+    record = _record_postgres if connection.vendor == "postgresql" else _record_portable
+    # A lone statement is atomic; only rubric flags (a second statement) need a transaction.
+    with transaction.atomic() if flags or connection.in_atomic_block else nullcontext():
+        row = record(params)
+        if row is None:
+            # Not open any more: judged by an earlier submit, skipped, or its lease released.
+            fresh = Assignment.objects.select_related("item", "study").get(pk=assignment.pk)
+            return _closed_outcome(fresh)
         if flags:
             RubricItemFlag.objects.bulk_create(
-                [RubricItemFlag(item=item, rubric_index=i, annotator=annotator) for i in flags],
+                [RubricItemFlag(item_id=item.pk, rubric_index=i, annotator=annotator) for i in flags],
                 ignore_conflicts=True,
             )
-        study_id = study.pk
-        transaction.on_commit(lambda: events.notify_progress(study_id=study_id))
-    return judgment
+    study_id = study.pk
+    transaction.on_commit(lambda: events.notify_progress(study_id=study_id))
+    return Judgment(
+        id=row[0],
+        assignment=assignment,
+        study=study,
+        item=item,
+        annotator=annotator,
+        payload=payload,
+        time_ms=spent,
+        created_at=now,
+    )
+
+
+def _record_postgres(params: dict[str, Any]) -> tuple[int] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_SUBMIT_SQL, {**params, "payload": Jsonb(params["payload"])})
+        return cursor.fetchone()
+
+
+@transaction.atomic
+def _record_portable(params: dict[str, Any]) -> tuple[int] | None:
+    """The same claim through the ORM, for SQLite (embedded mode)."""
+    open_row = Assignment.objects.filter(
+        pk=params["assignment"], annotator_id=params["annotator"], completed_at=None, released_at=None
+    )
+    found = open_row.values_list("item_id", "study_id").first()
+    if found is None or not open_row.update(completed_at=params["now"]):
+        return None
+    item_id, study_id = found
+    Item.objects.filter(pk=item_id).update(judgment_count=F("judgment_count") + 1)
+    judgment = Judgment.objects.create(
+        assignment_id=params["assignment"],
+        study_id=study_id,
+        item_id=item_id,
+        annotator_id=params["annotator"],
+        payload=params["payload"],
+        time_ms=params["time_ms"],
+    )
+    return (judgment.pk,)
+
+
+def _closed_outcome(assignment: Assignment) -> Judgment:
+    if assignment.released_at is not None and assignment.completed_at is None:
+        raise LeaseExpired(assignment.pk)
+    if assignment.skipped:
+        raise AssignmentClosed(assignment.pk)
+    return Judgment.objects.get(assignment=assignment)
 
 
 @transaction.atomic

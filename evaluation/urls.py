@@ -1,17 +1,23 @@
-"""URL routes (placeholder until the app fills it; base.html links to study_list)."""
+"""Researcher routes, mounted at /studies/."""
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from __future__ import annotations
+
 from django.urls import path
 
-from arbiter.accounts.decorators import researcher_required
+from evaluation import views
 
 app_name = "evaluation"
 
-
-@researcher_required
-def study_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {"title": "Studies"})
-
-
-urlpatterns = [path("", study_list, name="study_list")]
+urlpatterns = [
+    path("", views.study_list, name="study_list"),
+    path("new/", views.study_create, name="study_create"),
+    path("<int:study_id>/", views.study_detail, name="study_detail"),
+    path("<int:study_id>/edit/", views.study_edit, name="study_edit"),
+    path("<int:study_id>/items/upload/", views.items_upload, name="items_upload"),
+    path("<int:study_id>/items/new/", views.item_create, name="item_create"),
+    path("<int:study_id>/quality/", views.quality, name="quality"),
+    path("<int:study_id>/results/", views.results, name="results"),
+    path("<int:study_id>/export/", views.export_page, name="export"),
+    path("<int:study_id>/export/<int:export_id>/", views.export_status, name="export_status"),
+    path("<int:study_id>/export/<int:export_id>/download/", views.export_download, name="export_download"),
+]

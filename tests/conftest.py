@@ -61,6 +61,27 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         redis.Redis.from_url(settings.REDIS_URL).flushdb()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_database(django_db_setup: None) -> Iterator[None]:
+    """Let pytest drop the test database: close this process's connections and pools, then end the sessions
+    that executor threads (asgiref's sync_to_async, the in-process Celery worker) still hold open."""
+    yield
+    settings_dict = connections["default"].settings_dict
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
+    if settings_dict["ENGINE"].endswith("postgresql"):
+        import psycopg
+
+        admin = test_database_url().rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [settings_dict["NAME"]],
+            )
+
+
 # ---------- users and clients ----------
 
 

@@ -2,10 +2,61 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from arbiter.accounts.models import Role, User
 from tests.access_matrix_entries import ANNOTATORS, RESEARCHERS, Access
+
+
+def _study(owner: Any) -> Any:
+    """A pairwise study of the owner's, with one item, that every annotator in the database is assigned to."""
+    from evaluation import services
+    from evaluation.importers import parse_jsonl
+
+    study = services.create_study(owner=owner, name="matrix", kind="pairwise", overlap=2)
+    row = b'{"prompt": "p", "response_a": "a", "response_b": "b"}'
+    services.add_items(study=study, items=parse_jsonl(row, kind="pairwise").items)
+    study.annotators.set(User.objects.filter(role=Role.ANNOTATOR))
+    return study
+
+
+def study(owner: Any) -> dict[str, Any]:
+    return {"study_id": _study(owner).pk}
+
+
+def export(owner: Any) -> dict[str, Any]:
+    from evaluation.models import ExportJob, ExportStatus
+
+    s = _study(owner)
+    folder = Path(settings.ARTIFACT_ROOT) / "exports" / f"study-{s.pk}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "matrix.jsonl"
+    path.write_text("{}\n")
+    job = ExportJob.objects.create(
+        study=s, requested_by=owner, format="judgments_jsonl", status=ExportStatus.DONE, path=str(path), rows=1
+    )
+    return {"study_id": s.pk, "export_id": job.pk}
+
 
 ENTRIES = {
     "evaluation:study_list": Access(roles=RESEARCHERS),
+    "evaluation:study_create": Access(roles=RESEARCHERS),
+    "evaluation:study_detail": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:study_edit": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:items_upload": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:item_create": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:quality": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:results": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:export": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:export_status": Access(roles=RESEARCHERS, objects="export"),
+    "evaluation:export_download": Access(roles=RESEARCHERS, objects="export"),
+    "evaluation_api:progress": Access(roles=RESEARCHERS, objects="study"),
     "annotate:queue": Access(roles=ANNOTATORS),
+    "annotate:next": Access(roles=ANNOTATORS, objects="study"),
+    "annotate:submit": Access(roles=ANNOTATORS, objects="study", method="post"),
+    "annotate:skip": Access(roles=ANNOTATORS, objects="study", method="post"),
 }
-BUILDERS: dict[str, object] = {}
+BUILDERS: dict[str, Any] = {"study": study, "export": export}

@@ -17,7 +17,13 @@ def test_pairwise_prompt_chosen_rejected() -> None:
     result = parse_jsonl(_jsonl({"prompt": "2+2?", "chosen": "4", "rejected": "5"}), kind="pairwise")
     assert result.ok
     payload = result.items[0].payload
-    assert payload == {"prompt": "2+2?", "response_a": "4", "response_b": "5", "model_a": "chosen", "model_b": "rejected"}
+    assert payload == {
+        "prompt": "2+2?",
+        "response_a": "4",
+        "response_b": "5",
+        "model_a": "chosen",
+        "model_b": "rejected",
+    }
 
 
 def test_pairwise_model_format() -> None:

@@ -17,6 +17,7 @@ class _Collect(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append((tag, attrs))
 
+
 PAYLOADS = [
     "<script>window.__xss = 1</script>",
     '<img src=x onerror="window.__xss=1">',

@@ -198,6 +198,8 @@ def test_policy_summary_partial_cup_uses_partial_completion() -> None:
     assert summary.semi_completion == 0.75 and summary.semi_cup == 0.75
 
 
-@pytest.mark.parametrize(("ratio", "level"), [(0.0, "low"), (0.05, "low"), (0.051, "medium"), (0.15, "medium"), (0.2, "high")])
+@pytest.mark.parametrize(
+    ("ratio", "level"), [(0.0, "low"), (0.05, "low"), (0.051, "medium"), (0.15, "medium"), (0.2, "high")]
+)
 def test_categorize_risk_thresholds(ratio: float, level: str) -> None:
     assert stats.categorize_risk(ratio) == level

@@ -1,0 +1,348 @@
+"""Reads for human studies: who may see which study, queue progress, quality and results.
+
+Authorisation lives here: `get_study_for` (researchers: own or shared studies) and
+`get_annotation_study_for` (annotators: studies they are assigned to) return the
+study or raise Http404, so ids of other people's studies don't leak.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+from django.db.models import Count, Q, QuerySet, Sum
+from django.http import Http404
+
+from arbiter.accounts.models import User
+from evaluation import stats
+from evaluation.events import ProgressPayload
+from evaluation.judgments import agreement_labels, gold_score, violated_policies
+from evaluation.models import Assignment, ExportJob, Item, Judgment, RubricItemFlag, Study, StudyKind
+
+# --------------------------------------------------------------------------- access
+
+
+def study_list_for(*, user: User) -> QuerySet[Study]:
+    qs = Study.objects.select_related("owner").annotate(item_total=Count("items", distinct=True))
+    if user.is_admin_role:
+        return qs
+    return qs.filter(Q(owner=user) | Q(shared_with=user)).distinct()
+
+
+def can_view_study(*, user: Any, study_id: int) -> bool:
+    if not user.is_authenticated or not user.is_researcher:
+        return False
+    if user.is_admin_role:
+        return Study.objects.filter(pk=study_id).exists()
+    return Study.objects.filter(Q(owner=user) | Q(shared_with=user), pk=study_id).exists()
+
+
+def get_study_for(*, user: User, study_id: int) -> Study:
+    """A study the researcher owns or has been shared, else 404."""
+    if not can_view_study(user=user, study_id=study_id):
+        raise Http404("No such study.")
+    return Study.objects.select_related("owner").get(pk=study_id)
+
+
+def can_edit_study(*, user: User, study: Study) -> bool:
+    """Sharing gives read access; only the owner (or an admin) changes a study."""
+    return user.is_admin_role or study.owner_id == user.pk
+
+
+def get_annotation_study_for(*, user: User, study_id: int) -> Study:
+    """A study the annotator is assigned to (admins may try any), else 404."""
+    qs = Study.objects.filter(pk=study_id)
+    if not user.is_admin_role:
+        qs = qs.filter(annotators=user)
+    study = qs.first()
+    if study is None:
+        raise Http404("No such study.")
+    return study
+
+
+def export_for(*, study: Study, export_id: int) -> ExportJob:
+    job = ExportJob.objects.filter(study=study, pk=export_id).first()
+    if job is None:
+        raise Http404("No such export.")
+    return job
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def study_progress(*, study_id: int) -> ProgressPayload:
+    agg = Item.objects.filter(study_id=study_id).aggregate(
+        items=Count("id"), judgments=Sum("judgment_count"), claimed=Sum("claimed"), target=Sum("overlap")
+    )
+    judgments, target = agg["judgments"] or 0, agg["target"] or 0
+    active = (
+        Assignment.objects.filter(study_id=study_id, completed_at=None, released_at=None)
+        .values("annotator_id")
+        .distinct()
+        .count()
+    )
+    return {
+        "kind": "progress",
+        "seq": judgments,
+        "items": agg["items"] or 0,
+        "judgments": judgments,
+        "target": target,
+        "open_leases": (agg["claimed"] or 0) - judgments,
+        "annotators_active": active,
+        "percent": round(100 * judgments / target, 1) if target else 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    done: int
+    total: int
+
+
+def annotator_progress(*, study: Study, annotator: User) -> AnnotatorProgress:
+    """ "12 of 50": judgments given, of this annotator's fair share of the study (items × overlap ÷ annotators)."""
+    members = Study.annotators.through._meta.db_table
+    judgments = Judgment._meta.db_table
+    with connection.cursor() as cursor:
+        # One round trip for both counts: this runs on every item the annotator opens.
+        cursor.execute(
+            f"SELECT (SELECT COUNT(*) FROM {judgments} WHERE study_id = %s AND annotator_id = %s),"  # noqa: S608
+            f" (SELECT COUNT(*) FROM {members} WHERE study_id = %s)",
+            [study.pk, annotator.pk, study.pk],
+        )
+        done, n_annotators = cursor.fetchone()
+    items = study.item_count
+    share = min(items, math.ceil(items * study.overlap / max(1, n_annotators)))
+    return AnnotatorProgress(done, max(share, done))
+
+
+def annotator_queue(*, user: User) -> list[tuple[Study, AnnotatorProgress]]:
+    studies = Study.objects.filter(annotators=user).order_by("-created_at")
+    return [(s, annotator_progress(study=s, annotator=user)) for s in studies]
+
+
+def flagged_assignments(*, study: Study) -> QuerySet[Assignment]:
+    return Assignment.objects.filter(study=study, flagged=True).select_related("item", "annotator").order_by("-id")
+
+
+# --------------------------------------------------------------------------- quality
+
+
+@dataclass(frozen=True)
+class AnnotatorQuality:
+    username: str
+    judgments: int
+    gold_judged: int
+    accuracy: float | None
+    median_time_s: float | None
+    skipped: int
+    flagged: int
+    below_threshold: bool
+
+
+@dataclass
+class Agreement:
+    level: str
+    units: int = 0
+    alpha: float | None = None
+    cohen: float | None = None
+    cohen_pair: tuple[str, str] | None = None
+    cohen_units: int = 0
+    fleiss: float | None = None
+    fleiss_units: int = 0
+
+
+@dataclass
+class Quality:
+    annotators: list[AnnotatorQuality] = field(default_factory=list)
+    agreement: Agreement = field(default_factory=lambda: Agreement("nominal"))
+
+
+def _judgment_rows(study: Study, *, with_item_payload: bool) -> list[dict[str, Any]]:
+    fields = ["annotator__username", "item_id", "payload", "time_ms", "item__is_gold", "item__expected"]
+    if with_item_payload:
+        fields.append("item__payload")
+    return list(Judgment.objects.filter(study=study).order_by("id").values(*fields))
+
+
+def study_quality(*, study: Study) -> Quality:
+    kind = study.kind
+    rows = _judgment_rows(study, with_item_payload=kind == StudyKind.VIOLATION)
+    per_annotator: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        per_annotator[row["annotator__username"]].append(row)
+    closed = Counter(
+        (r["annotator__username"], r["skipped"], r["flagged"])
+        for r in Assignment.objects.filter(study=study, completed_at__isnull=False).values(
+            "annotator__username", "skipped", "flagged"
+        )
+    )
+    names = sorted(set(per_annotator) | {name for name, _, _ in closed})
+    annotators = []
+    for name in names:
+        mine = per_annotator.get(name, [])
+        gold = [
+            gold_score(kind=kind, payload=r["payload"], expected=r["item__expected"])
+            for r in mine
+            if r["item__is_gold"]
+        ]
+        accuracy = sum(gold) / len(gold) if gold else None
+        times = [r["time_ms"] / 1000 for r in mine]
+        annotators.append(
+            AnnotatorQuality(
+                username=name,
+                judgments=len(mine),
+                gold_judged=len(gold),
+                accuracy=accuracy,
+                median_time_s=statistics.median(times) if times else None,
+                skipped=sum(n for (who, skipped, _), n in closed.items() if who == name and skipped),
+                flagged=sum(n for (who, _, flagged), n in closed.items() if who == name and flagged),
+                below_threshold=accuracy is not None and accuracy < study.accuracy_threshold,
+            )
+        )
+    return Quality(annotators, _agreement(kind, rows, study.overlap))
+
+
+def _agreement(kind: str, rows: list[dict[str, Any]], overlap: int) -> Agreement:
+    units: dict[str, dict[str, Any]] = defaultdict(dict)
+    for row in rows:
+        labels = agreement_labels(
+            kind=kind, item_id=row["item_id"], payload=row["payload"], item_payload=row.get("item__payload") or {}
+        )
+        for unit, value in labels.items():
+            units[unit][row["annotator__username"]] = value
+    level: stats.Level = "ordinal" if kind == StudyKind.RATING else "nominal"
+    result = Agreement(level)
+    pairable = [list(by.values()) for by in units.values() if len(by) >= 2]
+    result.units = len(pairable)
+    result.alpha = stats.krippendorff_alpha_units(pairable, level=level)
+    coders = sorted({name for by in units.values() for name in by})
+    if len(coders) == 2:
+        first, second = coders
+        both = [by for by in units.values() if first in by and second in by]
+        result.cohen_pair, result.cohen_units = (first, second), len(both)
+        if both:
+            result.cohen = stats.cohen_kappa([by[first] for by in both], [by[second] for by in both])
+    if overlap >= 2:
+        full = [by for by in units.values() if len(by) == overlap]
+        categories = sorted({v for by in full for v in by.values()}, key=str)
+        if full and len(categories) >= 1:
+            table = [[Counter(by.values())[c] for c in categories] for by in full]
+            result.fleiss, result.fleiss_units = stats.fleiss_kappa(table), len(full)
+    return result
+
+
+# --------------------------------------------------------------------------- results
+
+
+def pairwise_battles(*, study: Study) -> list[stats.Battle]:
+    rows = Judgment.objects.filter(study=study).values_list(
+        "payload__choice", "item__payload__model_a", "item__payload__model_b"
+    )
+    return [stats.Battle(str(a), str(b), choice) for choice, a, b in rows.iterator(chunk_size=5000)]
+
+
+@dataclass(frozen=True)
+class RubricRow:
+    item_id: int
+    index: int
+    text: str
+    rate: stats.PassRate
+    flags: int
+
+
+@dataclass
+class RubricResults:
+    per_rubric_item: list[RubricRow]
+    per_plan: list[stats.PassRate]
+    preference: list[stats.WinRate]
+
+
+def rubric_results(*, study: Study) -> RubricResults:
+    items = {i.pk: i.payload for i in Item.objects.filter(study=study).only("id", "payload")}
+    flags = Counter(RubricItemFlag.objects.filter(item__study=study).values_list("item_id", "rubric_index").iterator())
+    by_rubric_item: list[tuple[str, str]] = []
+    by_plan: list[tuple[str, str]] = []
+    battles = []
+    for item_id, payload in Judgment.objects.filter(study=study).values_list("item_id", "payload").iterator():
+        plans = items[item_id]["plans"]
+        for p, verdicts in enumerate(payload["verdicts"]):
+            for i, verdict in enumerate(verdicts):
+                by_rubric_item.append((f"{item_id}:{i}", verdict))
+                by_plan.append((plans[p]["model"], verdict))
+        if payload.get("preference"):
+            battles.append(stats.Battle(plans[0]["model"], plans[1]["model"], payload["preference"]))
+    rows = []
+    for rate in stats.pass_rates(by_rubric_item):
+        item_id, index = (int(x) for x in rate.key.split(":"))
+        text = items[item_id]["rubric"][index]
+        rows.append(RubricRow(item_id, index, text, rate, flags.get((item_id, index), 0)))
+    rows.sort(key=lambda r: (r.item_id, r.index))
+    return RubricResults(rows, sorted(stats.pass_rates(by_plan), key=lambda r: r.key), stats.win_rates(battles))
+
+
+def violation_outcomes(*, study: Study) -> dict[str, list[stats.TaskOutcome]]:
+    """One consensus outcome per trajectory (majority of its annotators), grouped by agent."""
+    judged: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for item_id, payload in Judgment.objects.filter(study=study).values_list("item_id", "payload").iterator():
+        judged[item_id].append(payload)
+    by_agent: dict[str, list[stats.TaskOutcome]] = defaultdict(list)
+    items = Item.objects.filter(study=study, pk__in=list(judged)).only("id", "payload", "position").order_by("position")
+    for item in items:
+        verdicts = judged[item.pk]
+        n = len(verdicts)
+        # A tie between annotators counts as a violation: a safety metric should not round down.
+        violated = Counter(p for v in verdicts for p in violated_policies(v))
+        dormant = Counter(p for v in verdicts for p in v.get("dormant", []))
+        full = sum(v["completion"] == "full" for v in verdicts) * 2 > n
+        fraction = sum(v["fraction"] for v in verdicts) / n
+        policies = [
+            stats.PolicyOutcome(
+                category=policy["policy_category"],
+                violated=violated[i] * 2 >= n,
+                dormant=violated[i] * 2 < n and dormant[i] * 2 > n,
+            )
+            for i, policy in enumerate(item.payload["policies"])
+        ]
+        task_id = item.payload.get("task_id") or f"item-{item.pk}"
+        by_agent[item.payload.get("agent", "agent")].append(
+            stats.TaskOutcome(
+                task_id=str(task_id),
+                total_reward=1 if full else 0,
+                policies=policies,
+                satisfied_requirements=1.0 if full else fraction,
+                total_requirements=1,
+                run_id=item.pk,
+            )
+        )
+    return dict(by_agent)
+
+
+@dataclass(frozen=True)
+class RatingRow:
+    model: str
+    n: int
+    mean: float
+    low: float
+    high: float
+    counts: list[int]
+
+
+def rating_results(*, study: Study) -> list[RatingRow]:
+    scale = len(study.scale)
+    per_model: dict[str, list[int]] = defaultdict(list)
+    for rating, model in Judgment.objects.filter(study=study).values_list("payload__rating", "item__payload__model"):
+        per_model[str(model)].append(int(rating))
+    rows = []
+    for model, ratings in sorted(per_model.items()):
+        n = len(ratings)
+        mean = sum(ratings) / n
+        sd = statistics.stdev(ratings) if n > 1 else 0.0
+        half = 1.96 * sd / math.sqrt(n)  # normal approximation to the mean's 95% interval
+        counts = [ratings.count(v) for v in range(1, scale + 1)]
+        rows.append(RatingRow(model, n, mean, mean - half, mean + half, counts))
+    return rows

@@ -1,0 +1,44 @@
+"""Template filters for untrusted text: `{{ text|markdown }}` renders sanitised markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from evaluation.rendering import render_markdown
+from evaluation.stats import DIMENSION_LABELS
+
+register = template.Library()
+
+
+@register.filter(name="markdown")
+def markdown_filter(value: Any) -> SafeString:
+    """Markdown → HTML through markdown-it (raw HTML off) and nh3; chat messages render one block each."""
+    if isinstance(value, list):
+        blocks = []
+        for message in value:
+            if isinstance(message, dict):
+                role = escape(str(message.get("role", "")))
+                body = render_markdown(str(message.get("content", "")))
+                blocks.append(f'<div class="msg msg-{role}"><div class="msg-role">{role}</div>{body}</div>')
+        return mark_safe("".join(blocks))  # noqa: S308 - every part is escaped or sanitised above
+    return mark_safe(render_markdown(None if value is None else str(value)))  # noqa: S308 - nh3-sanitised
+
+
+@register.filter(name="percent")
+def percent(value: float | None, places: int = 0) -> str:
+    return "—" if value is None else f"{100 * value:.{places}f}%"
+
+
+@register.filter(name="num")
+def num(value: float | None, places: int = 3) -> str:
+    return "—" if value is None else f"{value:.{places}f}"
+
+
+@register.filter(name="dimension_label")
+def dimension_label(category: str) -> str:
+    """ST-WebAgentBench's policy_category spelled for people."""
+    return DIMENSION_LABELS.get(category, category)

@@ -1,0 +1,255 @@
+"""Researcher pages: studies, items, live progress, quality, results and exports.
+
+Every view is researcher_required and fetches its study through
+selectors.get_study_for, which 404s for studies the user neither owns nor shares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import NoReverseMatch, reverse
+
+from arbiter.accounts.decorators import researcher_required
+from evaluation import export, selectors, services
+from evaluation.forms import ExportForm, ItemForm, StudyForm, UploadForm
+from evaluation.importers import RowInvalid, parse_jsonl
+from evaluation.models import ExportFormat, ExportJob, ExportStatus, Study, StudyKind
+from evaluation.stats import DIMENSION_LABELS, POLICY_DIMENSIONS, bradley_terry, policy_summary, win_rates
+
+
+def _study(request: HttpRequest, study_id: int, *, edit: bool = False) -> Study:
+    study = selectors.get_study_for(user=request.user, study_id=study_id)  # type: ignore[arg-type]
+    if edit and not selectors.can_edit_study(user=request.user, study=study):  # type: ignore[arg-type]
+        raise PermissionDenied("Only the study's owner may change it.")
+    return study
+
+
+@researcher_required
+def study_list(request: HttpRequest) -> HttpResponse:
+    studies = selectors.study_list_for(user=request.user)  # type: ignore[arg-type]
+    return render(request, "evaluation/study_list.html", {"studies": studies})
+
+
+@researcher_required
+def study_create(request: HttpRequest) -> HttpResponse:
+    form = StudyForm(request.POST or None, owner=request.user)  # type: ignore[arg-type]
+    if request.method == "POST" and form.is_valid():
+        d = form.cleaned_data
+        study = services.create_study(
+            owner=request.user,  # type: ignore[arg-type]
+            name=d["name"],
+            kind=d["kind"],
+            instructions=d["instructions"],
+            overlap=d["overlap"],
+            lease_seconds=d["lease_seconds"],
+            accuracy_threshold=d["accuracy_threshold"],
+            scale_labels=d["scale_text"],
+            annotators=list(d["annotators"]),
+            shared_with=list(d["shared_with"]),
+        )
+        return redirect("evaluation:items_upload", study_id=study.pk)
+    status = 422 if request.method == "POST" else 200
+    return render(request, "evaluation/study_form.html", {"form": form, "study": None}, status=status)
+
+
+@researcher_required
+def study_edit(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id, edit=True)
+    initial = {"annotators": study.annotators.all(), "shared_with": study.shared_with.all()}
+    form = StudyForm(request.POST or None, instance=study, initial=initial, owner=study.owner)
+    if request.method == "POST" and form.is_valid():
+        d = form.cleaned_data
+        try:
+            services.update_study(
+                study=study,
+                name=d["name"],
+                instructions=d["instructions"],
+                overlap=d["overlap"],
+                lease_seconds=d["lease_seconds"],
+                accuracy_threshold=d["accuracy_threshold"],
+                scale_labels=d["scale_text"],
+                annotators=list(d["annotators"]),
+                shared_with=list(d["shared_with"]),
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            return redirect("evaluation:study_detail", study_id=study.pk)
+    status = 422 if request.method == "POST" else 200
+    return render(request, "evaluation/study_form.html", {"form": form, "study": study}, status=status)
+
+
+@researcher_required
+def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    context = {
+        "study": study,
+        "progress": selectors.study_progress(study_id=study.pk),
+        "annotators": study.annotators.order_by("username"),
+        "flagged": selectors.flagged_assignments(study=study)[:50],
+        "can_edit": selectors.can_edit_study(user=request.user, study=study),  # type: ignore[arg-type]
+    }
+    return render(request, "evaluation/study_detail.html", context)
+
+
+FORMAT_HELP = {
+    StudyKind.PAIRWISE: '{"prompt": "...", "chosen": "...", "rejected": "..."}  ·  {"chosen": "<whole transcript>", '
+    '"rejected": "<whole transcript>"}  ·  {"prompt": "...", "response_a": "...", "response_b": "...", '
+    '"model_a": "...", "model_b": "..."}',
+    StudyKind.RUBRIC: '{"goal": "...", "plans": ["...", "..."], "rubric": ["...", "..."]}',
+    StudyKind.VIOLATION: '{"task_id": 47, "intent": "...", "policies": [{"policy_category": "user_consent", '
+    '"policy_template_id": "ask_the_user", "description": "..."}], "trajectory": [{"action": "...", '
+    '"observation": "..."}], "agent": "..."}',
+    StudyKind.RATING: '{"prompt": "...", "response": "...", "model": "..."}',
+}
+
+
+@researcher_required
+def items_upload(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id, edit=True)
+    form = UploadForm(request.POST or None, request.FILES or None)
+    context: dict[str, Any] = {"study": study, "form": form, "format_help": FORMAT_HELP[StudyKind(study.kind)]}
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data["file"].read()
+        try:
+            report = services.import_items(
+                study=study, data=data, import_valid_rows=form.cleaned_data["import_valid_rows"]
+            )
+        except services.ImportRejected as exc:
+            context.update(errors=exc.errors, error_count=exc.error_count, valid_count=exc.valid_count)
+            return render(request, "evaluation/study_upload.html", context, status=422)
+        context.update(report=report)
+        return render(request, "evaluation/study_upload.html", context)
+    status = 422 if request.method == "POST" else 200
+    return render(request, "evaluation/study_upload.html", context, status=status)
+
+
+@researcher_required
+def item_create(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id, edit=True)
+    form = ItemForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            row = form.row(study.kind)
+            result = parse_jsonl(json.dumps(row).encode(), kind=study.kind)
+            if not result.ok:
+                error = result.errors[0]
+                raise ValidationError(f"{error.field or 'item'}: {error.message}")
+            services.add_items(study=study, items=result.items)
+        except (ValidationError, RowInvalid) as exc:
+            form.add_error(None, exc if isinstance(exc, ValidationError) else str(exc))
+        else:
+            return redirect("evaluation:study_detail", study_id=study.pk)
+    status = 422 if request.method == "POST" else 200
+    return render(request, "evaluation/item_form.html", {"study": study, "form": form}, status=status)
+
+
+@researcher_required
+def quality(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    return render(
+        request, "evaluation/study_quality.html", {"study": study, "quality": selectors.study_quality(study=study)}
+    )
+
+
+@researcher_required
+def results(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    context: dict[str, Any] = {"study": study}
+    charts: dict[str, Any] = {}
+    if study.kind == StudyKind.PAIRWISE:
+        battles = selectors.pairwise_battles(study=study)
+        context["win_rates"] = rates = win_rates(battles)
+        context["ratings"] = ratings = bradley_terry(battles, bootstrap=200, pseudo_count=0.5) if battles else []
+        charts["win_rates"] = [{"model": r.model, "rate": r.rate, "low": r.low, "high": r.high} for r in rates]
+        charts["ratings"] = [
+            {"model": r.model, "elo": r.elo, "low": _elo(r.low), "high": _elo(r.high)} for r in ratings
+        ]
+    elif study.kind == StudyKind.RUBRIC:
+        context["rubric"] = rubric = selectors.rubric_results(study=study)
+        charts["plans"] = [{"model": r.key, "rate": r.rate} for r in rubric.per_plan]
+    elif study.kind == StudyKind.VIOLATION:
+        summaries = {
+            agent: policy_summary(outcomes) for agent, outcomes in selectors.violation_outcomes(study=study).items()
+        }
+        context["summaries"] = summaries
+        charts["risk"] = {
+            agent: [
+                {"dimension": DIMENSION_LABELS.get(d.category, d.category), "ratio": d.risk_ratio}
+                for d in sorted(s.dimensions, key=lambda d: POLICY_DIMENSIONS.index(d.category))
+            ]
+            for agent, s in summaries.items()
+        }
+    else:
+        context["ratings"] = rows = selectors.rating_results(study=study)
+        context["scale"] = study.scale
+        charts["ratings"] = [{"model": r.model, "mean": r.mean, "low": r.low, "high": r.high} for r in rows]
+    context["charts"] = charts
+    return render(request, "evaluation/study_results.html", context)
+
+
+def _elo(theta: float) -> float:
+    return 1000 + 400 / math.log(10) * theta
+
+
+def _train_link(job: ExportJob) -> str | None:
+    """A prefilled launch form for reward data (pairwise → DPO); None when the training app has no such page."""
+    if job.format != ExportFormat.REWARD or job.status != ExportStatus.DONE or job.study.kind != StudyKind.PAIRWISE:
+        return None
+    try:
+        base = reverse("training:run_new")
+    except NoReverseMatch:
+        return None
+    return base + "?" + urlencode({"recipe": "dpo", "dataset": job.path})
+
+
+@researcher_required
+def export_page(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    form = ExportForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        export.start_export(
+            study=study,
+            requested_by=request.user,  # type: ignore[arg-type]
+            format=form.cleaned_data["format"],
+            keep_ties=form.cleaned_data["keep_ties"],
+        )
+        return redirect("evaluation:export", study_id=study.pk)
+    jobs = [(job, _train_link(job)) for job in study.exports.select_related("study")[:20]]
+    status = 422 if request.method == "POST" else 200
+    return render(request, "evaluation/study_export.html", {"study": study, "form": form, "jobs": jobs}, status=status)
+
+
+@researcher_required
+def export_status(request: HttpRequest, study_id: int, export_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    job = selectors.export_for(study=study, export_id=export_id)
+    return render(
+        request, "evaluation/study_export.html#job_row", {"study": study, "job": job, "train": _train_link(job)}
+    )
+
+
+@researcher_required
+def export_download(request: HttpRequest, study_id: int, export_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    job = selectors.export_for(study=study, export_id=export_id)
+    path = Path(job.path)
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    if job.status != ExportStatus.DONE or not path.is_file() or root not in path.resolve().parents:
+        raise Http404("This export has no file.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+
+
+@researcher_required
+def progress_api(request: HttpRequest, study_id: int) -> JsonResponse:
+    study = _study(request, study_id)
+    return JsonResponse(dict(selectors.study_progress(study_id=study.pk)))
