@@ -41,8 +41,14 @@ def init(
         answer = conn.request("POST", "/api/runs/", {"name": name, "config": config or {}, "tags": tags or []})
     finally:
         conn.close()
-    return Run(url=url, run_id=int(answer["id"]), token=answer["token"], owns_status=True,
-               page_url=answer.get("url"), **options)
+    return Run(
+        url=url,
+        run_id=int(answer["id"]),
+        token=answer["token"],
+        owns_status=True,
+        page_url=answer.get("url"),
+        **options,
+    )
 
 
 def attach(**options: Any) -> Run:

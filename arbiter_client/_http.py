@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import socket
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +57,10 @@ class Connection:
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
+    def clone(self) -> Connection:
+        """Another connection to the same server with the same token (for requests in parallel)."""
+        return Connection(self.base, self._token, timeout=self._timeout)
+
     def _connect(self) -> http.client.HTTPConnection:
         if self._conn is None:
             cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
@@ -87,7 +90,7 @@ class Connection:
                 conn.request(method, self._prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
-            except (OSError, http.client.HTTPException, socket.timeout) as exc:
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 # A dropped keep-alive connection looks like this too: reconnect on the next try.
                 if self._conn is not None:
                     self._conn.close()

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ._http import ArbiterError, Connection, TransientError
@@ -39,11 +40,12 @@ class Sender(threading.Thread):
         conn: Connection,
         run_id: int,
         *,
-        flush_interval: float = 1.0,
-        max_batch: int = 5000,
+        flush_interval: float = 0.005,
+        max_batch: int = 10000,
         max_buffered: int = 2_000_000,
         system_interval: float = 0.0,
         system_sampler: Callable[[], dict[str, float]] | None = None,
+        parallel: int = 2,
     ) -> None:
         super().__init__(name=f"arbiter-sender-{run_id}", daemon=True)
         self.conn = conn
@@ -53,6 +55,9 @@ class Sender(threading.Thread):
         self.max_buffered = max_buffered
         self.system_interval = system_interval
         self.system_sampler = system_sampler
+        self.parallel = max(1, parallel)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conns: list[Connection] = [conn]
         self._cond = threading.Condition()
         self._metrics: deque[MetricPoint] = deque()
         self._logs: deque[LogRecord] = deque()
@@ -72,18 +77,22 @@ class Sender(threading.Thread):
         with self._cond:
             if self._disabled:
                 return
+            was_empty = not self._metrics
             self._metrics.extend(points)
             overflow = len(self._metrics) - self.max_buffered
             for _ in range(max(0, overflow)):
                 self._metrics.popleft()
                 self.dropped_points += 1
-            if len(self._metrics) >= self.max_batch:
+            # Wake the sender for the first point (it lingers, then sends) and for a full batch.
+            if was_empty or len(self._metrics) >= self.max_batch:
                 self._cond.notify_all()
 
     def add_log(self, record: LogRecord) -> None:
         with self._cond:
             if not self._disabled:
                 self._logs.append(record)
+                if len(self._logs) == 1:
+                    self._cond.notify_all()
 
     def add_call(self, path: str, payload: dict[str, Any]) -> None:
         """A small ordered request (checkpoint, status) sent after the points logged before it."""
@@ -116,21 +125,40 @@ class Sender(threading.Thread):
             self._stopping = True
             self._cond.notify_all()
         self.join(timeout=5)
-        self.conn.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        for conn in self._conns:
+            conn.close()
         return delivered
 
     # --- consumer side (this thread) -----------------------------------------------------
+    def _has_work(self) -> bool:
+        return bool(self._metrics or self._logs or self._calls or self._flush_requested)
+
     def run(self) -> None:
+        """Send as soon as there is something, after a short linger.
+
+        Why not a fixed flush period: at a low rate the linger (`flush_interval`, default 5 ms) is
+        the whole delay from `log()` to the dashboard; at a high rate, points pile up while a request
+        is in flight, so batches grow by themselves up to `max_batch`.
+        """
         while True:
             with self._cond:
+                if not self._has_work() and not self._stopping:
+                    self._cond.wait(timeout=min(1.0, max(0.0, self._next_system - time.monotonic())))
                 if self._stopping:
                     return
-                if not (self._flush_requested or self._calls or len(self._metrics) >= self.max_batch):
-                    self._cond.wait(timeout=min(self.flush_interval, max(0.0, self._next_system - time.monotonic())))
-                if self._stopping:
-                    return
+                has_work = self._has_work()
+                urgent = self._flush_requested or len(self._metrics) >= self.max_batch
             self._sample_system()
-            self._drain()
+            if has_work:
+                if not urgent:  # let one step's log() calls share a request; a flush cuts it short
+                    with self._cond:
+                        self._cond.wait_for(
+                            lambda: self._flush_requested or self._stopping or len(self._metrics) >= self.max_batch,
+                            timeout=self.flush_interval,
+                        )
+                self._drain()
 
     def _sample_system(self) -> None:
         if self.system_sampler is None or time.monotonic() < self._next_system:
@@ -138,7 +166,7 @@ class Sender(threading.Thread):
         self._next_system = time.monotonic() + self.system_interval
         try:
             sample = self.system_sampler()
-        except Exception:  # noqa: BLE001 - a sampler failure must never stop metric delivery
+        except Exception:
             return
         sample["seq"] = self._system_seq
         sample["time"] = time.time()
@@ -148,16 +176,20 @@ class Sender(threading.Thread):
     def _drain(self) -> None:
         while not self._disabled:
             with self._cond:
-                points = [self._metrics.popleft() for _ in range(min(self.max_batch, len(self._metrics)))]
+                # Up to `parallel` full batches go out together: while the server writes one, it
+                # parses the next. Below one batch's worth this is a single request, as before.
+                batches = []
+                while self._metrics and len(batches) < self.parallel:
+                    batches.append([self._metrics.popleft() for _ in range(min(self.max_batch, len(self._metrics)))])
                 logs = [self._logs.popleft() for _ in range(min(self.max_batch, len(self._logs)))]
-                call = self._calls.popleft() if (self._calls and not points and not logs) else None
-                self._inflight = len(points) + len(logs) + (call is not None)
-            if not (points or logs or call):
+                call = self._calls.popleft() if (self._calls and not batches and not logs) else None
+                self._inflight = sum(map(len, batches)) + len(logs) + (call is not None)
+            if not (batches or logs or call):
                 return
-            if points:
-                body = {"points": [{"key": k, "step": s, "value": v, "time": t} for k, s, v, t in points]}
-                if self._deliver(f"/api/runs/{self.run_id}/metrics/", body):
-                    self.delivered_points += len(points)
+            if len(batches) > 1:
+                list(self._pool().map(self._send_points, batches, self._conns[: len(batches)]))
+            elif batches:
+                self._send_points(batches[0], self.conn)
             if logs:
                 body = {"lines": [{"seq": q, "stream": st, "text": tx, "time": t} for q, st, tx, t in logs]}
                 self._deliver(f"/api/runs/{self.run_id}/logs/", body)
@@ -167,7 +199,19 @@ class Sender(threading.Thread):
                 self._inflight = 0
                 self._cond.notify_all()
 
-    def _deliver(self, path: str, body: dict[str, Any]) -> bool:
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.parallel, thread_name_prefix=f"arbiter-send-{self.run_id}")
+            self._conns = [self.conn, *(self.conn.clone() for _ in range(self.parallel - 1))]
+        return self._executor
+
+    def _send_points(self, points: list[MetricPoint], conn: Connection) -> None:
+        body = {"points": [{"key": k, "step": s, "value": v, "time": t} for k, s, v, t in points]}
+        if self._deliver(f"/api/runs/{self.run_id}/metrics/", body, conn=conn):
+            with self._cond:
+                self.delivered_points += len(points)
+
+    def _deliver(self, path: str, body: dict[str, Any], *, conn: Connection | None = None) -> bool:
         """Send one batch until it is accepted or refused for good.
 
         A retried batch is the same batch: the server keys points on (run, key, step) and log
@@ -176,7 +220,7 @@ class Sender(threading.Thread):
         attempt = 0
         while True:
             try:
-                self.conn.request("POST", path, body)
+                (conn or self.conn).request("POST", path, body)
                 return True
             except TransientError as exc:
                 self.attempts_failed += 1

@@ -11,7 +11,6 @@ import time
 import weakref
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
 
 from ._http import Connection
 from ._sender import Sender, _warn
@@ -52,8 +51,8 @@ class Run:
         self._sender = Sender(
             Connection(url, token),
             run_id,
-            flush_interval=flush_interval or float(os.environ.get("ARBITER_FLUSH_INTERVAL", "1.0")),
-            max_batch=max_batch or int(os.environ.get("ARBITER_MAX_BATCH", "5000")),
+            flush_interval=flush_interval or float(os.environ.get("ARBITER_FLUSH_INTERVAL", "0.005")),
+            max_batch=max_batch or int(os.environ.get("ARBITER_MAX_BATCH", "10000")),
             system_interval=system_interval,
             system_sampler=make_sampler() if system_interval > 0 else None,
         )
@@ -93,7 +92,7 @@ class Run:
             self._log_seq += 1
         self._sender.add_log((seq, stream, str(text), time.time()))
 
-    def log_checkpoint(self, *, step: int, path: str) -> None:
+    def log_checkpoint(self, step: int, path: str) -> None:
         """Tell the platform a checkpoint exists (so the run can be resumed from it)."""
         self._sender.add_call(f"/api/runs/{self.id}/checkpoints/", {"step": int(step), "path": str(path)})
 
@@ -119,13 +118,19 @@ class Run:
     @property
     def stats(self) -> dict[str, int]:
         s = self._sender
-        return {"delivered_points": s.delivered_points, "dropped_points": s.dropped_points,
-                "failed_attempts": s.attempts_failed, "pending": s.pending()}
+        return {
+            "delivered_points": s.delivered_points,
+            "dropped_points": s.dropped_points,
+            "failed_attempts": s.attempts_failed,
+            "pending": s.pending(),
+        }
 
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
@@ -135,7 +140,7 @@ def _finish_all_at_exit() -> None:
 
 
 def _remember_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    global _uncaught_exception  # noqa: PLW0603 - the one place the exit state can be observed
+    global _uncaught_exception
     _uncaught_exception = True
     _previous_hook(exc_type, exc, tb)
 

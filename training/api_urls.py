@@ -1,6 +1,18 @@
-"""URL routes (placeholder until the app fills it)."""
+"""Routes of the HTTP API (mounted at /api/): ingest, run creation, chart reads, the OpenAPI document."""
 
-from django.urls import URLPattern
+from django.urls import path
+
+from training import api
 
 app_name = "training_api"
-urlpatterns: list[URLPattern] = []
+urlpatterns = [
+    path("runs/", api.run_create, name="run_create"),
+    path("runs/<int:run_id>/", api.run_state, name="run_state"),
+    path("runs/<int:run_id>/metrics/", api.run_metrics, name="run_metrics"),
+    path("runs/<int:run_id>/logs/", api.run_logs, name="run_logs"),
+    path("runs/<int:run_id>/system/", api.run_system, name="run_system"),
+    path("runs/<int:run_id>/checkpoints/", api.run_checkpoints, name="run_checkpoints"),
+    path("runs/<int:run_id>/status/", api.run_status, name="run_status"),
+    path("openapi.json", api.openapi_json, name="openapi"),
+    path("docs/", api.api_docs, name="docs"),
+]

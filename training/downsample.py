@@ -37,9 +37,9 @@ def bucket_points(bucket: Bucket) -> list[Point]:
 
 
 def minmax_points(points: Sequence[Point], *, buckets: int, lo: float, hi: float) -> list[Point]:
-    """Downsample points sorted by step to at most 2 × `buckets` points over [lo, hi].
+    """Downsample points sorted by step to at most 2 x `buckets` points over [lo, hi].
 
-    Series already shorter than 2 × buckets come back unchanged (no point is ever invented).
+    Series already shorter than 2 x buckets come back unchanged (no point is ever invented).
     """
     if len(points) <= 2 * buckets:
         return list(points)

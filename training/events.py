@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 MAX_LIVE_POINTS_PER_KEY = 500  # a bigger batch is announced as "resync": the page re-reads that chart
 MAX_LIVE_LOG_LINES = 300
+MAX_LIVE_POINTS_PER_BATCH = 2000
 
 PointRow = list[float]  # [step, value, wall_time]
 LogRow = list[Any]  # [id, stream, text, wall_time]
@@ -53,13 +54,27 @@ def run_group(run_id: int) -> str:
 
 
 def empty_delta(*, run_id: int, seq: int) -> RunDelta:
-    return {"kind": "delta", "run": run_id, "seq": seq, "first_seq": seq, "metrics": {},
-            "resync": [], "logs": [], "logs_truncated": False}
+    return {
+        "kind": "delta",
+        "run": run_id,
+        "seq": seq,
+        "first_seq": seq,
+        "metrics": {},
+        "resync": [],
+        "logs": [],
+        "logs_truncated": False,
+    }
 
 
-def metrics_delta(*, run_id: int, seq: int, keys: list[str], steps: list[int], values: list[float],
-                  times: list[float]) -> RunDelta:
+def metrics_delta(
+    *, run_id: int, seq: int, keys: list[str], steps: list[int], values: list[float], times: list[float]
+) -> RunDelta:
     delta = empty_delta(run_id=run_id, seq=seq)
+    if len(steps) > MAX_LIVE_POINTS_PER_BATCH:
+        # A bulk upload (a script catching up, a benchmark): tell pages to re-read rather than
+        # building and shipping thousands of rows per batch.
+        delta["resync"] = sorted(set(keys))
+        return delta
     by_key: dict[str, list[PointRow]] = {}
     for k, s, v, t in zip(keys, steps, values, times, strict=True):
         by_key.setdefault(k, []).append([s, v, t])

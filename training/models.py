@@ -18,6 +18,7 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
 
 
@@ -86,6 +87,9 @@ class Run(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"
 
+    def get_absolute_url(self) -> str:
+        return reverse("training:run_detail", args=[self.pk])
+
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
@@ -112,6 +116,9 @@ class RunTag(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "name"], name="runtag_unique")]
         indexes = [models.Index(fields=["name"], name="runtag_name")]
 
+    def __str__(self) -> str:
+        return self.name
+
 
 class RunTransition(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="transitions")
@@ -124,6 +131,9 @@ class RunTransition(models.Model):
         constraints = [
             models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="transition_status_valid"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.status} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class MetricKey(models.Model):
@@ -147,9 +157,12 @@ class MetricPoint(models.Model):
     value = models.FloatField()
     wall_time = models.FloatField()  # unix seconds: the chart's other x axis, cheaper than a timestamptz
 
+    def __str__(self) -> str:
+        return f"{self.key_id}@{self.step}={self.value}"
+
 
 class MetricRollup(models.Model):
-    """Min and max of a series over steps [bucket × width, (bucket + 1) × width)."""
+    """Min and max of a series over steps [bucket x width, (bucket + 1) x width)."""
 
     pk = models.CompositePrimaryKey("run", "key", "width", "bucket")
     run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, db_constraint=False)
@@ -163,6 +176,9 @@ class MetricRollup(models.Model):
     max_step = models.BigIntegerField()
     max_value = models.FloatField()
     max_time = models.FloatField()
+
+    def __str__(self) -> str:
+        return f"{self.key_id} w{self.width} b{self.bucket}"
 
 
 class MetricSummary(models.Model):
@@ -178,6 +194,9 @@ class MetricSummary(models.Model):
     min_value = models.FloatField()
     max_value = models.FloatField()
 
+    def __str__(self) -> str:
+        return f"{self.key_id} last={self.last_value}@{self.last_step}"
+
 
 class LogLine(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_lines", db_index=False)
@@ -190,6 +209,9 @@ class LogLine(models.Model):
         constraints = [models.UniqueConstraint(fields=["run", "stream", "seq"], name="logline_unique")]
         indexes = [models.Index(fields=["run", "id"], name="logline_run_id")]
 
+    def __str__(self) -> str:
+        return f"{self.stream}#{self.seq}: {self.text[:60]}"
+
 
 class Checkpoint(models.Model):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
@@ -200,6 +222,9 @@ class Checkpoint(models.Model):
     class Meta:
         ordering = ["-step"]
         constraints = [models.UniqueConstraint(fields=["run", "step"], name="checkpoint_unique_step")]
+
+    def __str__(self) -> str:
+        return f"step {self.step}: {self.path}"
 
 
 class ApiToken(models.Model):

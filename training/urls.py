@@ -1,17 +1,19 @@
-"""URL routes (placeholder until the app fills it; base.html links to run_list)."""
+"""Pages of the training app, mounted at /runs/."""
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
 from django.urls import path
 
-from arbiter.accounts.decorators import researcher_required
+from training import views
 
 app_name = "training"
-
-
-@researcher_required
-def run_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {"title": "Runs"})
-
-
-urlpatterns = [path("", run_list, name="run_list")]
+urlpatterns = [
+    path("", views.run_list, name="run_list"),
+    path("new/", views.run_new, name="run_new"),
+    path("compare/", views.run_compare, name="run_compare"),
+    path("keys/", views.api_keys, name="api_keys"),
+    path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+    path("<int:run_id>/", views.run_detail, name="run_detail"),
+    path("<int:run_id>/panel/", views.run_panel, name="run_panel"),
+    path("<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
+    path("<int:run_id>/retry/", views.run_retry, name="run_retry"),
+    path("<int:run_id>/resume/", views.run_resume, name="run_resume"),
+]

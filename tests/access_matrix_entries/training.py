@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.access_matrix_entries import RESEARCHERS, Access
+
+
+def _run(owner: Any) -> dict[str, Any]:
+    from training.models import Run
+
+    run = Run.objects.create(owner=owner, name="matrix", recipe="demo", config={}, status="succeeded")
+    return {"run_id": run.id}
+
+
+def _api_key(owner: Any) -> dict[str, Any]:
+    from training.services.runs import issue_api_token
+
+    token, _ = issue_api_token(user=owner, name="matrix")
+    return {"key_id": token.id}
+
 
 ENTRIES = {
     "training:run_list": Access(roles=RESEARCHERS),
+    "training:run_new": Access(roles=RESEARCHERS),
+    "training:run_compare": Access(roles=RESEARCHERS),
+    "training:api_keys": Access(roles=RESEARCHERS),
+    # Revoking someone else's key is a 404 (the key is looked up among the user's own).
+    "training:api_key_revoke": Access(roles=RESEARCHERS, objects="api_key", method="post"),
+    "training:run_detail": Access(roles=RESEARCHERS, objects="run"),
+    "training:run_panel": Access(roles=RESEARCHERS, objects="run"),
+    "training:run_cancel": Access(roles=RESEARCHERS, objects="run", method="post"),
+    "training:run_retry": Access(roles=RESEARCHERS, objects="run", method="post"),
+    "training:run_resume": Access(roles=RESEARCHERS, objects="run", method="post"),
+    # The API: reads accept a session (researchers who may see the run); writes need a run token.
+    "training_api:run_create": Access(auth="token", method="post"),
+    "training_api:run_state": Access(roles=RESEARCHERS, objects="run"),
+    "training_api:run_metrics": Access(roles=RESEARCHERS, objects="run"),
+    "training_api:run_logs": Access(roles=RESEARCHERS, objects="run"),
+    "training_api:run_status": Access(roles=RESEARCHERS, objects="run"),
+    "training_api:run_system": Access(auth="token", objects="run", method="post"),
+    "training_api:run_checkpoints": Access(auth="token", objects="run", method="post"),
+    "training_api:openapi": Access(auth="public"),
+    "training_api:docs": Access(auth="public"),
 }
-BUILDERS: dict[str, object] = {}
+BUILDERS: dict[str, object] = {"run": _run, "api_key": _api_key}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import orjson
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Max, Min
 
@@ -116,8 +118,9 @@ def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
             written = _insert_metrics_pg(run_id=run.id, key_col=key_col, batch=batch)
         else:
             written = _insert_metrics_portable(run=run, key_col=key_col, batch=batch)
-        delta = events.metrics_delta(run_id=run.id, seq=seq, keys=batch.keys, steps=batch.steps,
-                                     values=batch.values, times=batch.times)
+        delta = events.metrics_delta(
+            run_id=run.id, seq=seq, keys=batch.keys, steps=batch.steps, values=batch.values, times=batch.times
+        )
         transaction.on_commit(lambda: events.broadcast(delta))
     return IngestResult(len(batch), written, seq)
 
@@ -125,10 +128,11 @@ def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
 def array_literal(numbers: list[int] | list[float]) -> str:
     """A PostgreSQL array literal of ints or floats.
 
-    Why text: psycopg adapts a 10,000-element Python list in ~7 ms per column; joining reprs takes
-    ~2 ms and PostgreSQL parses it in ~2 ms. repr() of a float round-trips exactly.
+    Why text: psycopg adapts a 10,000-element Python list in ~7 ms per column; orjson writes the
+    same numbers (shortest round-trip form, so floats stay exact) in ~0.3 ms and PostgreSQL parses
+    the literal in ~1 ms.
     """
-    return "{" + ",".join(map(repr, numbers)) + "}"
+    return "{" + orjson.dumps(numbers)[1:-1].decode() + "}"
 
 
 def _insert_metrics_pg(*, run_id: int, key_col: list[int], batch: MetricBatch) -> int:
@@ -138,10 +142,21 @@ def _insert_metrics_pg(*, run_id: int, key_col: list[int], batch: MetricBatch) -
     when a client re-sends a batch whose answer it lost. The run row is locked (bump_seq), so no
     concurrent writer of this run can slip in between the two tries.
     """
-    params = {"run": run_id, "keys": array_literal(key_col), "steps": array_literal(batch.steps),
-              "values": array_literal(batch.values), "times": array_literal(batch.times),
-              "coarse": list(ROLLUP_WIDTHS[1:])}
+    params = {
+        "run": run_id,
+        "keys": array_literal(key_col),
+        "steps": array_literal(batch.steps),
+        "values": array_literal(batch.values),
+        "times": array_literal(batch.times),
+        "coarse": list(ROLLUP_WIDTHS[1:]),
+    }
     with connection.cursor() as cur:
+        if not getattr(settings, "METRICS_SYNCHRONOUS_COMMIT", False):
+            # The commit's WAL flush is ~10 ms on an ordinary disk, a third of a 5,000-point batch.
+            # Without waiting for it, a crash of PostgreSQL itself (not of the web tier) may lose the
+            # last few hundred ms of acknowledged points; nothing is ever corrupted, and logs,
+            # status and checkpoints keep waiting. Set METRICS_SYNCHRONOUS_COMMIT = True to wait.
+            cur.execute("SET LOCAL synchronous_commit TO off")
         try:
             with transaction.atomic():  # a savepoint: the failed try leaves nothing behind
                 cur.execute(_SQL_FAST, params)
@@ -153,9 +168,12 @@ def _insert_metrics_pg(*, run_id: int, key_col: list[int], batch: MetricBatch) -
 def _insert_metrics_portable(*, run: Run, key_col: list[int], batch: MetricBatch) -> int:
     before = MetricPoint.objects.filter(run=run).count()
     MetricPoint.objects.bulk_create(
-        [MetricPoint(run=run, key_id=k, step=s, value=v, wall_time=t)
-         for k, s, v, t in zip(key_col, batch.steps, batch.values, batch.times, strict=True)],
-        ignore_conflicts=True, batch_size=500,
+        [
+            MetricPoint(run=run, key_id=k, step=s, value=v, wall_time=t)
+            for k, s, v, t in zip(key_col, batch.steps, batch.values, batch.times, strict=True)
+        ],
+        ignore_conflicts=True,
+        batch_size=500,
     )
     written = MetricPoint.objects.filter(run=run).count() - before
     for key_id in set(key_col):
@@ -163,8 +181,16 @@ def _insert_metrics_portable(*, run: Run, key_col: list[int], batch: MetricBatch
         agg = points.aggregate(n=Count("step"), lo=Min("value"), hi=Max("value"))
         last = points.order_by("-step").values_list("step", "value", "wall_time").first()
         MetricSummary.objects.filter(run=run, key_id=key_id).delete()
-        MetricSummary.objects.create(run=run, key_id=key_id, n=agg["n"], last_step=last[0], last_value=last[1],
-                                     last_time=last[2], min_value=agg["lo"], max_value=agg["hi"])
+        MetricSummary.objects.create(
+            run=run,
+            key_id=key_id,
+            n=agg["n"],
+            last_step=last[0],
+            last_value=last[1],
+            last_time=last[2],
+            min_value=agg["lo"],
+            max_value=agg["hi"],
+        )
     return written
 
 
@@ -176,20 +202,29 @@ def record_logs(*, run_id: int, batch: LogBatch) -> int:
         seq = bump_seq(run_id=run_id)
         if connection.vendor == "postgresql":
             with connection.cursor() as cur:
-                cur.execute(_PG_INSERT_LOGS, {"run": run_id, "streams": batch.streams, "seqs": batch.seqs,
-                                              "texts": batch.texts, "times": batch.times})
+                cur.execute(
+                    _PG_INSERT_LOGS,
+                    {
+                        "run": run_id,
+                        "streams": batch.streams,
+                        "seqs": batch.seqs,
+                        "texts": batch.texts,
+                        "times": batch.times,
+                    },
+                )
                 rows = [list(r) for r in cur.fetchall()]
         else:
-            existing = set(LogLine.objects.filter(run_id=run_id, seq__in=batch.seqs)
-                           .values_list("stream", "seq"))
-            new = [LogLine(run_id=run_id, stream=st, seq=q, text=tx, time=t)
-                   for st, q, tx, t in zip(batch.streams, batch.seqs, batch.texts, batch.times, strict=True)
-                   if (st, q) not in existing]
+            existing = set(LogLine.objects.filter(run_id=run_id, seq__in=batch.seqs).values_list("stream", "seq"))
+            new = [
+                LogLine(run_id=run_id, stream=st, seq=q, text=tx, time=t)
+                for st, q, tx, t in zip(batch.streams, batch.seqs, batch.texts, batch.times, strict=True)
+                if (st, q) not in existing
+            ]
             created = LogLine.objects.bulk_create(new)
             rows = [[ln.id, ln.stream, ln.text, ln.time] for ln in created]
         rows.sort(key=lambda r: r[0])
         delta = events.empty_delta(run_id=run_id, seq=seq)
-        delta["logs"] = rows[-events.MAX_LIVE_LOG_LINES:]
+        delta["logs"] = rows[-events.MAX_LIVE_LOG_LINES :]
         delta["logs_truncated"] = len(rows) > events.MAX_LIVE_LOG_LINES
         transaction.on_commit(lambda: events.broadcast(delta))
     return len(rows)
@@ -203,5 +238,9 @@ def record_checkpoint(*, run: Run, step: int, path: str) -> Checkpoint:
 def lines_batch(*, stream: str, first_seq: int, texts: list[str]) -> LogBatch:
     """A LogBatch for consecutive lines of one stream (the supervisor's captured output)."""
     now = time.time()
-    return LogBatch(seqs=list(range(first_seq, first_seq + len(texts))), streams=[stream] * len(texts),
-                    texts=[t[:10_000].replace("\x00", "") for t in texts], times=[now] * len(texts))
+    return LogBatch(
+        seqs=list(range(first_seq, first_seq + len(texts))),
+        streams=[stream] * len(texts),
+        texts=[t[:10_000].replace("\x00", "") for t in texts],
+        times=[now] * len(texts),
+    )

@@ -17,7 +17,6 @@ from pydantic import ValidationError as PydanticValidationError
 from arbiter.accounts.models import User
 from training import events
 from training.models import (
-    ACTIVE_STATUSES,
     EXTERNAL_RECIPE,
     ApiToken,
     Run,
@@ -70,9 +69,7 @@ def validate_config(*, recipe: str, config: dict[str, Any]) -> dict[str, Any]:
 def bump_seq(*, run_id: int) -> int:
     """Next live-event sequence number; also row-locks the run until commit, serialising its writers."""
     with connection.cursor() as cur:
-        cur.execute(
-            "UPDATE training_run SET event_seq = event_seq + 1 WHERE id = %s RETURNING event_seq", [run_id]
-        )
+        cur.execute("UPDATE training_run SET event_seq = event_seq + 1 WHERE id = %s RETURNING event_seq", [run_id])
         row = cur.fetchone()
     if row is None:
         raise Run.DoesNotExist(run_id)
@@ -129,8 +126,14 @@ def launch_run(
         raise ValidationError({"queue": f"Unknown queue {queue!r}."})
     clean = validate_config(recipe=recipe, config=config)
     run = Run.objects.create(
-        owner=owner, name=name.strip() or f"{recipe}-{timezone.now():%m%d-%H%M%S}", recipe=recipe,
-        config=clean, queue=queue, shared=shared, parent=parent, resume_from=resume_from,
+        owner=owner,
+        name=name.strip() or f"{recipe}-{timezone.now():%m%d-%H%M%S}",
+        recipe=recipe,
+        config=clean,
+        queue=queue,
+        shared=shared,
+        parent=parent,
+        resume_from=resume_from,
     )
     _set_tags(run, tags)
     RunTransition.objects.create(run=run, status=RunStatus.QUEUED, at=run.created_at)
@@ -141,15 +144,19 @@ def launch_run(
 
 
 @transaction.atomic
-def create_external_run(
-    *, owner: User, name: str, config: dict[str, Any], tags: Iterable[str] = ()
-) -> tuple[Run, str]:
+def create_external_run(*, owner: User, name: str, config: dict[str, Any], tags: Iterable[str] = ()) -> tuple[Run, str]:
     """A run for a script started outside the platform: running at once; its token is returned once."""
     token = new_token("arb_r")
     now = timezone.now()
     run = Run.objects.create(
-        owner=owner, name=name.strip() or f"external-{now:%m%d-%H%M%S}", recipe=EXTERNAL_RECIPE,
-        config=config, queue="", status=RunStatus.RUNNING, started_at=now, heartbeat_at=now,
+        owner=owner,
+        name=name.strip() or f"external-{now:%m%d-%H%M%S}",
+        recipe=EXTERNAL_RECIPE,
+        config=config,
+        queue="",
+        status=RunStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
         token_hash=hash_token(token),
     )
     _set_tags(run, tags)
@@ -162,8 +169,13 @@ def claim_run(*, run_id: int, worker: str, pid: int | None = None) -> tuple[Run,
     token = new_token("arb_r")
     now = timezone.now()
     run = _transition(
-        run_id=run_id, to=RunStatus.RUNNING, note=f"claimed by {worker}"[:300], started_at=now,
-        heartbeat_at=now, worker=worker[:200], token_hash=hash_token(token),
+        run_id=run_id,
+        to=RunStatus.RUNNING,
+        note=f"claimed by {worker}"[:300],
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker[:200],
+        token_hash=hash_token(token),
     )
     return (run, token) if run else None
 
@@ -179,10 +191,7 @@ def heartbeat(*, run_id: int) -> bool:
 
 
 def finish_run(*, run_id: int, exit_code: int | None, cancelled: bool = False, note: str = "") -> Run | None:
-    if cancelled:
-        to = RunStatus.CANCELLED
-    else:
-        to = RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED
+    to = RunStatus.CANCELLED if cancelled else RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED
     return _transition(run_id=run_id, to=to, note=note, exit_code=exit_code, finished_at=timezone.now())
 
 
@@ -192,8 +201,9 @@ def cancel_run(*, run: Run, by: User) -> Run:
         raise ValidationError(f"Run #{run.id} is already {run.status}.")
     Run.objects.filter(id=run.id, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
     if run.status == RunStatus.QUEUED or run.is_external:
-        _transition(run_id=run.id, to=RunStatus.CANCELLED, note=f"cancelled by {by.username}",
-                    finished_at=timezone.now())
+        _transition(
+            run_id=run.id, to=RunStatus.CANCELLED, note=f"cancelled by {by.username}", finished_at=timezone.now()
+        )
     run.refresh_from_db()
     return run
 
@@ -220,8 +230,9 @@ def mark_lost_runs(*, timeout_s: int | None = None) -> list[int]:
     )
     lost = []
     for run_id in stale:
-        if _transition(run_id=run_id, to=RunStatus.LOST, note=f"no heartbeat for {timeout_s}s",
-                       finished_at=timezone.now()):
+        if _transition(
+            run_id=run_id, to=RunStatus.LOST, note=f"no heartbeat for {timeout_s}s", finished_at=timezone.now()
+        ):
             lost.append(run_id)
     if lost:
         logger.warning("marked runs lost: %s", lost)
@@ -232,8 +243,15 @@ def retry_run(*, run: Run, by: User) -> Run:
     """A new run from the same recipe and config (from step 0)."""
     if run.is_external:
         raise ValidationError("External runs are started by their own script.")
-    return launch_run(owner=by, recipe=run.recipe, config=run.config, name=f"{run.name} (retry)",
-                      queue=run.queue, tags=run.tags.values_list("name", flat=True), parent=run)
+    return launch_run(
+        owner=by,
+        recipe=run.recipe,
+        config=run.config,
+        name=f"{run.name} (retry)",
+        queue=run.queue,
+        tags=run.tags.values_list("name", flat=True),
+        parent=run,
+    )
 
 
 def resume_run(*, run: Run, by: User) -> Run:
@@ -243,9 +261,16 @@ def resume_run(*, run: Run, by: User) -> Run:
     checkpoint = run.checkpoints.order_by("-step").first()
     if checkpoint is None:
         raise ValidationError(f"Run #{run.id} has no checkpoint to resume from.")
-    return launch_run(owner=by, recipe=run.recipe, config=run.config,
-                      name=f"{run.name} (resumed @{checkpoint.step})", queue=run.queue,
-                      tags=run.tags.values_list("name", flat=True), parent=run, resume_from=checkpoint.path)
+    return launch_run(
+        owner=by,
+        recipe=run.recipe,
+        config=run.config,
+        name=f"{run.name} (resumed @{checkpoint.step})",
+        queue=run.queue,
+        tags=run.tags.values_list("name", flat=True),
+        parent=run,
+        resume_from=checkpoint.path,
+    )
 
 
 def issue_api_token(*, user: User, name: str) -> tuple[ApiToken, str]:
@@ -253,8 +278,9 @@ def issue_api_token(*, user: User, name: str) -> tuple[ApiToken, str]:
     if not user.is_researcher:
         raise ValidationError("Only researchers may create API keys.")
     plain = new_token("arb_u")
-    token = ApiToken.objects.create(user=user, name=name[:100] or "key", token_hash=hash_token(plain),
-                                    prefix=plain[:10])
+    token = ApiToken.objects.create(
+        user=user, name=name[:100] or "key", token_hash=hash_token(plain), prefix=plain[:10]
+    )
     return token, plain
 
 

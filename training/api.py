@@ -1,0 +1,263 @@
+"""The HTTP API: ingest with a per-run token, run creation with a user API key, chart reads for the dashboard.
+
+Auth: `Authorization: Bearer <token>`. Run tokens (arb_r_…) may only write to their own run; user
+API keys (arb_u_…) create runs and read what their user may see; the browser reads with its session.
+Errors are JSON `{"error": message, "field": json-path}`; a bad batch is refused whole (400).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import zlib
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ValidationError
+from django.db import close_old_connections
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from training import payloads, selectors
+from training.models import ApiToken, Run, hash_token
+from training.openapi import openapi_document
+from training.services import ingest, runs
+
+MAX_BODY_BYTES = 32 * 2**20  # after decompression: 50,000 points are ~3 MB of JSON
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+    def response(self) -> JsonResponse:
+        body: dict[str, Any] = {"error": self.message}
+        if self.field:
+            body["field"] = self.field
+        return JsonResponse(body, status=self.status)
+
+
+def _bearer(request: HttpRequest) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.startswith("Bearer ") else ""
+
+
+def _json_body(request: HttpRequest) -> Any:
+    """Read a JSON body, gzip-compressed or not, refusing bombs past MAX_BODY_BYTES."""
+    # request.body would apply DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB), too small for a batch.
+    raw = request.read(MAX_BODY_BYTES + 1)
+    if request.headers.get("Content-Encoding", "") == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            raw = inflater.decompress(raw, MAX_BODY_BYTES + 1)
+        except zlib.error:
+            raise ApiError(400, "body is not valid gzip", "body") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes", "body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}", "body") from None
+
+
+def run_for_token(*, run_id: int, token: str) -> Run:
+    """The run this token belongs to; 401 for a missing or wrong token (and for an unknown run)."""
+    if not token.startswith("arb_r_"):
+        raise ApiError(401, "a run token is required (Authorization: Bearer arb_r_…)")
+    run = Run.objects.filter(id=run_id).only("id", "token_hash", "recipe", "status", "event_seq").first()
+    # compare_digest: the comparison takes the same time wherever the first difference is.
+    if run is None or not run.token_hash or not hmac.compare_digest(run.token_hash, hash_token(token)):
+        raise ApiError(401, "invalid run token")
+    return run
+
+
+def user_for_api_key(token: str) -> Any:
+    if not token.startswith("arb_u_"):
+        return None
+    key = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token), revoked_at__isnull=True).first()
+    if key is None or not key.user.is_active:
+        return None
+    if key.last_used_at is None or key.last_used_at < timezone.now() - timedelta(minutes=5):
+        ApiToken.objects.filter(id=key.id).update(last_used_at=timezone.now())
+    return key.user
+
+
+def _reader(request: HttpRequest) -> Any:
+    """The user reading: the browser session, or an API key's owner."""
+    if request.user.is_authenticated:
+        return request.user
+    user = user_for_api_key(_bearer(request))
+    if user is None:
+        raise ApiError(401, "log in or send an API key (Authorization: Bearer arb_u_…)")
+    return user
+
+
+def _readable_run(request: HttpRequest, run_id: int) -> Run:
+    try:
+        return selectors.get_run_for(user=_reader(request), run_id=run_id)
+    except Http404:
+        raise ApiError(404, "no such run") from None
+
+
+# --- ingest (run token) ----------------------------------------------------------------------
+def _ingest(kind: str, run_id: int, request: HttpRequest) -> dict[str, Any]:
+    run = run_for_token(run_id=run_id, token=_bearer(request))  # before reading the body: refuse strangers cheaply
+    body = _json_body(request)
+    now = time.time()
+    try:
+        if kind == "metrics":
+            r = ingest.record_metrics(run=run, batch=payloads.parse_metrics(body, now=now))
+            return {"received": r.received, "written": r.written, "seq": r.seq}
+        if kind == "system":
+            r = ingest.record_metrics(run=run, batch=payloads.parse_system(body, now=now))
+            return {"received": r.received, "written": r.written, "seq": r.seq}
+        if kind == "logs":
+            batch = payloads.parse_logs(body, now=now)
+            return {"received": len(batch.seqs), "written": ingest.record_logs(run_id=run.id, batch=batch)}
+        if kind == "checkpoints":
+            step, path = payloads.parse_checkpoint(body)
+            ckpt = ingest.record_checkpoint(run=run, step=step, path=path)
+            return {"step": ckpt.step, "path": ckpt.path}
+        if kind == "status":
+            status, exit_code = payloads.parse_status(body)
+            run = runs.set_status_from_client(run=Run.objects.get(id=run.id), status=status, exit_code=exit_code)
+            return {"status": run.status}
+    except payloads.PayloadError as exc:
+        raise ApiError(400, exc.message, exc.field) from None
+    except ValidationError as exc:
+        raise ApiError(409, "; ".join(exc.messages)) from None
+    raise ApiError(404, "unknown endpoint")
+
+
+def _ingest_with_connection(kind: str, run_id: int, request: HttpRequest) -> dict[str, Any]:
+    # Pool threads outlive requests, so Django's request-end cleanup never sees their connection:
+    # apply CONN_MAX_AGE (reuse, or close when expired/broken) here, around each batch.
+    close_old_connections()
+    try:
+        return _ingest(kind, run_id, request)
+    finally:
+        close_old_connections()
+
+
+_ingest_in_thread = sync_to_async(_ingest_with_connection, thread_sensitive=False)
+
+
+def _ingest_view(kind: str, read: Any = None) -> Any:
+    # Async, with the database work in a pool thread: concurrent batches (several runs) overlap
+    # instead of queueing on the one thread Django gives synchronous views under ASGI.
+    @csrf_exempt
+    async def view(request: HttpRequest, run_id: int) -> HttpResponse:
+        if request.method == "GET" and read is not None:
+            return await sync_to_async(read)(request, run_id)
+        if request.method != "POST":
+            return JsonResponse({"error": "method not allowed"}, status=405)
+        try:
+            return JsonResponse(await _ingest_in_thread(kind, run_id, request))
+        except ApiError as exc:
+            return exc.response()
+
+    view.__name__ = f"ingest_{kind}"
+    return view
+
+
+# --- run creation (user API key) ---------------------------------------------------------------
+@csrf_exempt
+@require_http_methods(["POST"])
+def run_create(request: HttpRequest) -> JsonResponse:
+    user = user_for_api_key(_bearer(request))
+    if user is None:
+        return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
+    if not user.is_researcher:
+        return ApiError(403, "only researchers may create runs").response()
+    try:
+        name, config, tags = payloads.parse_new_run(_json_body(request))
+    except payloads.PayloadError as exc:
+        return ApiError(400, exc.message, exc.field).response()
+    except ApiError as exc:
+        return exc.response()
+    run, token = runs.create_external_run(owner=user, name=name, config=config, tags=tags)
+    page = request.build_absolute_uri(reverse("training:run_detail", args=[run.id]))
+    return JsonResponse({"id": run.id, "token": token, "url": page, "status": run.status}, status=201)
+
+
+# --- reads (session or API key) ----------------------------------------------------------------
+def _int_param(request: HttpRequest, name: str, default: int | None = None) -> int | None:
+    raw = request.GET.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(float(raw))
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer", name) from None
+
+
+@require_GET
+def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
+    """Backlog head for the live page: sequence number first, then status and the series it has."""
+    try:
+        run = _readable_run(request, run_id)
+    except ApiError as exc:
+        return exc.response()
+    return JsonResponse(
+        {
+            "id": run.id,
+            "name": run.name,
+            "seq": run.event_seq,
+            **runs.status_info(run),
+            "duration_s": run.duration_s,
+            "keys": [s["key__name"] for s in selectors.run_summaries(run=run)],
+        }
+    )
+
+
+@require_GET
+def run_series(request: HttpRequest, run_id: int) -> JsonResponse:
+    """`?key=loss[&start=&end=][&buckets=]`: min/max per bucket; raw points once zoomed in far enough."""
+    try:
+        run = _readable_run(request, run_id)
+        key = request.GET.get("key", "")
+        if not key:
+            raise ApiError(400, "key is required", "key")
+        series = selectors.metric_series(
+            run_id=run.id,
+            key=key,
+            start=_int_param(request, "start"),
+            end=_int_param(request, "end"),
+            buckets=_int_param(request, "buckets", selectors.DEFAULT_BUCKETS) or selectors.DEFAULT_BUCKETS,
+        )
+    except ApiError as exc:
+        return exc.response()
+    return JsonResponse(series)
+
+
+@require_GET
+def run_log_lines(request: HttpRequest, run_id: int) -> JsonResponse:
+    try:
+        run = _readable_run(request, run_id)
+        after = _int_param(request, "after", 0) or 0
+    except ApiError as exc:
+        return exc.response()
+    return JsonResponse({"lines": selectors.log_tail(run_id=run.id, after_id=after)})
+
+
+# POST ingests with the run token; GET reads what the page and scripts chart.
+run_metrics = _ingest_view("metrics", read=run_series)
+run_logs = _ingest_view("logs", read=run_log_lines)
+run_system = _ingest_view("system")
+run_checkpoints = _ingest_view("checkpoints")
+run_status = _ingest_view("status", read=run_state)
+
+
+def openapi_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(openapi_document(server=request.build_absolute_uri("/").rstrip("/")))
+
+
+def api_docs(request: HttpRequest) -> HttpResponse:
+    return render(request, "training/api_docs.html", {"doc": openapi_document(server="")})

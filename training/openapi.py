@@ -1,0 +1,292 @@
+"""The hand-written OpenAPI 3.1 description of the training API (served at /api/openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.payloads import MAX_LINES, MAX_POINTS, STREAMS, SYSTEM_FIELDS
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": _ref(schema)}},
+        "description": "JSON; may be sent with `Content-Encoding: gzip` (the Python client always does).",
+    }
+
+
+def _ok(schema: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+_ERRORS = {
+    "400": _ok("Error", "Bad batch: `field` names the first bad value; nothing of the batch was written."),
+    "401": _ok("Error", "Missing or wrong token."),
+}
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def _ingest(summary: str, schema: str, answer: str = "IngestResult") -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"runToken": []}],
+        "requestBody": _body(schema),
+        "responses": {"200": _ok(answer), **_ERRORS},
+    }
+
+
+def openapi_document(*, server: str) -> dict[str, Any]:
+    number = {"type": "number"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Arbiter training API",
+            "version": "1",
+            "description": (
+                "Report metrics, logs and checkpoints of a training run (per-run token), create runs from "
+                "scripts (user API key), and read downsampled chart series. Points are keyed on "
+                "(run, key, step): re-sending a batch writes nothing twice; a second value for the same "
+                "step is ignored (the first one wins)."
+            ),
+        },
+        "servers": [{"url": server or "/"}],
+        "components": {
+            "securitySchemes": {
+                "runToken": {"type": "http", "scheme": "bearer", "description": "arb_r_… issued when the run starts"},
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "arb_u_… a user's API key"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "field": {"type": "string", "description": "JSON path of the bad value, e.g. points[3].value"},
+                    },
+                },
+                "Point": {
+                    "type": "object",
+                    "required": ["key", "step", "value"],
+                    "properties": {
+                        "key": {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"},
+                        "step": {"type": "integer", "minimum": 0},
+                        "value": {"type": "number", "description": "finite (NaN and ±inf are refused)"},
+                        "time": {"type": "number", "description": "unix seconds; default: time of receipt"},
+                    },
+                },
+                "MetricBatch": {
+                    "type": "object",
+                    "required": ["points"],
+                    "properties": {"points": {"type": "array", "maxItems": MAX_POINTS, "items": _ref("Point")}},
+                },
+                "LogBatch": {
+                    "type": "object",
+                    "required": ["lines"],
+                    "properties": {
+                        "lines": {
+                            "type": "array",
+                            "maxItems": MAX_LINES,
+                            "items": {
+                                "type": "object",
+                                "required": ["seq", "text"],
+                                "properties": {
+                                    "seq": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "line number within the stream: the idempotency key",
+                                    },
+                                    "stream": {"enum": sorted(STREAMS), "default": "client"},
+                                    "text": {"type": "string", "maxLength": 10000},
+                                    "time": number,
+                                },
+                            },
+                        }
+                    },
+                },
+                "SystemBatch": {
+                    "type": "object",
+                    "required": ["samples"],
+                    "properties": {
+                        "samples": {
+                            "type": "array",
+                            "maxItems": MAX_LINES,
+                            "items": {
+                                "type": "object",
+                                "required": ["seq"],
+                                "properties": {
+                                    "seq": {"type": "integer", "minimum": 0},
+                                    "time": number,
+                                    **dict.fromkeys(SYSTEM_FIELDS, number),
+                                },
+                            },
+                        }
+                    },
+                    "description": "Stored as metrics `system/<field>` with step = seq.",
+                },
+                "Checkpoint": {
+                    "type": "object",
+                    "required": ["step", "path"],
+                    "properties": {
+                        "step": {"type": "integer", "minimum": 0},
+                        "path": {"type": "string", "description": "absolute"},
+                    },
+                },
+                "StatusReport": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"enum": ["running", "succeeded", "failed", "cancelled"]},
+                        "exit_code": {"type": ["integer", "null"]},
+                    },
+                    "description": "Only for runs created through POST /api/runs/ (409 otherwise).",
+                },
+                "StatusAnswer": {"type": "object", "properties": {"status": {"type": "string"}}},
+                "IngestResult": {
+                    "type": "object",
+                    "properties": {
+                        "received": {"type": "integer"},
+                        "written": {"type": "integer", "description": "new rows; 0 for a re-sent batch"},
+                        "seq": {"type": "integer"},
+                    },
+                },
+                "NewRun": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 200},
+                        "config": {"type": "object"},
+                        "tags": {"type": "array", "items": {"type": "string", "maxLength": 50}},
+                    },
+                },
+                "CreatedRun": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "token": {"type": "string", "description": "run token, shown once"},
+                        "url": {"type": "string"},
+                        "status": {"type": "string"},
+                    },
+                },
+                "RunState": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "lost"]},
+                        "exit_code": {"type": ["integer", "null"]},
+                        "started_at": {"type": ["string", "null"]},
+                        "finished_at": {"type": ["string", "null"]},
+                        "duration_s": {"type": ["number", "null"]},
+                        "keys": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "Series": {
+                    "type": "object",
+                    "properties": {
+                        "key": {"type": "string"},
+                        "total": {"type": "integer"},
+                        "downsampled": {"type": "boolean"},
+                        "start": {"type": ["integer", "null"]},
+                        "end": {"type": ["integer", "null"]},
+                        "points": {
+                            "type": "array",
+                            "items": {
+                                "type": "array",
+                                "prefixItems": [{"type": "integer"}, number, number],
+                                "description": "[step, value, unix time]",
+                            },
+                        },
+                    },
+                },
+                "LogLines": {
+                    "type": "object",
+                    "properties": {
+                        "lines": {
+                            "type": "array",
+                            "items": {"type": "array", "description": "[id, stream, text, unix time]"},
+                        }
+                    },
+                },
+            },
+        },
+        "paths": {
+            "/api/runs/": {
+                "post": {
+                    "summary": "Create a run for a script started outside the platform",
+                    "security": [{"apiKey": []}],
+                    "requestBody": _body("NewRun"),
+                    "responses": {
+                        "201": _ok("CreatedRun", "Created"),
+                        **_ERRORS,
+                        "403": _ok("Error", "Not a researcher."),
+                    },
+                }
+            },
+            "/api/runs/{run_id}/": {
+                "parameters": [RUN_ID],
+                "get": {
+                    "summary": "Run state: live sequence number, status, metric keys",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "responses": {"200": _ok("RunState"), "404": _ok("Error", "No such run (or not yours).")},
+                },
+            },
+            "/api/runs/{run_id}/metrics/": {
+                "parameters": [RUN_ID],
+                "post": _ingest("Report metric points", "MetricBatch"),
+                "get": {
+                    "summary": "A series, min/max-downsampled to `buckets` columns over [start, end]",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "parameters": [
+                        {"name": "key", "in": "query", "required": True, "schema": {"type": "string"}},
+                        {"name": "start", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "end", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "buckets",
+                            "in": "query",
+                            "schema": {"type": "integer", "default": 1000, "minimum": 10, "maximum": 5000},
+                        },
+                    ],
+                    "responses": {"200": _ok("Series"), "404": _ok("Error", "No such run.")},
+                },
+            },
+            "/api/runs/{run_id}/logs/": {
+                "parameters": [RUN_ID],
+                "post": _ingest("Append log lines", "LogBatch"),
+                "get": {
+                    "summary": "The last 500 lines, or those after `after` (a line id)",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer"}}],
+                    "responses": {"200": _ok("LogLines")},
+                },
+            },
+            "/api/runs/{run_id}/system/": {
+                "parameters": [RUN_ID],
+                "post": _ingest("Report machine load samples", "SystemBatch"),
+            },
+            "/api/runs/{run_id}/checkpoints/": {
+                "parameters": [RUN_ID],
+                "post": _ingest("Announce a checkpoint folder", "Checkpoint", "Checkpoint"),
+            },
+            "/api/runs/{run_id}/status/": {
+                "parameters": [RUN_ID],
+                "post": {
+                    **_ingest("Report the end of an API-created run", "StatusReport", "StatusAnswer"),
+                    "responses": {
+                        "200": _ok("StatusAnswer"),
+                        **_ERRORS,
+                        "409": _ok("Error", "A platform run's status belongs to its supervisor."),
+                    },
+                },
+                "get": {
+                    "summary": "Same as GET /api/runs/{run_id}/",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "responses": {"200": _ok("RunState")},
+                },
+            },
+        },
+    }

@@ -1,0 +1,176 @@
+"""Reads of the training app: who may see which run, run lists, chart series (downsampled), logs, diffs.
+
+Visibility rule (documented in the README's access table): a researcher sees the runs they own
+and runs their owner marked shared; admins see every run; annotators see none. Anything a user
+may not see is "not found" (404), so run ids do not leak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.http import Http404
+
+from arbiter.accounts.models import User
+from training.downsample import Bucket, merge_buckets, minmax_points
+from training.models import Checkpoint, LogLine, MetricKey, MetricPoint, MetricSummary, Run, RunStatus
+from training.services.ingest import ROLLUP_WIDTHS
+
+DEFAULT_BUCKETS = 1000
+MAX_BUCKETS = 5000
+
+
+def visible_runs(*, user: Any) -> QuerySet[Run]:
+    if not getattr(user, "is_authenticated", False) or not user.is_researcher:
+        return Run.objects.none()
+    if user.is_admin_role:
+        return Run.objects.all()
+    return Run.objects.filter(Q(owner=user) | Q(shared=True))
+
+
+def can_view_run(*, user: Any, run_id: int) -> bool:
+    return visible_runs(user=user).filter(id=run_id).exists()
+
+
+def can_change_run(*, user: User, run: Run) -> bool:
+    return run.owner_id == user.id or user.is_admin_role
+
+
+def get_run_for(*, user: Any, run_id: int, for_change: bool = False) -> Run:
+    """The run if `user` may see it (and change it, with for_change), else Http404."""
+    run = visible_runs(user=user).select_related("owner", "parent").filter(id=run_id).first()
+    if run is None or (for_change and not can_change_run(user=user, run=run)):
+        raise Http404("No such run.")
+    return run
+
+
+@dataclass(frozen=True)
+class RunListFilters:
+    status: str = ""
+    recipe: str = ""
+    tag: str = ""
+    q: str = ""
+    sort: str = "-created"  # -created | created | name | -name | metric:<key> | -metric:<key>
+
+
+def run_list(*, user: Any, filters: RunListFilters) -> QuerySet[Run]:
+    """The run list page's rows: tags prefetched, the sort metric's final value annotated as `sort_value`."""
+    qs = visible_runs(user=user).select_related("owner").prefetch_related("tags")
+    if filters.status in RunStatus.values:
+        qs = qs.filter(status=filters.status)
+    if filters.recipe:
+        qs = qs.filter(recipe=filters.recipe)
+    if filters.tag:
+        qs = qs.filter(tags__name=filters.tag)
+    if filters.q:
+        qs = qs.filter(name__icontains=filters.q)
+    sort = filters.sort or "-created"
+    desc = sort.startswith("-")
+    field = sort.lstrip("-")
+    if field.startswith("metric:"):
+        key = field.removeprefix("metric:")
+        last = MetricSummary.objects.filter(run=OuterRef("pk"), key__name=key).values("last_value")[:1]
+        qs = qs.annotate(sort_value=Subquery(last))
+        order = F("sort_value").desc(nulls_last=True) if desc else F("sort_value").asc(nulls_last=True)
+        return qs.order_by(order, "-id")
+    column = {"created": "created_at", "name": "name", "status": "status"}.get(field, "created_at")
+    return qs.order_by(f"-{column}" if desc else column, "-id")
+
+
+def summary_keys(*, runs: QuerySet[Run] | list[Run]) -> list[str]:
+    """Metric names that exist in any of these runs (for sort options and chart groups)."""
+    ids = [r.id for r in runs] if isinstance(runs, list) else runs.values("id")
+    return sorted(set(MetricSummary.objects.filter(run_id__in=ids).values_list("key__name", flat=True)))
+
+
+def run_summaries(*, run: Run) -> list[dict[str, Any]]:
+    return list(
+        MetricSummary.objects.filter(run=run)
+        .order_by("key__name")
+        .values("key__name", "n", "last_step", "last_value", "min_value", "max_value")
+    )
+
+
+def last_checkpoint(*, run: Run) -> Checkpoint | None:
+    return run.checkpoints.order_by("-step").first()
+
+
+def metric_series(
+    *, run_id: int, key: str, start: int | None = None, end: int | None = None, buckets: int = DEFAULT_BUCKETS
+) -> dict[str, Any]:
+    """A series drawn at `buckets` screen columns over steps [start, end] (the whole run by default).
+
+    Cost does not grow with the series: spans wider than `buckets` x the finest rollup width read
+    rollup rows (about `buckets` to 32 x `buckets` of them); narrower spans read the raw points
+    (at most 32 x `buckets`) — which is also "full resolution when zoomed in".
+    """
+    buckets = max(10, min(MAX_BUCKETS, buckets))
+    key_id = MetricKey.objects.filter(name=key).values_list("id", flat=True).first()
+    summary = (
+        MetricSummary.objects.filter(run_id=run_id, key_id=key_id).values("n", "last_step").first() if key_id else None
+    )
+    out: dict[str, Any] = {"key": key, "points": [], "downsampled": False, "total": 0, "start": start, "end": end}
+    if summary is None:
+        return out
+    out["total"] = summary["n"]
+    points = MetricPoint.objects.filter(run_id=run_id, key_id=key_id)
+    lo = start if start is not None else points.order_by("step").values_list("step", flat=True).first()
+    hi = end if end is not None else summary["last_step"]
+    if lo is None or hi < lo:
+        return out
+    span = hi - lo + 1
+    # Each screen bucket draws two points, so a rollup with >= buckets/2 rows in the span is as good.
+    widths = [w for w in ROLLUP_WIDTHS if span // w >= buckets // 2] if connection.vendor == "postgresql" else []
+    if not widths:
+        raw = list(points.filter(step__gte=lo, step__lte=hi).order_by("step").values_list("step", "value", "wall_time"))
+        rows = minmax_points(raw, buckets=buckets, lo=lo, hi=hi + 1)
+        out["downsampled"] = len(rows) < len(raw)
+    else:
+        rows = _from_rollups(run_id=run_id, key_id=key_id, width=widths[-1], lo=lo, hi=hi, buckets=buckets)
+        out["downsampled"] = True
+    out["points"] = [[int(s), v, t] for s, v, t in rows]
+    out["start"], out["end"] = lo, hi
+    return out
+
+
+def _from_rollups(*, run_id: int, key_id: int, width: int, lo: int, hi: int, buckets: int) -> list[tuple]:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT bucket, n, min_step, min_value, min_time, max_step, max_value, max_time "
+            "FROM training_metricrollup WHERE run_id = %s AND key_id = %s AND width = %s "
+            "AND bucket BETWEEN %s AND %s ORDER BY bucket",
+            [run_id, key_id, width, lo // width, hi // width],
+        )
+        rows = cur.fetchall()
+    merged = merge_buckets(((b * width, Bucket(*rest)) for b, *rest in rows), buckets=buckets, lo=lo, hi=hi + 1)
+    # Edge buckets straddle the range: drop their extremes that fall outside it.
+    return [p for p in merged if lo <= p[0] <= hi]
+
+
+def log_tail(*, run_id: int, after_id: int = 0, limit: int = 500) -> list[list[Any]]:
+    """Log lines as [id, stream, text, time]: the last `limit`, or those after `after_id`."""
+    qs = LogLine.objects.filter(run_id=run_id)
+    if after_id:
+        rows = list(qs.filter(id__gt=after_id).order_by("id").values_list("id", "stream", "text", "time")[:limit])
+    else:
+        rows = list(qs.order_by("-id").values_list("id", "stream", "text", "time")[:limit])[::-1]
+    return [list(r) for r in rows]
+
+
+def config_diff(*, runs: list[Run]) -> list[dict[str, Any]]:
+    """Config keys whose values differ between the runs, each with every run's value."""
+    keys = sorted({k for r in runs for k in (r.config or {})})
+    diff = []
+    for k in keys:
+        values = [(r.config or {}).get(k) for r in runs]
+        if any(v != values[0] for v in values[1:]):
+            diff.append({"key": k, "values": values})
+    return diff
+
+
+def dashboard_runs(*, user: Any, limit: int = 8) -> list[Run]:
+    """The dashboard's "recent runs" card."""
+    return list(visible_runs(user=user).order_by("-created_at", "-id")[:limit])

@@ -1,0 +1,190 @@
+"""The Celery worker's side of a run: start the engine subprocess, capture its output, beat, cancel, record the exit.
+
+The engine is `python -m training.engine SPEC.json` in a new session (its own process group), so
+cancel can signal the whole tree (dataloader workers, torchrun children) at once, and a fresh
+interpreter (CUDA cannot live in a forked Celery child). If the worker itself dies, the engine's
+next write to its stdout pipe fails (the reading end is gone) and the engine exits; the heartbeat
+sweep marks the run lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from django.conf import settings
+
+from training.models import Run
+from training.services import ingest, runs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SupervisorSettings:
+    """Timings of the watch loop; tests shorten them."""
+
+    poll_s: float = 0.5  # log flush and cancel poll
+    heartbeat_s: float = 5.0
+    cancel_grace_s: float = float(getattr(settings, "RUN_CANCEL_GRACE_S", 10))
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "training.engine"])
+
+
+def output_dir(run: Run) -> Path:
+    return Path(settings.ARTIFACT_ROOT) / "runs" / str(run.id)
+
+
+def write_spec(run: Run) -> Path:
+    out = output_dir(run)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "run_id": run.id,
+        "recipe": run.recipe,
+        "config": run.config,
+        "output_dir": str(out),
+        "resume_from": run.resume_from or None,
+        "seed": int(run.config.get("seed", 0) or 0),
+    }
+    path = out / "spec.json"
+    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    return path
+
+
+def engine_env(*, run: Run, token: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # Django's and the worker's own configuration must not leak into the engine.
+    for name in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "SECRET_KEY"):
+        env.pop(name, None)
+    env.update(
+        {
+            "CUDA_VISIBLE_DEVICES": str(getattr(settings, "ARBITER_GPU_SLOT", "")),
+            "ARBITER_API_URL": settings.ARBITER_PUBLIC_URL,
+            "ARBITER_RUN_ID": str(run.id),
+            "ARBITER_RUN_TOKEN": token,
+            "PYTHONUNBUFFERED": "1",  # lines reach the log as they are printed
+        }
+    )
+    return env
+
+
+def _pump(stream: IO[bytes], name: str, out: queue.Queue[tuple[str, str] | None]) -> None:
+    for raw in iter(stream.readline, b""):
+        out.put((name, raw.decode("utf-8", "replace").rstrip("\n")))
+    out.put(None)
+
+
+class LogCollector:
+    """Numbers each stream's lines (the idempotency key) and writes them in batches."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.next_seq = {"stdout": 0, "stderr": 0}
+        self.pending: dict[str, list[str]] = {"stdout": [], "stderr": []}
+
+    def add(self, stream: str, text: str) -> None:
+        self.pending[stream].append(text)
+
+    def flush(self) -> None:
+        for stream, texts in self.pending.items():
+            if not texts:
+                continue
+            batch = ingest.lines_batch(stream=stream, first_seq=self.next_seq[stream], texts=texts)
+            try:
+                ingest.record_logs(run_id=self.run_id, batch=batch)
+            except Exception:  # the database blinked: keep the lines and try again next poll
+                logger.warning("run %s: could not store %d log lines", self.run_id, len(texts), exc_info=True)
+                return
+            self.next_seq[stream] += len(texts)
+            self.pending[stream] = []
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def run_engine(*, run: Run, token: str, opts: SupervisorSettings | None = None) -> Run | None:
+    """Start the engine for a claimed run and watch it until it exits; return the finished run."""
+    opts = opts or SupervisorSettings()
+    logs = LogCollector(run.id)
+    try:
+        spec = write_spec(run)
+        proc = subprocess.Popen(
+            [*opts.command, str(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=engine_env(run=run, token=token),
+            cwd=str(settings.BASE_DIR),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return runs.finish_run(run_id=run.id, exit_code=None, note=f"could not start the engine: {exc}")
+    pgid = proc.pid  # start_new_session: the child leads its own group
+    runs.record_process(run_id=run.id, pid=proc.pid, pgid=pgid)
+    lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
+    readers = [
+        threading.Thread(target=_pump, args=(s, n, lines), daemon=True)
+        for s, n in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+    ]
+    for t in readers:
+        t.start()
+
+    cancelled_at: float | None = None
+    exited_at: float | None = None
+    next_beat = 0.0
+    open_streams = 2
+    while open_streams or proc.poll() is None:
+        if proc.poll() is not None:
+            exited_at = exited_at or time.monotonic()
+            if time.monotonic() - exited_at > 2:
+                # A grandchild still holds the pipes open after the engine exited: end it.
+                _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + opts.poll_s
+        while (left := deadline - time.monotonic()) > 0 and open_streams:
+            try:
+                item = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is None:
+                open_streams -= 1
+            else:
+                logs.add(*item)
+        if not open_streams and proc.poll() is None:
+            time.sleep(min(opts.poll_s, 0.1))
+        logs.flush()
+        now = time.monotonic()
+        if now >= next_beat or cancelled_at is None:
+            cancel = runs.heartbeat(run_id=run.id) if now >= next_beat else _cancel_requested(run.id)
+            if now >= next_beat:
+                next_beat = now + opts.heartbeat_s
+            if cancel and cancelled_at is None:
+                cancelled_at = now
+                logs.add("stderr", "[arbiter] cancel requested: SIGTERM to the process group")
+                _signal_group(pgid, signal.SIGTERM)
+        if cancelled_at is not None and proc.poll() is None and now - cancelled_at > opts.cancel_grace_s:
+            logs.add("stderr", f"[arbiter] still running after {opts.cancel_grace_s:.0f}s: SIGKILL")
+            _signal_group(pgid, signal.SIGKILL)
+            cancelled_at = float("-inf")  # killed: do not signal again
+    # The leader exited; stragglers it left in its group must not outlive the run.
+    _signal_group(pgid, signal.SIGKILL)
+    exit_code = proc.wait()
+    logs.add("stderr", f"[arbiter] engine exited with code {exit_code}")
+    logs.flush()
+    return runs.finish_run(
+        run_id=run.id, exit_code=exit_code, cancelled=cancelled_at is not None, note=f"exit code {exit_code}"
+    )
+
+
+def _cancel_requested(run_id: int) -> bool:
+    return Run.objects.filter(id=run_id, cancel_requested_at__isnull=False).exists()

@@ -1,0 +1,42 @@
+"""Celery tasks of the training app: thin wrappers that fetch by id and call a service."""
+
+from __future__ import annotations
+
+import socket
+
+from celery import Task, shared_task
+
+from arbiter.celery import Queue
+from training.services import runs, supervisor
+
+# A run may last days: the hard limit only stops a supervisor that somehow never returns.
+SUPERVISE_TIME_LIMIT_S = 14 * 24 * 3600
+
+
+@shared_task(
+    bind=True,
+    name="training.supervise_run",
+    queue=Queue.GPU,
+    ignore_result=True,
+    acks_late=False,
+    time_limit=SUPERVISE_TIME_LIMIT_S,
+    soft_time_limit=SUPERVISE_TIME_LIMIT_S - 60,
+)
+def supervise_run(self: Task, run_id: int) -> None:
+    """Own one run's engine subprocess until it exits.
+
+    Acked early on purpose: a run outlives the broker's redelivery window, and a late ack would
+    start it twice. If this worker dies, the heartbeat sweep marks the run lost; the claim below
+    makes a duplicate delivery a no-op.
+    """
+    claimed = runs.claim_run(run_id=run_id, worker=self.request.hostname or socket.gethostname())
+    if claimed is None:
+        return  # duplicate delivery, or cancelled while queued
+    run, token = claimed
+    supervisor.run_engine(run=run, token=token)
+
+
+@shared_task(name="training.sweep_lost_runs", queue=Queue.DEFAULT, ignore_result=True, time_limit=120)
+def sweep_lost_runs() -> list[int]:
+    """Beat task: runs whose heartbeat stopped are marked lost."""
+    return runs.mark_lost_runs()

@@ -1,0 +1,210 @@
+"""Pages of the training app (researchers only): run list, launch, run page (live), compare, API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from arbiter.accounts.decorators import researcher_required
+from training import selectors
+from training.forms import ApiKeyForm, LaunchForm
+from training.models import ApiToken, Run, RunStatus
+from training.services import runs
+
+
+def _recipes() -> dict[str, Any]:
+    from training.engine.config import RECIPES  # import-cheap registry, no torch
+
+    return RECIPES
+
+
+def _redirect(request: HttpRequest, url: str) -> HttpResponse:
+    """htmx follows HX-Redirect with a full page load; plain forms get a 302."""
+    if getattr(request, "htmx", False):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+@researcher_required
+@vary_on_headers("HX-Request")
+def run_list(request: HttpRequest) -> HttpResponse:
+    filters = selectors.RunListFilters(
+        status=request.GET.get("status", ""),
+        recipe=request.GET.get("recipe", ""),
+        tag=request.GET.get("tag", ""),
+        q=request.GET.get("q", "").strip(),
+        sort=request.GET.get("sort", "-created"),
+    )
+    qs = selectors.run_list(user=request.user, filters=filters)
+    page = list(qs[:200])
+    metric_keys = selectors.summary_keys(runs=selectors.visible_runs(user=request.user))
+    sort_metric = filters.sort.lstrip("-").removeprefix("metric:") if "metric:" in filters.sort else ""
+    context = {
+        "runs": page,
+        "filters": filters,
+        "statuses": RunStatus.choices,
+        "recipes": sorted(_recipes()),
+        "metric_keys": metric_keys,
+        "sort_metric": sort_metric,
+    }
+    template = "training/run_list.html#run-table" if getattr(request, "htmx", False) else "training/run_list.html"
+    return render(request, template, context)
+
+
+@researcher_required
+def run_new(request: HttpRequest) -> HttpResponse:
+    """Pick a recipe, fill its generated form, launch. `?dataset=&recipe=` prefill from a study export."""
+    recipes = _recipes()
+    recipe = request.POST.get("recipe") or request.GET.get("recipe") or ""
+    if recipe not in recipes:
+        return render(request, "training/run_new.html", {"recipes": recipes.values(), "form": None})
+    initial = {}
+    if dataset := request.GET.get("dataset"):
+        initial["cfg_dataset_path"] = dataset
+    form = LaunchForm(request.POST or None, recipe=recipe, initial=initial)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                run = runs.launch_run(
+                    owner=request.user,
+                    recipe=recipe,
+                    config=form.config(),
+                    name=form.cleaned_data["name"],
+                    queue=form.cleaned_data["queue"],
+                    tags=form.tag_list(),
+                    shared=form.cleaned_data["shared"],
+                )
+            except ValidationError as exc:
+                if hasattr(exc, "error_dict"):
+                    form.add_config_errors({k: [m for e in v for m in e.messages] for k, v in exc.error_dict.items()})
+                else:
+                    form.add_error(None, exc)
+            else:
+                return _redirect(request, run.get_absolute_url())
+        status = 422
+    return render(
+        request,
+        "training/run_new.html",
+        {"recipes": recipes.values(), "recipe": recipes[recipe], "form": form},
+        status=status,
+    )
+
+
+def _panel_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+    return {
+        "run": run,
+        "can_change": selectors.can_change_run(user=request.user, run=run),
+        "checkpoint": selectors.last_checkpoint(run=run),
+        "transitions": list(run.transitions.all()),
+    }
+
+
+@researcher_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.get_run_for(user=request.user, run_id=run_id)
+    context = _panel_context(request, run)
+    context.update(
+        {
+            "tags": [t.name for t in run.tags.all()],
+            "config_items": sorted((run.config or {}).items()),
+            "summaries": selectors.run_summaries(run=run),
+        }
+    )
+    return render(request, "training/run_detail.html", context)
+
+
+@researcher_required
+def run_panel(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Status, duration and actions; polled by htmx while the run is active (works without websockets)."""
+    run = selectors.get_run_for(user=request.user, run_id=run_id)
+    return render(request, "training/run_detail.html#status-panel", _panel_context(request, run))
+
+
+def _act(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
+    run = selectors.get_run_for(user=request.user, run_id=run_id, for_change=True)
+    try:
+        if action == "cancel":
+            runs.cancel_run(run=run, by=request.user)
+        elif action == "retry":
+            return _redirect(request, runs.retry_run(run=run, by=request.user).get_absolute_url())
+        elif action == "resume":
+            return _redirect(request, runs.resume_run(run=run, by=request.user).get_absolute_url())
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        if getattr(request, "htmx", False):
+            context = {**_panel_context(request, run), "action_error": " ".join(exc.messages)}
+            return render(request, "training/run_detail.html#status-panel", context, status=422)
+    run.refresh_from_db()
+    if getattr(request, "htmx", False):
+        return render(request, "training/run_detail.html#status-panel", _panel_context(request, run))
+    return redirect(run.get_absolute_url())
+
+
+@researcher_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    return _act(request, run_id, "cancel")
+
+
+@researcher_required
+@require_POST
+def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
+    return _act(request, run_id, "retry")
+
+
+@researcher_required
+@require_POST
+def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
+    return _act(request, run_id, "resume")
+
+
+@researcher_required
+def run_compare(request: HttpRequest) -> HttpResponse:
+    """`?runs=1&runs=2` (or `?runs=1,2`): overlaid curves and the config diff."""
+    ids: list[int] = []
+    for raw in request.GET.getlist("runs"):
+        ids.extend(int(p) for p in raw.split(",") if p.strip().isdigit())
+    chosen = list(selectors.visible_runs(user=request.user).filter(id__in=ids[:10]).order_by("id"))
+    candidates = list(selectors.visible_runs(user=request.user).order_by("-created_at")[:50])
+    context = {
+        "runs": chosen,
+        "candidates": candidates,
+        "chosen_ids": [r.id for r in chosen],
+        "diff": selectors.config_diff(runs=chosen) if len(chosen) > 1 else [],
+        "keys": selectors.summary_keys(runs=chosen) if chosen else [],
+    }
+    return render(request, "training/run_compare.html", context)
+
+
+@researcher_required
+def api_keys(request: HttpRequest) -> HttpResponse:
+    form = ApiKeyForm(request.POST or None)
+    new_key = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            _, new_key = runs.issue_api_token(user=request.user, name=form.cleaned_data["name"])
+            form = ApiKeyForm()
+        else:
+            status = 422
+    keys = ApiToken.objects.filter(user=request.user).order_by("-created_at")
+    return render(request, "training/api_keys.html", {"form": form, "keys": keys, "new_key": new_key}, status=status)
+
+
+@researcher_required
+@require_POST
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    # Admins may revoke anyone's key (a leaked key is an emergency); others only their own.
+    keys = ApiToken.objects.all() if request.user.is_admin_role else ApiToken.objects.filter(user=request.user)
+    key = get_object_or_404(keys, id=key_id)
+    runs.revoke_api_token(token=key)
+    return redirect("training:api_keys")
