@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Sum
+
+from evaluation.selectors import study_list_for
+from training.selectors import dashboard_runs
+
 
 def dashboard_context(*, user: Any) -> dict[str, Any]:
-    """Each app contributes a section if its selectors offer one; the dashboard stays a thin page."""
-    context: dict[str, Any] = {"recent_runs": [], "recent_studies": []}
-    try:
-        from training.selectors import dashboard_runs
-    except ImportError:
-        pass
-    else:
-        context["recent_runs"] = dashboard_runs(user=user)
-    try:
-        from evaluation.selectors import dashboard_studies
-    except ImportError:
-        pass
-    else:
-        context["recent_studies"] = dashboard_studies(user=user)
-    return context
+    """The dashboard stays a thin page: each app's own selector decides what the user may see."""
+    studies = list(
+        study_list_for(user=user).annotate(judged=Sum("items__judgment_count"), target=Sum("items__overlap"))[:8]
+    )
+    for study in studies:
+        study.percent = round(100 * (study.judged or 0) / study.target, 1) if study.target else 0.0
+    return {"recent_runs": dashboard_runs(user=user), "recent_studies": studies}

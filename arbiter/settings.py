@@ -156,6 +156,13 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Seconds without a heartbeat before the sweep marks a running run as lost.
 RUN_HEARTBEAT_TIMEOUT = env_int("RUN_HEARTBEAT_TIMEOUT", 60)
+# Queues a researcher may launch runs onto (one per GPU node pool).
+ARBITER_RUN_QUEUES = env_list("ARBITER_RUN_QUEUES", ["gpu"])
+# Seconds between SIGTERM and SIGKILL when a run is cancelled.
+RUN_CANCEL_GRACE_S = env_int("RUN_CANCEL_GRACE_S", 10)
+# Metric batches commit with synchronous_commit=off: a PostgreSQL crash may lose the last few hundred ms of
+# acknowledged points (never logs, status or checkpoints). True makes metric commits wait for the WAL flush.
+METRICS_SYNCHRONOUS_COMMIT = env_bool("METRICS_SYNCHRONOUS_COMMIT", False)
 # GPU slot of this worker process: becomes the engine's CUDA_VISIBLE_DEVICES ("" = CPU only).
 ARBITER_GPU_SLOT = env_str("ARBITER_GPU_SLOT", "")
 
