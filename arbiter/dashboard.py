@@ -15,6 +15,12 @@ def dashboard_context(*, user: Any) -> dict[str, Any]:
     studies = list(
         study_list_for(user=user).annotate(judged=Sum("items__judgment_count"), target=Sum("items__overlap"))[:8]
     )
-    for study in studies:
-        study.percent = round(100 * (study.judged or 0) / study.target, 1) if study.target else 0.0
-    return {"recent_runs": dashboard_runs(user=user), "recent_studies": studies}
+    rows = [
+        {"study": s, "judged": s.judged or 0, "target": s.target or 0, "percent": _percent(s.judged, s.target)}
+        for s in studies
+    ]
+    return {"recent_runs": dashboard_runs(user=user), "recent_studies": rows}
+
+
+def _percent(done: int | None, target: int | None) -> float:
+    return round(100 * (done or 0) / target, 1) if target else 0.0

@@ -7,6 +7,7 @@ in-memory channel layer. Production and tests: DATABASE_URL=postgres://..., REDI
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from arbiter.env import database_from_url, env_bool, env_int, env_list, env_path, env_str
 
@@ -108,6 +109,8 @@ STORAGES = {
 REDIS_URL = env_str("REDIS_URL", "")
 EMBEDDED = REDIS_URL == ""
 
+CHANNEL_LAYERS: dict[str, dict[str, Any]]
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any]
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     _broker_dir = VAR_DIR / "broker"

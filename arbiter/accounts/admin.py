@@ -9,7 +9,7 @@ from arbiter.accounts.models import User
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(DjangoUserAdmin):  # type: ignore[type-arg]  # generic only in the stubs
     list_display = ("username", "email", "role", "is_active", "last_login")
     list_filter = ("role", "is_active")
     fieldsets = (*DjangoUserAdmin.fieldsets, ("Role", {"fields": ("role",)}))  # type: ignore[misc]
