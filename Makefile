@@ -40,6 +40,9 @@ test: install-dev services
 	@scripts/chromium.sh
 	$(MAKE) --no-print-directory check
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest
+	@# The embedded quick start's database: the tests marked `sqlite` again, on SQLite with no Redis.
+	rm -f var/test-embedded.sqlite3*
+	DATABASE_URL=sqlite:///var/test-embedded.sqlite3 REDIS_URL= $(PY) -m pytest -m sqlite -q
 
 check: install-dev
 	$(VENV)/bin/ruff check .

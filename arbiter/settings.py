@@ -31,7 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "whitenoise.runserver_nostatic",
+    "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
@@ -44,7 +44,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Async-capable (ServeStatic is WhiteNoise's ASGI-native fork): with every middleware async-capable,
+    # a request makes one thread hop to its sync view instead of one per sync-only middleware hook.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -80,6 +82,12 @@ DATABASES = {"default": database_from_url(DATABASE_URL, base_dir=BASE_DIR, pool_
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
+# The cached backend first: sessions resolve their user from the cache. ModelBackend stays listed so
+# sessions created before the switch (which name it) remain valid.
+AUTHENTICATION_BACKENDS = [
+    "arbiter.accounts.backends.CachedModelBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -98,7 +106,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "static")
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns at start-up when it is missing
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # the static server warns at start-up when it is missing
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Compressed + hashed in production (collectstatic); plain in DEBUG and tests so no manifest is needed.
@@ -140,7 +148,13 @@ else:
 if EMBEDDED:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"pool_class": "arbiter.cache.SharedConnectionPool"},
+        }
+    }
 # Sessions read from the cache, written through to the database: one query fewer on every request.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
@@ -196,5 +210,5 @@ LOGGING = {
 }
 
 # Serve static files straight from static/ (no collectstatic step for the embedded quick start);
-# production images run collectstatic and may set STATICFILES_BACKEND to whitenoise's manifest storage.
-WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", True)
+# production images run collectstatic and may set STATICFILES_BACKEND to a manifest storage.
+SERVESTATIC_USE_FINDERS = env_bool("SERVESTATIC_USE_FINDERS", True)

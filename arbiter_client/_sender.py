@@ -24,8 +24,25 @@ def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> floa
     otherwise reconnect in the same instant. Why half fixed: full jitter can pick ~0 and hammer
     a server that is still down.
     """
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    ceiling = min(cap, base * float(2 ** min(attempt, 30)))
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not security
+
+
+def series_body(points: list[MetricPoint]) -> dict[str, Any]:
+    """The columnar metrics body: one {key, steps, values, times} per key, in the order keys first appear.
+
+    Why columnar: a key name is written once per batch instead of once per point, and the JSON is
+    flat lists of numbers, ~3x cheaper to encode here and to parse on the server than an object per point.
+    """
+    columns: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    for key, step, value, t in points:
+        col = columns.get(key)
+        if col is None:
+            col = columns[key] = ([], [], [])
+        col[0].append(step)
+        col[1].append(value)
+        col[2].append(t)
+    return {"series": [{"key": k, "steps": s, "values": v, "times": t} for k, (s, v, t) in columns.items()]}
 
 
 class Sender(threading.Thread):
@@ -40,7 +57,7 @@ class Sender(threading.Thread):
         conn: Connection,
         run_id: int,
         *,
-        flush_interval: float = 0.005,
+        flush_interval: float = 0.002,
         max_batch: int = 10000,
         max_buffered: int = 2_000_000,
         system_interval: float = 0.0,
@@ -138,9 +155,10 @@ class Sender(threading.Thread):
     def run(self) -> None:
         """Send as soon as there is something, after a short linger.
 
-        Why not a fixed flush period: at a low rate the linger (`flush_interval`, default 5 ms) is
+        Why not a fixed flush period: at a low rate the linger (`flush_interval`, default 2 ms) is
         the whole delay from `log()` to the dashboard; at a high rate, points pile up while a request
-        is in flight, so batches grow by themselves up to `max_batch`.
+        is in flight, so batches grow by themselves up to `max_batch`. 2 ms is enough for one
+        step's several log() calls, made microseconds apart, to share a request.
         """
         while True:
             with self._cond:
@@ -178,7 +196,7 @@ class Sender(threading.Thread):
             with self._cond:
                 # Up to `parallel` full batches go out together: while the server writes one, it
                 # parses the next. Below one batch's worth this is a single request, as before.
-                batches = []
+                batches: list[list[MetricPoint]] = []
                 while self._metrics and len(batches) < self.parallel:
                     batches.append([self._metrics.popleft() for _ in range(min(self.max_batch, len(self._metrics)))])
                 logs = [self._logs.popleft() for _ in range(min(self.max_batch, len(self._logs)))]
@@ -206,8 +224,7 @@ class Sender(threading.Thread):
         return self._executor
 
     def _send_points(self, points: list[MetricPoint], conn: Connection) -> None:
-        body = {"points": [{"key": k, "step": s, "value": v, "time": t} for k, s, v, t in points]}
-        if self._deliver(f"/api/runs/{self.run_id}/metrics/", body, conn=conn):
+        if self._deliver(f"/api/runs/{self.run_id}/metrics/", series_body(points), conn=conn):
             with self._cond:
                 self.delivered_points += len(points)
 

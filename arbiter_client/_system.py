@@ -16,7 +16,7 @@ def make_sampler() -> Callable[[], dict[str, float]] | None:
     psutil.cpu_percent(None)  # the first reading is meaningless: prime the counter
     nvml: Any = None
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
 
         pynvml.nvmlInit()
         nvml = pynvml

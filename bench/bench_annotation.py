@@ -1,4 +1,4 @@
-"""Benchmark the annotator loop over real HTTP (daphne + PostgreSQL) and print a table.
+"""Benchmark the annotator loop over real HTTP (an ASGI server + PostgreSQL) and print a table.
 
 The loop: fetch the next item (GET /annotate/<study>/, the full form page) and submit a
 judgment (POST .../submit/), with no think time, at 1, 8 and 32 concurrent annotators on a
@@ -7,14 +7,20 @@ import time of the 10,000 items and the export time of all judgments (topped up 
 20,000 = 10,000 × overlap). Afterwards the database is checked: no item over its overlap, no
 (item, annotator) twice, and every submit the server accepted stored.
 
+Each server kind (`--servers daphne,uvicorn`) runs as `--workers` processes accepting on one
+shared listening socket, and gets its own fresh annotators. The client is one process of
+threads, each an annotator with its own keep-alive connection; the CPU it and the servers
+used per level is printed, so a client that starves the servers on a small machine shows.
+
 Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/x REDIS_URL=redis://127.0.0.1:6379/2 \
-       python bench/bench_annotation.py [--seconds 15] [--workers 2]
+       python bench/bench_annotation.py [--seconds 15] [--workers 2] [--servers daphne,uvicorn]
 It creates (and drops first) the database `arbiter_bench_annotation` on that server.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import random
@@ -27,6 +33,9 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -125,17 +134,24 @@ class Client:
     def __init__(self, port: int, session_key: str) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.cookies = {"sessionid": session_key}
+        self._headers = self._make_headers()
+
+    def _make_headers(self) -> dict[str, str]:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()), "Host": "127.0.0.1"}
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()), "Host": "127.0.0.1"}
+        headers = self._headers
         if body is not None:
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
         self.conn.request(method, path, body=body, headers=headers)
         response = self.conn.getresponse()
         data = response.read()
-        for header in response.headers.get_all("Set-Cookie") or []:
-            name, _, rest = header.partition("=")
-            self.cookies[name.strip()] = rest.split(";", 1)[0]
+        cookies = response.headers.get_all("Set-Cookie")
+        if cookies:
+            for header in cookies:
+                name, _, rest = header.partition("=")
+                self.cookies[name.strip()] = rest.split(";", 1)[0]
+            self._headers = self._make_headers()
         return response.status, data
 
 
@@ -146,40 +162,56 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def run_level(port: int, study_id: int, sessions: list[str], seconds: float) -> dict[str, object]:
+def _cpu_seconds(procs: list[Any]) -> dict[int, float]:
+    seconds = {}
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a backend that closed took its time with it
+            times = proc.cpu_times()
+            seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two samples by the processes alive at both."""
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+
+
+def _postgres_processes() -> list[Any]:
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+
+
+def run_level(port: int, study_id: int, sessions: list[str], seconds: float, servers: list[Any]) -> dict[str, Any]:
     fetch: list[float] = []
     submit: list[float] = []
     accepted: list[int] = []
     errors: list[str] = []
     lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
-    barrier = threading.Barrier(len(sessions))
+    barrier = threading.Barrier(len(sessions) + 1)
+    stop_at = [0.0]
 
     def annotator(session_key: str) -> None:
         client = Client(port, session_key)
         my_fetch, my_submit, my_ok = [], [], []
+        perf = time.perf_counter
+        next_path, submit_path = f"/annotate/{study_id}/", f"/annotate/{study_id}/submit/"
         barrier.wait()
         try:
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                status, page = client.request("GET", f"/annotate/{study_id}/")
-                t1 = time.perf_counter()
+            while perf() < stop_at[0]:
+                t0 = perf()
+                status, page = client.request("GET", next_path)
+                t1 = perf()
                 my_fetch.append(t1 - t0)
                 match = ASSIGNMENT_RE.search(page)
-                if status != 200 or not match:
+                if status != 200:
+                    errors.append(f"fetch answered {status}")
+                    break
+                if not match:
                     break  # nothing left for this annotator
-                token = CSRF_RE.search(page).group(1).decode()  # type: ignore[union-attr]
-                form = urllib.parse.urlencode(
-                    {
-                        "csrfmiddlewaretoken": token,
-                        "assignment": match.group(1).decode(),
-                        "choice": "left",
-                        "time_ms": 900,
-                    }
-                ).encode()
-                t2 = time.perf_counter()
-                status, _ = client.request("POST", f"/annotate/{study_id}/submit/", form)
-                my_submit.append(time.perf_counter() - t2)
+                token = CSRF_RE.search(page).group(1)  # type: ignore[union-attr]
+                form = b"csrfmiddlewaretoken=%s&assignment=%s&choice=left&time_ms=900" % (token, match.group(1))
+                t2 = perf()
+                status, _ = client.request("POST", submit_path, form)
+                my_submit.append(perf() - t2)
                 if status != 302:
                     errors.append(f"submit answered {status}")
                     break
@@ -192,36 +224,64 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float) -> 
             accepted.extend(my_ok)
 
     threads = [threading.Thread(target=annotator, args=(s,)) for s in sessions]
-    started = time.perf_counter()
     for t in threads:
         t.start()
+    postgres = _postgres_processes()
+    client0, servers0, postgres0 = time.process_time(), _cpu_seconds(servers), _cpu_seconds(postgres)
+    stop_at[0] = time.perf_counter() + seconds
+    started = time.perf_counter()
+    barrier.wait()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    return {"fetch": fetch, "submit": submit, "accepted": accepted, "errors": errors, "elapsed": elapsed}
+    client_cpu = time.process_time() - client0
+    server_cpu = _cpu_used(servers0, _cpu_seconds(servers))
+    db_cpu = _cpu_used(postgres0, _cpu_seconds(postgres))
+    return {
+        "fetch": fetch,
+        "submit": submit,
+        "accepted": accepted,
+        "errors": errors,
+        "elapsed": elapsed,
+        "cpu": {"client": client_cpu, "server": server_cpu, "postgres": db_cpu},
+    }
 
 
-def start_servers(workers: int, env: dict[str, str]) -> tuple[list[subprocess.Popen[bytes]], int, socket.socket]:
-    """`workers` daphne processes accepting on one shared listening socket (pre-fork style)."""
-    log = SERVER_LOG.open("wb")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
-    port = sock.getsockname()[1]
-    fd = sock.fileno()
-    os.set_inheritable(fd, True)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "0", "arbiter.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            pass_fds=(fd,),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(workers)
-    ]
+def start_servers(kind: str, workers: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes] | None, Any, int]:
+    """`workers` server processes on one listening socket; returns (uvicorn's supervisor, processes, port).
+
+    daphne: `workers` processes accepting on one socket they inherit (pre-fork style, as in
+    production). uvicorn: its own `--workers` supervisor (given a socket by file descriptor,
+    uvicorn takes it for a UNIX socket and leaves Nagle on, which stalls responses ~40 ms).
+    """
+    log = SERVER_LOG.open("ab")
+    if kind == "daphne":
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(512)
+        port = sock.getsockname()[1]
+        fd = sock.fileno()
+        os.set_inheritable(fd, True)
+        command = [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "0", "arbiter.asgi:application"]
+        procs = [
+            subprocess.Popen(command, cwd=ROOT, env=env, pass_fds=(fd,), stdout=log, stderr=subprocess.STDOUT)
+            for _ in range(workers)
+        ]
+        supervisor, handle = None, (procs, sock)
+    elif kind == "uvicorn":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [
+            *[sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            *["--loop", "uvloop", "--http", "httptools", "--lifespan", "off", "--log-level", "warning"],
+            *["--no-access-log", "arbiter.asgi:application"],
+        ]
+        supervisor = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        handle = ([supervisor], None)
+    else:
+        raise SystemExit(f"unknown server {kind!r} (daphne or uvicorn)")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -231,17 +291,65 @@ def start_servers(workers: int, env: dict[str, str]) -> tuple[list[subprocess.Po
                 break
         except OSError:
             time.sleep(0.3)
-    return procs, port, sock
+    return supervisor, handle, port
+
+
+def server_processes(handle: Any) -> list[Any]:
+    """Every process serving requests (uvicorn's workers are its supervisor's children)."""
+    procs: list[Any] = []
+    for p in handle[0]:
+        proc = psutil.Process(p.pid)
+        procs += [proc, *proc.children(recursive=True)]
+    return procs
+
+
+def stop_servers(handle: Any) -> None:
+    procs, sock = handle
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    if sock is not None:
+        sock.close()
+
+
+def print_table(kind: str, workers: int, pool: object, args: argparse.Namespace, results: list[Any]) -> None:
+    print(f"\nAnnotator loop over HTTP: {kind} x{workers} processes, PostgreSQL (pool of {pool}/process),")
+    print(f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, no think time,")
+    print(f"{args.seconds:.0f} s per level, {os.cpu_count()} CPUs\n")
+    cols = ["annotators", "judgments", "judg/s", "fetch p50", "p95", "p99", "submit p50", "p95", "p99", "errors"]
+    print(" | ".join(f"{c:>10}" for c in cols))
+    print("-" * 13 * len(cols))
+    for level, r in results:
+        n = len(r["accepted"])
+        cells = [str(level), str(n), f"{n / r['elapsed']:.1f}"]
+        for req in ("fetch", "submit"):
+            cells += [f"{_pct(r[req], q) * 1000:.1f} ms" for q in (50, 95, 99)]
+        cells.append(str(len(r["errors"])))
+        print(" | ".join(f"{c:>10}" for c in cells))
+    print("\nCPU used while measuring (share of one core; the machine has", os.cpu_count(), "):")
+    for level, r in results:
+        cpu, elapsed, n = r["cpu"], r["elapsed"], max(1, len(r["accepted"]))
+        parts = [f"{name} {100 * sec / elapsed:.0f}%" for name, sec in cpu.items()]
+        per = sum(cpu.values()) / n * 1000
+        print(f"  {level:>2} annotators: " + ", ".join(parts) + f"  ({per:.1f} ms of CPU per judgment, all three)")
+    print("  (postgres counts every backend on the server, other databases' too)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
-    parser.add_argument("--workers", type=int, default=2, help="daphne processes sharing the listening socket")
+    parser.add_argument("--workers", type=int, default=2, help="server processes sharing the listening socket")
+    parser.add_argument("--servers", default="daphne,uvicorn", help="ASGI servers to compare, in order")
+    parser.add_argument("--settings", default="arbiter.settings", help="DJANGO_SETTINGS_MODULE for the servers")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
 
     admin_url, bench_url = _database_urls()
     _fresh_database(admin_url)
@@ -249,21 +357,21 @@ def main() -> None:
         **os.environ,
         "DATABASE_URL": bench_url,
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/2"),
-        "DJANGO_SETTINGS_MODULE": "arbiter.settings",
+        "DJANGO_SETTINGS_MODULE": args.settings,
         "DEBUG": "false",
         "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
     }
     os.environ.update(env)
-    sys.path.insert(0, str(Path(env["PYTHONPATH"].split(os.pathsep)[-1])))
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
 
     import django
 
     django.setup()
+    from importlib import import_module
+
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.sessions.backends.db import SessionStore
     from django.db.models import Count, F
     from django.utils import timezone
 
@@ -271,15 +379,18 @@ def main() -> None:
     from evaluation import export, services
     from evaluation.models import Assignment, ExportJob, Item, Judgment
 
+    session_store = import_module(settings.SESSION_ENGINE).SessionStore
     researcher = User.objects.create_user("bench-researcher", password="x", role=Role.RESEARCHER)
+    per_server = sum(levels) + 1
     annotators = [
-        User.objects.create_user(f"bench-a{i}", password="x", role=Role.ANNOTATOR) for i in range(sum(levels) + 3)
+        User.objects.create_user(f"bench-a{i}", password="x", role=Role.ANNOTATOR)
+        for i in range(per_server * len(kinds) + 2)
     ]
 
     def session_for(user: User) -> str:
-        store = SessionStore()
+        store = session_store()
         store[SESSION_KEY] = str(user.pk)
-        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        store[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
         store[HASH_SESSION_KEY] = user.get_session_auth_hash()
         store.create()
         return str(store.session_key)
@@ -291,21 +402,21 @@ def main() -> None:
     import_s = time.perf_counter() - t0
     assert report.created == args.items
 
-    procs, port, sock = start_servers(args.workers, env)
-    results = []
-    try:
-        pool = list(annotators)
-        warm = run_level(port, study.pk, [session_for(pool.pop())], 2.0)  # warm caches and connections
-        del warm
-        for level in levels:
-            people = [pool.pop() for _ in range(level)]
-            results.append((level, run_level(port, study.pk, [session_for(p) for p in people], args.seconds)))
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=20)
-        sock.close()
+    SERVER_LOG.write_bytes(b"")
+    pool = list(annotators)
+    results: dict[str, list[Any]] = {}
+    for kind in kinds:
+        _, handle, port = start_servers(kind, args.workers, env)
+        servers = server_processes(handle)
+        results[kind] = []
+        try:
+            run_level(port, study.pk, [session_for(pool.pop())], 2.0, servers)  # warm caches and connections
+            for level in levels:
+                people = [pool.pop() for _ in range(level)]
+                sessions = [session_for(p) for p in people]
+                results[kind].append((level, run_level(port, study.pk, sessions, args.seconds, servers)))
+        finally:
+            stop_servers(handle)
 
     # Integrity after the storm.
     over = Item.objects.filter(study=study, judgment_count__gt=F("overlap")).count()
@@ -316,7 +427,7 @@ def main() -> None:
         .filter(n__gt=1)
         .count()
     )
-    accepted = {a for _, r in results for a in r["accepted"]}  # type: ignore[attr-defined]
+    accepted = {a for rows in results.values() for _, r in rows for a in r["accepted"]}
     stored = set(
         Judgment.objects.filter(study=study, assignment_id__in=accepted).values_list("assignment_id", flat=True)
     )
@@ -326,7 +437,7 @@ def main() -> None:
     # Top up to a fully judged study (items × overlap) so the export covers all 20,000.
     filler = [pool.pop(), pool.pop()]
     now = timezone.now()
-    have = {}
+    have: dict[int, set[int]] = {}
     for item_id, annotator_id in Judgment.objects.filter(study=study).values_list("item_id", "annotator_id"):
         have.setdefault(item_id, set()).add(annotator_id)
     new_assignments = []
@@ -366,27 +477,18 @@ def main() -> None:
         export.run_export(export_id=job.pk)
         exports[fmt] = time.perf_counter() - t0
 
-    pool = settings.DATABASES["default"]["OPTIONS"].get("pool", {}).get("max_size", "no")
-    print(f"\nAnnotator loop over HTTP: daphne x{args.workers} (shared socket), PostgreSQL (pool of {pool}/process),")
-    print(f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, no think time,")
-    print(f"{args.seconds:.0f} s per level, {os.cpu_count()} CPUs\n")
-    cols = ["annotators", "judgments", "judg/s", "fetch p50", "p95", "p99", "submit p50", "p95", "p99", "errors"]
-    print(" | ".join(f"{c:>10}" for c in cols))
-    print("-" * 13 * len(cols))
-    for level, r in results:
-        n = len(r["accepted"])  # type: ignore[arg-type]
-        cells = [str(level), str(n), f"{n / r['elapsed']:.1f}"]  # type: ignore[operator]
-        for kind in ("fetch", "submit"):
-            cells += [f"{_pct(r[kind], q) * 1000:.1f} ms" for q in (50, 95, 99)]  # type: ignore[arg-type]
-        cells.append(str(len(r["errors"])))  # type: ignore[arg-type]
-        print(" | ".join(f"{c:>10}" for c in cells))
+    db_pool = settings.DATABASES["default"]["OPTIONS"].get("pool", {}).get("max_size", "no")
+    for kind, rows in results.items():
+        print_table(kind, args.workers, db_pool, args, rows)
     print(f"\nintegrity after the runs: {measured_judgments} judgments; over-assigned items {over};")
     print(f"duplicated (item, annotator) {dup}; accepted submits not stored {lost}")
     rate = args.items / import_s
-    print(f"import of {args.items:,} items (parse + validate + insert): {import_s:.2f} s ({rate:,.0f} items/s)")
+    print(
+        f"import of {args.items:,} items (parse + validate + render + insert): {import_s:.2f} s ({rate:,.0f} items/s)"
+    )
     for fmt, seconds in exports.items():
         print(f"export {fmt} of {total_judgments:,} judgments: {seconds:.2f} s")
-    errors = [e for _, r in results for e in r["errors"]]  # type: ignore[attr-defined]
+    errors = [e for rows in results.values() for _, r in rows for e in r["errors"]]
     for e in errors[:3]:
         print("error:", e)
     if errors:

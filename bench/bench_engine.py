@@ -1,6 +1,6 @@
 """Our GRPO and DPO steps against TRL's GRPOTrainer and DPOTrainer: same model, data and batch, one process.
 
-Run: .venv/bin/pip install -r requirements/bench.txt && .venv/bin/python bench/bench_engine.py
+Run: .venv/bin/pip install -r requirements/bench.txt && .venv/bin/python bench/bench_engine.py [--rounds 3]
 Fixed config: a ~1M-parameter Llama built from a config, a character tokenizer trained on the task, fp32 on
 CPU with 2 threads; GRPO 8 prompts x 4 generations x 24 new tokens, no KL (TRL's default beta=0, loss dapo);
 DPO 16 pairs per step with an explicit frozen reference (TRL cannot build one from a config-built model).
@@ -183,13 +183,22 @@ def trl_dpo(folder: Path, root: Path, steps: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=20, help="measured steps per engine (after 3 warm-up steps)")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps per engine and round (after 3 warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of Arbiter-then-TRL runs, interleaved")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     warm, n = 3, args.steps
+    # Each round runs every engine once; a shared machine's load bursts then fall on both engines alike,
+    # and the medians below pool the measured steps of all rounds.
+    our_grpo_t: list[float] = []
+    our_lengths: list[float] = []
+    trl_grpo_t: list[float] = []
+    trl_lengths: list[float] = []
+    our_dpo_t: list[float] = []
+    trl_dpo_t: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = build_model_folder(root)
@@ -202,29 +211,35 @@ def main() -> None:
             "max_length": 64,
             "num_threads": args.threads,
         }
-        rows = ours("grpo", folder, root, warm + n, grpo_cfg)[warm:]
-        our_grpo = statistics.median(r["step_time"] for r in rows)
-        our_tokens = statistics.mean(r["completions/mean_length"] for r in rows) * PROMPTS * GENERATIONS
-        trl_times, trl_lengths = trl_grpo(folder, root, warm + n)
-        trl_grpo_t = statistics.median(trl_times[warm:])
-        trl_tokens = statistics.mean(trl_lengths[warm:]) * PROMPTS * GENERATIONS
-        dpo_rows = ours(
-            "dpo", folder, root, warm + n, {"batch_size": DPO_BATCH, "max_length": 64, "num_threads": args.threads}
-        )[warm:]
-        our_dpo = statistics.median(r["step_time"] for r in dpo_rows)
-        trl_dpo_t = statistics.median(trl_dpo(folder, root, warm + n)[warm:])
+        dpo_cfg = {"batch_size": DPO_BATCH, "max_length": 64, "num_threads": args.threads}
+        for index in range(args.rounds):
+            run_root = root / f"round-{index}"
+            rows = ours("grpo", folder, run_root, warm + n, grpo_cfg)[warm:]
+            our_grpo_t += [r["step_time"] for r in rows]
+            our_lengths += [r["completions/mean_length"] for r in rows]
+            times, lengths = trl_grpo(folder, run_root, warm + n)
+            trl_grpo_t += times[warm:]
+            trl_lengths += lengths[warm:]
+            our_dpo_t += [r["step_time"] for r in ours("dpo", folder, run_root, warm + n, dpo_cfg)[warm:]]
+            trl_dpo_t += trl_dpo(folder, run_root, warm + n)[warm:]
+    median = statistics.median
+    our_grpo, trl_grpo_s = median(our_grpo_t), median(trl_grpo_t)
+    our_dpo, trl_dpo_s = median(our_dpo_t), median(trl_dpo_t)
+    our_tokens = statistics.mean(our_lengths) * PROMPTS * GENERATIONS
+    trl_tokens = statistics.mean(trl_lengths) * PROMPTS * GENERATIONS
     print()
-    print(f"{'measure (median of ' + str(n) + ' steps)':<38}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
+    heading = f"measure (median, {args.rounds} x {n} steps)"
+    print(f"{heading:<38}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
     table = [
-        ("GRPO step time (s)", our_grpo, trl_grpo_t, our_grpo / trl_grpo_t),
+        ("GRPO step time (s)", our_grpo, trl_grpo_s, our_grpo / trl_grpo_s),
         (
             "GRPO generated tokens/s",
             our_tokens / our_grpo,
-            trl_tokens / trl_grpo_t,
-            (our_tokens / our_grpo) / (trl_tokens / trl_grpo_t),
+            trl_tokens / trl_grpo_s,
+            (our_tokens / our_grpo) / (trl_tokens / trl_grpo_s),
         ),
-        ("DPO step time (s)", our_dpo, trl_dpo_t, our_dpo / trl_dpo_t),
-        ("DPO pairs/s", DPO_BATCH / our_dpo, DPO_BATCH / trl_dpo_t, trl_dpo_t / our_dpo),
+        ("DPO step time (s)", our_dpo, trl_dpo_s, our_dpo / trl_dpo_s),
+        ("DPO pairs/s", DPO_BATCH / our_dpo, DPO_BATCH / trl_dpo_s, trl_dpo_s / our_dpo),
     ]
     for name, a, b, ratio in table:
         print(f"{name:<38}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")

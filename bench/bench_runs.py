@@ -1,18 +1,22 @@
 """Benchmark the training-runs half over real HTTP and websockets (daphne + PostgreSQL + Redis); print a table.
 
 (a) ingest: 1,000,000 points (1 run, 10 keys x 100,000 steps) posted through the HTTP API in the
-    client's batches (arbiter_client's encoding: gzip JSON, `max_batch` points each, 2 batches in
-    flight as its sender sends them); then the same through `run.log()` itself (the client's own
-    encoding then shares the 2 cores); then 4 runs at once (4 x 1,000,000 points).
+    client's batches (arbiter_client's own encoder: columnar `series` JSON, gzip, `max_batch` points
+    each, 2 batches in flight as its sender sends them); then the same through `run.log()` itself
+    (the client's encoding then shares the 2 cores); then 4 runs at once (4 x 1,000,000 points).
     Pre-encoded bodies are built before the clock starts (that is the training process's CPU).
+    Each row is followed by where the CPU went (this process, daphne, PostgreSQL, Redis, and the
+    rest of the machine, which on a shared box is other people's work).
 (b) chart read: a 1,000-bucket read of a 100,000-point and of a 1,000,000-point series; server time
     (selector + JSON, in-process) and HTTP round trip, median and p95 of 20 reads; plus a zoomed read.
-(c) live: 50 websocket clients on one run; a script calls `run.log({"t": time.time()}, step=i)`
-    every 50 ms through arbiter_client; each client measures arrival - t. p50 / p99 over all.
+(c) live: 50 websocket clients on one run; a script (its own process, unless --producer-in-bench)
+    calls `run.log({"t": time.time()}, step=i)` every 50 ms through arbiter_client; each client
+    measures arrival - t. p50 / p99 over all.
     Measured after VACUUM ANALYZE and a CHECKPOINT of the freshly loaded tables (steady state: no
-    autovacuum pass or checkpoint write of the 6,000,000-row load competing for the disk).
+    autovacuum pass or checkpoint write of the load competing for the disk).
 
-Usage: python bench/bench_runs.py [--workers 2] [--batch 5000] [--clients 50]
+Usage: python bench/bench_runs.py [--workers 2] [--batch 10000] [--clients 50] [--parts abc]
+                                 [--settings arbiter.settings] [--producer-in-bench]
 It creates (and drops first) the database `arbiter_bench_runs` on the DATABASE_URL server, and uses
 Redis database 3 of REDIS_URL's server.
 """
@@ -38,13 +42,13 @@ sys.path.insert(0, str(ROOT))
 DB_NAME = "arbiter_bench_runs"
 
 
-def configure_env() -> dict[str, str]:
+def configure_env(settings: str = "arbiter.settings") -> dict[str, str]:
     base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter"))
     redis = urlparse(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     env = dict(os.environ)
     env["DATABASE_URL"] = base._replace(path=f"/{DB_NAME}").geturl()
     env["REDIS_URL"] = redis._replace(path="/3").geturl()
-    env["DJANGO_SETTINGS_MODULE"] = "arbiter.settings"
+    env["DJANGO_SETTINGS_MODULE"] = settings
     env["DEBUG"] = "0"
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE", "DEBUG")})
     return env
@@ -83,6 +87,59 @@ def start_servers(workers: int, env: dict[str, str]) -> tuple[list[subprocess.Po
     return procs, port, sock
 
 
+class CpuShare:
+    """CPU seconds spent during a measurement by: this bench process and its finished children (the
+    "client"), the daphne servers, PostgreSQL and Redis (all their processes: other users of the
+    same servers included), and everything else on the machine (other users of the 2 cores)."""
+
+    def __init__(self, servers: list[subprocess.Popen[bytes]]) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.servers = {p.pid for p in servers}
+
+    def _sample(self) -> tuple[float, float, dict[tuple[str, int], float], float]:
+        import resource
+
+        ps = self.psutil
+        per_process: dict[tuple[str, int], float] = {}
+        for p in ps.process_iter(["name"]):
+            name = p.info["name"] or ""
+            group = "daphne" if p.pid in self.servers else name.split()[0] if name else ""
+            if group in ("daphne", "postgres", "redis-server"):
+                try:
+                    t = p.cpu_times()
+                except ps.Error:
+                    continue
+                per_process[(group, p.pid)] = t.user + t.system
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = ps.cpu_times()
+        busy = total.user + total.system + total.nice + getattr(total, "softirq", 0) + getattr(total, "irq", 0)
+        bench = time.process_time() + children.ru_utime + children.ru_stime
+        return time.perf_counter(), bench, per_process, busy
+
+    def __enter__(self) -> CpuShare:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end = self._sample()
+
+    def summary(self) -> str:
+        wall, bench = self.end[0] - self.start[0], self.end[1] - self.start[1]
+        groups = {"daphne": 0.0, "postgres": 0.0, "redis-server": 0.0}
+        # Per process, so one that started during the measurement counts whole and one that
+        # ended (a PostgreSQL backend of another client) does not subtract its past.
+        for (group, pid), used in self.end[2].items():
+            groups[group] += used - self.start[2].get((group, pid), 0.0)
+        other = max(0.0, self.end[3] - self.start[3] - bench - sum(groups.values()))
+        cores = os.cpu_count() or 1
+        return (
+            f"CPU s of {cores} x {wall:.1f} s: bench {bench:.1f}, daphne {groups['daphne']:.1f}, "
+            f"postgres {groups['postgres']:.1f}, redis {groups['redis-server']:.1f}, rest of machine {other:.1f}"
+        )
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -90,24 +147,19 @@ def pct(values: list[float], q: float) -> float:
 
 # --- (a) ingest ------------------------------------------------------------------------------
 def encode_batches(*, keys: int, steps: int, batch: int, t0: float) -> list[bytes]:
+    """The bodies arbiter_client's sender would post for these points (its own encoder)."""
     from arbiter_client._http import encode_body
+    from arbiter_client._sender import series_body
 
     bodies, points = [], []
     for step in range(steps):
         for k in range(keys):
-            points.append(
-                {
-                    "key": f"train/k{k}",
-                    "step": step,
-                    "value": ((step * 7919 + k) % 1000) / 1000,
-                    "time": t0 + step * 0.01,
-                }
-            )
+            points.append((f"train/k{k}", step, ((step * 7919 + k) % 1000) / 1000, t0 + step * 0.01))
             if len(points) == batch:
-                bodies.append(encode_body({"points": points}))
+                bodies.append(encode_body(series_body(points)))
                 points = []
     if points:
-        bodies.append(encode_body({"points": points}))
+        bodies.append(encode_body(series_body(points)))
     return bodies
 
 
@@ -150,7 +202,7 @@ def new_run(name: str) -> tuple[int, str]:
     return run.id, token
 
 
-def bench_ingest(url: str, batch: int) -> tuple[list[tuple[str, str]], int]:
+def bench_ingest(url: str, batch: int, servers: list[subprocess.Popen[bytes]]) -> tuple[list[tuple[str, str]], int]:
     rows = []
     t = time.perf_counter()
     bodies = encode_batches(keys=10, steps=100_000, batch=batch, t0=time.time())
@@ -160,7 +212,8 @@ def bench_ingest(url: str, batch: int) -> tuple[list[tuple[str, str]], int]:
     )
     run_id, token = new_run("ingest-1")
     t = time.perf_counter()
-    send_all(url, run_id, token, bodies)
+    with CpuShare(servers) as cpu:
+        send_all(url, run_id, token, bodies)
     wall = time.perf_counter() - t
     rows.append(
         (
@@ -168,9 +221,11 @@ def bench_ingest(url: str, batch: int) -> tuple[list[tuple[str, str]], int]:
             f"{1_000_000 / wall:,.0f} points/s ({wall:.1f} s)",
         )
     )
+    rows.append(("    where the CPU went", cpu.summary()))
     e2e_id, e2e_token = new_run("ingest-client")
     t = time.perf_counter()
-    log_through_client(url, e2e_id, e2e_token, keys=10, steps=100_000)
+    with CpuShare(servers) as cpu:
+        log_through_client(url, e2e_id, e2e_token, keys=10, steps=100_000)
     wall = time.perf_counter() - t
     rows.append(
         (
@@ -178,18 +233,21 @@ def bench_ingest(url: str, batch: int) -> tuple[list[tuple[str, str]], int]:
             f"{1_000_000 / wall:,.0f} points/s ({wall:.1f} s)",
         )
     )
+    rows.append(("    where the CPU went", cpu.summary()))
     targets = [new_run(f"ingest-4-{i}") for i in range(4)]
     threads = [threading.Thread(target=send_all, args=(url, rid, tok, bodies)) for rid, tok in targets]
     t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    with CpuShare(servers) as cpu:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
     wall = time.perf_counter() - t
     rows.append(("(a) ingest 4 runs at once, 4 x 1,000,000 points", f"{4_000_000 / wall:,.0f} points/s ({wall:.1f} s)"))
-    from training.models import MetricPoint
+    rows.append(("    where the CPU went", cpu.summary()))
+    from training.selectors import stored_points
 
-    stored = sum(MetricPoint.objects.filter(run_id=rid).count() for rid, _ in [(run_id, token), (e2e_id, 0), *targets])
+    stored = sum(stored_points(run_id=rid) for rid, _ in [(run_id, token), (e2e_id, 0), *targets])
     rows.append(("    points stored (expect 6,000,000)", f"{stored:,}"))
     return rows, run_id
 
@@ -279,9 +337,20 @@ async def ws_client(
     writer.close()
 
 
-async def live(port: int, run_id: int, token: str, cookie: str, clients: int, n: int) -> list[float]:
+def produce(url: str, run_id: int | str, token: str, n: int | str) -> None:
+    """The training script of (c): one `run.log` every 50 ms through arbiter_client."""
     import arbiter_client
 
+    run = arbiter_client.Run(url=url, run_id=int(run_id), token=token, owns_status=False, system_interval=0)
+    for i in range(int(n)):
+        run.log({"t": time.time()}, step=i)
+        time.sleep(0.05)
+    run.finish()
+
+
+async def live(
+    port: int, run_id: int, token: str, cookie: str, clients: int, n: int, *, same_process: bool
+) -> list[float]:
     latencies: list[float] = []
     ready, done = asyncio.Event(), asyncio.Event()
     counter = [0]
@@ -292,16 +361,15 @@ async def live(port: int, run_id: int, token: str, cookie: str, clients: int, n:
     await asyncio.wait_for(ready.wait(), 30)
     await asyncio.sleep(0.5)
 
-    def produce() -> None:
-        run = arbiter_client.Run(
-            url=f"http://127.0.0.1:{port}", run_id=run_id, token=token, owns_status=False, system_interval=0
+    url = f"http://127.0.0.1:{port}"
+    if same_process:
+        await asyncio.to_thread(produce, url, run_id, token, n)
+    else:
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_runs as b; b.produce(*sys.argv[1:])"
         )
-        for i in range(n):
-            run.log({"t": time.time()}, step=i)
-            time.sleep(0.05)
-        run.finish()
-
-    await asyncio.to_thread(produce)
+        producer = await asyncio.create_subprocess_exec(sys.executable, "-c", code, url, str(run_id), token, str(n))
+        await producer.wait()
     await asyncio.sleep(1.0)
     done.set()
     for t in tasks:
@@ -325,14 +393,22 @@ def session_cookie() -> str:
     return f"{settings.SESSION_COOKIE_NAME}={store.session_key}"
 
 
-def bench_live(port: int, args: argparse.Namespace) -> tuple[str, str]:
+def bench_live(port: int, args: argparse.Namespace, servers: list[subprocess.Popen[bytes]]) -> list[tuple[str, str]]:
     run_id, token = new_run("live")
-    lat = asyncio.run(live(port, run_id, token, session_cookie(), args.clients, args.live_points))
+    same = args.producer_in_bench
+    cookie = session_cookie()
+    with CpuShare(servers) as cpu:
+        lat = asyncio.run(live(port, run_id, token, cookie, args.clients, args.live_points, same_process=same))
     expected = args.clients * args.live_points
-    return (
-        f"(c) run.log -> websocket, {args.clients} clients, {len(lat):,}/{expected:,} points received",
-        f"p50 {statistics.median(lat) * 1e3:.1f} ms, p99 {pct(lat, 0.99) * 1e3:.1f} ms, max {max(lat) * 1e3:.1f} ms",
-    )
+    where = "in the bench process" if same else "in its own process"
+    return [
+        (
+            f"(c) run.log ({where}) -> websocket, {args.clients} clients, {len(lat):,}/{expected:,} points received",
+            f"p50 {statistics.median(lat) * 1e3:.1f} ms, p99 {pct(lat, 0.99) * 1e3:.1f} ms, "
+            f"max {max(lat) * 1e3:.1f} ms",
+        ),
+        ("    where the CPU went", cpu.summary()),
+    ]
 
 
 def main() -> None:
@@ -340,11 +416,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="daphne processes sharing the listening socket")
     parser.add_argument("--batch", type=int, default=10000, help="points per request (the client's max_batch)")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument(
+        "--producer-in-bench", action="store_true", help="(c): call run.log from a thread of this process"
+    )
+    parser.add_argument("--settings", default="arbiter.settings", help="DJANGO_SETTINGS_MODULE of the servers")
     parser.add_argument("--live-points", type=int, default=200)
     parser.add_argument("--parts", default="abc", help="which of (a) ingest, (b) reads, (c) live to run")
     args, _ = parser.parse_known_args()
 
-    env = configure_env()
+    env = configure_env(args.settings)
     recreate_database(env)
     import django
 
@@ -362,7 +442,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     try:
         if "a" in args.parts or "b" in args.parts:
-            ingest_rows, run_100k = bench_ingest(url, args.batch)
+            ingest_rows, run_100k = bench_ingest(url, args.batch, procs)
             rows += ingest_rows
         if "b" in args.parts:
             rows += bench_reads(url, api_key, run_100k)
@@ -372,9 +452,9 @@ def main() -> None:
             import psycopg
 
             with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE training_metricpoint, training_metricrollup, training_run")
+                conn.execute("VACUUM ANALYZE training_metricchunk, training_metricrollup, training_run")
                 conn.execute("CHECKPOINT")  # and write the load's dirty pages out now, not during (c)
-            rows.append(bench_live(port, args))
+            rows += bench_live(port, args, procs)
     finally:
         for p in procs:
             p.terminate()

@@ -1,23 +1,28 @@
 """Annotator pages: the queue of studies, the next item's form, submit and skip.
 
-Annotators see only their own assignments: every lookup goes through
-get_annotation_study_for and filters assignments by the requesting user.
-Model identities never reach these templates (see `_blinded`).
+Annotators see only their own assignments: every lookup (selectors.annotation_state,
+selectors.own_assignment, get_annotation_study_for) checks that the requester annotates
+the study and filters assignments by the requester. Model identities never reach these
+templates (see `_blinded`). This is the hot path of the annotator loop: two queries per
+page besides the session's user (see selectors.annotation_state), item text pre-rendered.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import annotator_required
 from evaluation import selectors, services
 from evaluation.forms import JudgmentForm, SkipForm
-from evaluation.models import Assignment, Study, StudyKind
+from evaluation.models import Assignment, Item, Study, StudyKind
+from evaluation.rendering import render_markdown
 from evaluation.stats import DIMENSION_LABELS
 
 
@@ -27,53 +32,74 @@ def queue(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/annotate_queue.html", {"rows": rows})
 
 
+# Study instructions are shown above every item; parse each text once per process, not per page.
+_instructions_html = lru_cache(maxsize=64)(render_markdown)
+
+
 def _blinded(study: Study, assignment: Assignment) -> dict[str, Any]:
-    """What the annotator may see of an item: no model names, sides in this assignment's order."""
+    """What the annotator may see of an item: no model names, sides in this assignment's order.
+
+    Text is the item's stored, sanitised HTML (see evaluation.rendering.item_html), marked safe here.
+    """
     payload = assignment.item.payload
+    html = services.refresh_rendered(item=assignment.item, kind=study.kind)
     if study.kind == StudyKind.PAIRWISE:
-        left, right = payload["response_a"], payload["response_b"]
+        left, right = html["response_a"], html["response_b"]
         if assignment.swapped:
             left, right = right, left
-        return {"prompt": payload["prompt"], "left": left, "right": right}
+        return {"prompt": mark_safe(html["prompt"]), "left": mark_safe(left), "right": mark_safe(right)}  # noqa: S308
     if study.kind == StudyKind.RUBRIC:
-        plans = [p["text"] for p in payload["plans"]]
+        plans = [mark_safe(p) for p in html["plans"]]  # noqa: S308 - sanitised by item_html
         if assignment.swapped:
             plans.reverse()
-        return {"goal": payload["goal"], "plans": list(enumerate(plans)), "rubric": list(enumerate(payload["rubric"]))}
+        rubric = [mark_safe(r) for r in html["rubric"]]  # noqa: S308 - sanitised by item_html
+        return {"goal": mark_safe(html["goal"]), "plans": list(enumerate(plans)), "rubric": list(enumerate(rubric))}  # noqa: S308
     if study.kind == StudyKind.VIOLATION:
         policies = [
-            {**p, "index": i, "dimension": DIMENSION_LABELS.get(p["policy_category"], p["policy_category"])}
-            for i, p in enumerate(payload["policies"])
+            {
+                "index": i,
+                "description": mark_safe(description),  # noqa: S308 - sanitised by item_html
+                "dimension": DIMENSION_LABELS.get(p["policy_category"], p["policy_category"]),
+            }
+            for i, (p, description) in enumerate(zip(payload["policies"], html["policies"], strict=True))
         ]
         steps = [{"index": s, **step} for s, step in enumerate(payload["trajectory"])]
-        return {"intent": payload["intent"], "policies": policies, "steps": steps}
-    return {"prompt": payload["prompt"], "response": payload["response"]}
+        return {"intent": mark_safe(html["intent"]), "policies": policies, "steps": steps}  # noqa: S308
+    return {"prompt": mark_safe(html["prompt"]), "response": mark_safe(html["response"])}  # noqa: S308
 
 
 def _render_item(
-    request: HttpRequest, study: Study, assignment: Assignment, form: JudgmentForm | None = None, status: int = 200
+    request: HttpRequest,
+    study: Study,
+    assignment: Assignment,
+    progress: selectors.AnnotatorProgress,
+    form: JudgmentForm | None = None,
+    status: int = 200,
 ) -> HttpResponse:
-    progress = selectors.annotator_progress(study=study, annotator=request.user)  # type: ignore[arg-type]
     context = {
         "study": study,
-        "assignment": assignment,
+        "instructions": mark_safe(_instructions_html(study.instructions)) if study.instructions else "",  # noqa: S308
+        "assignment_id": assignment.pk,
         "item": _blinded(study, assignment),
         "form": form,
         "progress": progress,
         "position": progress.done + 1,
-        "scale": list(enumerate(study.scale, start=1)),
+        "percent": round(100 * progress.done / progress.total) if progress.total else 0,
+        "scale": list(enumerate(study.scale, start=1)) if study.kind == StudyKind.RATING else (),
     }
     return render(request, "evaluation/annotate_item.html", context, status=status)
 
 
 @annotator_required
 def next_item(request: HttpRequest, study_id: int) -> HttpResponse:
-    study = selectors.get_annotation_study_for(user=request.user, study_id=study_id)  # type: ignore[arg-type]
-    assignment = services.next_assignment(annotator=request.user, study=study)  # type: ignore[arg-type]
+    # One query for the study, the membership check, progress and the open assignment; one to lease.
+    state = selectors.annotation_state(user=request.user, study_id=study_id)  # type: ignore[arg-type]
+    study = state.study
+    assignment = services.next_assignment(annotator=request.user, study=study, latest=state.latest)  # type: ignore[arg-type]
     if assignment is None:
         progress = selectors.annotator_progress(study=study, annotator=request.user)  # type: ignore[arg-type]
         return render(request, "evaluation/annotate_done.html", {"study": study, "progress": progress})
-    return _render_item(request, study, assignment)
+    return _render_item(request, study, assignment, state.progress)
 
 
 def _own_assignment(request: HttpRequest, study_id: int, raw_id: Any) -> Assignment | None:
@@ -82,11 +108,15 @@ def _own_assignment(request: HttpRequest, study_id: int, raw_id: Any) -> Assignm
         assignment_id = int(raw_id)
     except (TypeError, ValueError):
         return None
-    user = request.user
-    qs = Assignment.objects.filter(pk=assignment_id, study_id=study_id, annotator=user).select_related("item", "study")
-    if not user.is_admin_role:  # type: ignore[union-attr]
-        qs = qs.filter(study__annotators=user)
-    return qs.first()
+    return selectors.own_assignment(user=request.user, study_id=study_id, assignment_id=assignment_id)  # type: ignore[arg-type]
+
+
+def _rerender(request: HttpRequest, assignment: Assignment, form: JudgmentForm) -> HttpResponse:
+    """The same item again with the form's errors (422); the rare path, so it reloads what it shows."""
+    study = Study.objects.get(pk=assignment.study_id)
+    assignment.item = Item.objects.get(pk=assignment.item_id)
+    progress = selectors.annotator_progress(study=study, annotator=request.user)  # type: ignore[arg-type]
+    return _render_item(request, study, assignment, progress, form, status=422)
 
 
 @annotator_required
@@ -99,7 +129,7 @@ def submit(request: HttpRequest, study_id: int) -> HttpResponse:
     study = assignment.study
     form = JudgmentForm(request.POST, study=study, item_payload=assignment.item.payload)
     if not form.is_valid():
-        return _render_item(request, study, assignment, form, status=422)
+        return _rerender(request, assignment, form)
     try:
         services.submit_judgment(
             annotator=request.user,  # type: ignore[arg-type]
@@ -110,7 +140,7 @@ def submit(request: HttpRequest, study_id: int) -> HttpResponse:
     except ValidationError as exc:
         for message in exc.messages:
             form.add_error(None, message)
-        return _render_item(request, study, assignment, form, status=422)
+        return _rerender(request, assignment, form)
     except services.LeaseExpired:
         return render(request, "evaluation/annotate_expired.html", {"study": study}, status=409)
     except services.AssignmentClosed:
@@ -121,10 +151,10 @@ def submit(request: HttpRequest, study_id: int) -> HttpResponse:
 @annotator_required
 @require_POST
 def skip(request: HttpRequest, study_id: int) -> HttpResponse:
-    study = selectors.get_annotation_study_for(user=request.user, study_id=study_id)  # type: ignore[arg-type]
     form = SkipForm(request.POST)
-    assignment = _own_assignment(request, study.pk, request.POST.get("assignment"))
+    assignment = _own_assignment(request, study_id, request.POST.get("assignment"))
     if assignment is None or not form.is_valid():
+        selectors.get_annotation_study_for(user=request.user, study_id=study_id)  # type: ignore[arg-type]  # 404s
         return HttpResponseBadRequest("No such assignment of yours in this study.")
     services.skip_assignment(
         annotator=request.user,  # type: ignore[arg-type]
@@ -132,4 +162,4 @@ def skip(request: HttpRequest, study_id: int) -> HttpResponse:
         flagged=form.cleaned_data["flag"],
         flag_reason=form.cleaned_data["reason"],
     )
-    return redirect("annotate:next", study_id=study.pk)
+    return redirect("annotate:next", study_id=study_id)

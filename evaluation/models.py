@@ -66,6 +66,10 @@ class Item(models.Model):
     position = models.PositiveIntegerField(default=0)
     external_id = models.CharField(max_length=200, blank=True)
     payload = models.JSONField()
+    # Sanitised HTML of the payload's markdown fields (evaluation.rendering.render_item), made at import
+    # so the annotator's page does not parse markdown; stamped with the payload's digest and re-sanitised
+    # on display, so a stale or tampered value is re-rendered or stripped, never trusted.
+    rendered = models.JSONField(default=dict, blank=True, editable=False)
     is_gold = models.BooleanField(default=False)
     expected = models.JSONField(null=True, blank=True)
     # Copied from the study so a row-level CheckConstraint can refuse over-assignment.

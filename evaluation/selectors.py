@@ -10,12 +10,17 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.http import Http404
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from arbiter.accounts.models import User
 from evaluation import stats
@@ -103,6 +108,12 @@ class AnnotatorProgress:
     total: int
 
 
+def _share(*, study: Study, members: int, done: int) -> AnnotatorProgress:
+    items = study.item_count
+    share = min(items, math.ceil(items * study.overlap / max(1, members)))
+    return AnnotatorProgress(done, max(share, done))
+
+
 def annotator_progress(*, study: Study, annotator: User) -> AnnotatorProgress:
     """ "12 of 50": judgments given, of this annotator's fair share of the study (items × overlap ÷ annotators)."""
     members = Study.annotators.through._meta.db_table
@@ -115,9 +126,169 @@ def annotator_progress(*, study: Study, annotator: User) -> AnnotatorProgress:
             [study.pk, annotator.pk, study.pk],
         )
         done, n_annotators = cursor.fetchone()
-    items = study.item_count
-    share = min(items, math.ceil(items * study.overlap / max(1, n_annotators)))
-    return AnnotatorProgress(done, max(share, done))
+    return _share(study=study, members=n_annotators, done=done)
+
+
+# --------------------------------------------------------------------------- the annotator's page (hot path)
+
+# One round trip for everything the next-item page needs before it leases: the study, whether the
+# user may annotate it, their progress, and their latest assignment (the open one, if any: a new
+# one is only made when none is open) with its item's content while it is open. Raw and portable
+# (PostgreSQL and SQLite) on purpose: this runs on every item an annotator opens, and the ORM's
+# query compilation cost more than the query.
+_STATE_SQL = """
+SELECT s.id, s.owner_id, s.name, s.kind, s.instructions, s.overlap, s.lease_seconds, s.accuracy_threshold,
+       s.scale_labels, s.item_count, s.created_at,
+       (SELECT COUNT(*) FROM evaluation_study_annotators m WHERE m.study_id = s.id),
+       (SELECT COUNT(*) FROM evaluation_judgment j WHERE j.study_id = s.id AND j.annotator_id = %(user)s),
+       {assignment}
+FROM evaluation_study s
+LEFT JOIN evaluation_assignment a ON a.id = (
+    SELECT MAX(x.id) FROM evaluation_assignment x WHERE x.study_id = s.id AND x.annotator_id = %(user)s)
+LEFT JOIN evaluation_item i ON i.id = a.item_id
+WHERE s.id = %(study)s
+  AND (%(any)s OR EXISTS (SELECT 1 FROM evaluation_study_annotators m WHERE m.study_id = s.id AND m.user_id = %(user)s))
+"""
+_ASSIGNMENT_COLUMNS = """a.id, a.item_id, a.leased_at, a.lease_expires_at, a.completed_at, a.released_at, a.skipped,
+       a.swapped, i.position,
+       CASE WHEN a.completed_at IS NULL AND a.released_at IS NULL THEN i.payload END,
+       CASE WHEN a.completed_at IS NULL AND a.released_at IS NULL THEN i.rendered END"""
+_LATEST_SQL = f"""
+SELECT {_ASSIGNMENT_COLUMNS}
+FROM evaluation_assignment a JOIN evaluation_item i ON i.id = a.item_id
+WHERE a.id = (SELECT MAX(x.id) FROM evaluation_assignment x WHERE x.study_id = %(study)s AND x.annotator_id = %(user)s)
+"""  # noqa: S608 - no user input in the f-string
+
+
+@dataclass(frozen=True)
+class AnnotationState:
+    study: Study
+    latest: Assignment | None
+    progress: AnnotatorProgress
+
+
+def json_value(raw: Any) -> Any:
+    """A JSON column read through a raw cursor: Django hands PostgreSQL's jsonb over as text, SQLite too."""
+    return orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+
+
+def db_datetime(raw: Any) -> Any:
+    """A datetime (or NULL) read through a raw cursor: SQLite gives naive UTC (or text), PostgreSQL aware."""
+    value = parse_datetime(raw) if isinstance(raw, str) else raw
+    if isinstance(value, datetime) and not timezone.is_aware(value):
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _assignment_from_row(row: Sequence[Any], *, study: Study, annotator: User) -> Assignment | None:
+    aid, item_id, leased_at, expires, completed_at, released_at, skipped, swapped, position, payload, rendered = row
+    if aid is None:
+        return None
+    item = Item(
+        id=item_id,
+        study=study,
+        position=position,
+        payload=json_value(payload) or {},
+        rendered=json_value(rendered) or {},
+        overlap=study.overlap,
+    )
+    return Assignment(
+        id=aid,
+        study=study,
+        item=item,
+        annotator=annotator,
+        leased_at=db_datetime(leased_at),
+        lease_expires_at=db_datetime(expires),
+        completed_at=db_datetime(completed_at),
+        released_at=db_datetime(released_at),
+        skipped=bool(skipped),
+        swapped=bool(swapped),
+    )
+
+
+def annotation_state(*, user: User, study_id: int) -> AnnotationState:
+    """The study (one the user annotates; admins may try any, else 404), their progress and latest assignment."""
+    sql = _STATE_SQL.format(assignment=_ASSIGNMENT_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"user": user.pk, "study": study_id, "any": bool(user.is_admin_role)})
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404("No such study.")
+    sid, owner_id, name, kind, instructions, overlap, lease_s, threshold, scale, item_count, created = row[:11]
+    study = Study(
+        id=sid,
+        owner_id=owner_id,
+        name=name,
+        kind=kind,
+        instructions=instructions,
+        overlap=overlap,
+        lease_seconds=lease_s,
+        accuracy_threshold=threshold,
+        scale_labels=json_value(scale) or [],
+        item_count=item_count,
+        created_at=db_datetime(created),
+    )
+    members, done = row[11], row[12]
+    latest = _assignment_from_row(row[13:], study=study, annotator=user)
+    return AnnotationState(study, latest, _share(study=study, members=members, done=done))
+
+
+def latest_assignment(*, annotator: User, study: Study) -> Assignment | None:
+    """The annotator's latest assignment in the study (the open one, if any), with its item while open."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LATEST_SQL, {"study": study.pk, "user": annotator.pk})
+        row = cursor.fetchone()
+    return None if row is None else _assignment_from_row(row, study=study, annotator=annotator)
+
+
+# The submit's lookup: the requester's assignment in a study they are (still) assigned to, with what
+# the form needs. The item's payload is read only for the kinds whose form is shaped by it.
+_OWN_SQL = """
+SELECT a.id, a.item_id, a.leased_at, a.lease_expires_at, a.completed_at, a.released_at, a.skipped, a.swapped,
+       s.owner_id, s.name, s.kind, s.instructions, s.overlap, s.lease_seconds, s.scale_labels, s.item_count,
+       CASE WHEN s.kind IN ('rubric', 'violation') THEN i.payload END
+FROM evaluation_assignment a
+JOIN evaluation_study s ON s.id = a.study_id
+JOIN evaluation_item i ON i.id = a.item_id
+WHERE a.id = %(assignment)s AND a.study_id = %(study)s AND a.annotator_id = %(user)s
+  AND (%(any)s OR EXISTS (SELECT 1 FROM evaluation_study_annotators m WHERE m.study_id = s.id AND m.user_id = %(user)s))
+"""
+
+
+def own_assignment(*, user: User, study_id: int, assignment_id: int) -> Assignment | None:
+    """The requester's assignment (with study and item) in a study they annotate; None when not theirs."""
+    params = {"assignment": assignment_id, "study": study_id, "user": user.pk, "any": bool(user.is_admin_role)}
+    with connection.cursor() as cursor:
+        cursor.execute(_OWN_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    aid, item_id, leased_at, expires, completed_at, released_at, skipped, swapped = row[:8]
+    owner_id, name, kind, instructions, overlap, lease_s, scale, item_count, payload = row[8:]
+    study = Study(
+        id=study_id,
+        owner_id=owner_id,
+        name=name,
+        kind=kind,
+        instructions=instructions,
+        overlap=overlap,
+        lease_seconds=lease_s,
+        scale_labels=json_value(scale) or [],
+        item_count=item_count,
+    )
+    item = Item(id=item_id, study=study, payload=json_value(payload) or {}, overlap=overlap)
+    return Assignment(
+        id=aid,
+        study=study,
+        item=item,
+        annotator=user,
+        leased_at=db_datetime(leased_at),
+        lease_expires_at=db_datetime(expires),
+        completed_at=db_datetime(completed_at),
+        released_at=db_datetime(released_at),
+        skipped=bool(skipped),
+        swapped=bool(swapped),
+    )
 
 
 def annotator_queue(*, user: User) -> list[tuple[Study, AnnotatorProgress]]:

@@ -13,11 +13,11 @@ The assignment rules live here and nowhere else:
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections import Counter
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +29,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from arbiter.accounts.models import User
-from evaluation import events
+from evaluation import events, rendering, selectors
 from evaluation.importers import ParsedItem, RowError, parse_jsonl
 from evaluation.judgments import canonical_judgment
 from evaluation.models import Assignment, Item, Judgment, RubricItemFlag, Study, StudyKind
@@ -97,7 +97,6 @@ def create_study(
     return study
 
 
-@transaction.atomic
 def update_study(
     *,
     study: Study,
@@ -111,24 +110,25 @@ def update_study(
     shared_with: list[User],
 ) -> Study:
     """Edit a study. Overlap may not drop below what an item already holds: those judgments exist."""
-    locked = Study.objects.select_for_update().get(pk=study.pk)
-    if overlap != locked.overlap:
-        held = Item.objects.filter(study=locked).aggregate(m=Max("claimed"))["m"] or 0
-        if overlap < held:
-            raise ValidationError(
-                {"overlap": f"Some items already have {held} judgments or leases; overlap >= {held}."}
-            )
-        Item.objects.filter(study=locked).update(overlap=overlap)
-    locked.name, locked.instructions, locked.overlap = name, instructions, overlap
-    locked.lease_seconds, locked.accuracy_threshold, locked.scale_labels = (
-        lease_seconds,
-        accuracy_threshold,
-        scale_labels,
-    )
-    locked.save()
-    locked.annotators.set(annotators)
-    locked.shared_with.set(shared_with)
-    return locked
+    with write_transaction():
+        locked = Study.objects.select_for_update().get(pk=study.pk)
+        if overlap != locked.overlap:
+            held = Item.objects.filter(study=locked).aggregate(m=Max("claimed"))["m"] or 0
+            if overlap < held:
+                raise ValidationError(
+                    {"overlap": f"Some items already have {held} judgments or leases; overlap >= {held}."}
+                )
+            Item.objects.filter(study=locked).update(overlap=overlap)
+        locked.name, locked.instructions, locked.overlap = name, instructions, overlap
+        locked.lease_seconds, locked.accuracy_threshold, locked.scale_labels = (
+            lease_seconds,
+            accuracy_threshold,
+            scale_labels,
+        )
+        locked.save()
+        locked.annotators.set(annotators)
+        locked.shared_with.set(shared_with)
+        return locked
 
 
 # --------------------------------------------------------------------------- items
@@ -143,8 +143,14 @@ def import_items(*, study: Study, data: bytes, import_valid_rows: bool = False) 
     return ImportReport(created, result.errors, result.error_count)
 
 
-@transaction.atomic
 def add_items(*, study: Study, items: list[ParsedItem]) -> int:
+    # Markdown is rendered (and sanitised) here, once per item, instead of on every page that shows it.
+    rendered = [rendering.render_item(kind=study.kind, payload=p.payload) for p in items]
+    with write_transaction():
+        return _add_items(study=study, items=items, rendered=rendered)
+
+
+def _add_items(*, study: Study, items: list[ParsedItem], rendered: list[dict[str, Any]]) -> int:
     # Lock the study so two uploads at once do not interleave positions.
     locked = Study.objects.select_for_update().get(pk=study.pk)
     start = (Item.objects.filter(study=locked).aggregate(m=Max("position"))["m"] or 0) + 1
@@ -154,11 +160,12 @@ def add_items(*, study: Study, items: list[ParsedItem]) -> int:
             position=start + i,
             external_id=p.external_id[:200],
             payload=p.payload,
+            rendered=html,
             is_gold=p.is_gold,
             expected=p.expected,
             overlap=locked.overlap,
         )
-        for i, p in enumerate(items)
+        for i, (p, html) in enumerate(zip(items, rendered, strict=True))
     ]
     Item.objects.bulk_create(rows, batch_size=1000)
     Study.objects.filter(pk=locked.pk).update(item_count=F("item_count") + len(rows))
@@ -173,62 +180,36 @@ def add_items(*, study: Study, items: list[ParsedItem]) -> int:
 
 # --------------------------------------------------------------------------- the queue
 
+# Passed as `latest` when the caller has not read the annotator's latest assignment.
+UNREAD: Any = object()
 
-def next_assignment(*, annotator: User, study: Study) -> Assignment | None:
-    """The annotator's open assignment in this study, or a newly leased item; None when nothing is left."""
+
+def next_assignment(*, annotator: User, study: Study, latest: Assignment | None = UNREAD) -> Assignment | None:
+    """The annotator's open assignment in this study, or a newly leased item; None when nothing is left.
+
+    `latest` is the annotator's latest assignment when the caller has just read it
+    (selectors.annotation_state), which saves the claim a round trip; a stale value is harmless:
+    the unique "one open assignment" constraint refuses a second lease and the retry reads afresh.
+    """
     _maybe_release(study.pk)
-    claim = _claim_postgres if connection.vendor == "postgresql" else _claim_portable
     for attempt in range(3):
         try:
-            assignment = claim(annotator=annotator, study=study)
+            if connection.vendor == "postgresql":
+                assignment = _claim_postgres(annotator=annotator, study=study, latest=latest)
+            else:
+                assignment = _claim_serialised(annotator=annotator, study=study)
         except (IntegrityError, OperationalError):
             # IntegrityError: this annotator's other request (a second tab, a retry) opened an
             # assignment first; the next round returns it. OperationalError: a deadlock victim.
             if attempt == 2:
                 raise
+            latest = UNREAD
             continue
         if assignment is None and release_expired_leases(study_id=study.pk):
+            latest = UNREAD
             continue  # abandoned leases just went back: try again
         return assignment
     return None
-
-
-# Raw on purpose: this runs on every item an annotator opens, and the ORM's query compilation
-# cost more than the query. The item's payload is only fetched when the assignment is open.
-_LATEST_SQL = """
-SELECT a.id, a.item_id, a.leased_at, a.lease_expires_at, a.completed_at, a.released_at, a.skipped, a.swapped,
-       i.position, CASE WHEN a.completed_at IS NULL AND a.released_at IS NULL THEN i.payload END
-FROM evaluation_assignment a JOIN evaluation_item i ON i.id = a.item_id
-WHERE a.study_id = %s AND a.annotator_id = %s
-ORDER BY a.id DESC LIMIT 1
-"""
-
-
-def _latest_assignment(*, annotator: User, study: Study) -> Assignment | None:
-    # The open assignment, if any, is the annotator's latest one: a new one is only made when none is open.
-    if connection.vendor != "postgresql":
-        return (
-            Assignment.objects.filter(study=study, annotator=annotator).select_related("item").order_by("-id").first()
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(_LATEST_SQL, [study.pk, annotator.pk])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    aid, item_id, leased_at, expires, completed_at, released_at, skipped, swapped, position, payload = row
-    item = Item(id=item_id, study=study, position=position, payload=payload or {}, overlap=study.overlap)
-    return Assignment(
-        id=aid,
-        study=study,
-        item=item,
-        annotator=annotator,
-        leased_at=leased_at,
-        lease_expires_at=expires,
-        completed_at=completed_at,
-        released_at=released_at,
-        skipped=skipped,
-        swapped=swapped,
-    )
 
 
 def _renew_if_needed(assignment: Assignment, study: Study, now: datetime) -> Assignment:
@@ -260,7 +241,8 @@ WITH picked AS (
 ), bumped AS (
     UPDATE evaluation_item SET claimed = evaluation_item.claimed + 1
     FROM picked WHERE evaluation_item.id = picked.id
-    RETURNING evaluation_item.id, evaluation_item.payload, evaluation_item.position, evaluation_item.claimed
+    RETURNING evaluation_item.id, evaluation_item.payload, evaluation_item.rendered, evaluation_item.position,
+              evaluation_item.claimed
 )
 INSERT INTO evaluation_assignment
     (study_id, item_id, annotator_id, leased_at, lease_expires_at, skipped, flagged, flag_reason, swapped)
@@ -268,18 +250,25 @@ SELECT %(study)s, bumped.id, %(annotator)s, %(now)s, %(expires)s, false, false, 
        CASE WHEN %(kind)s = 'pairwise' OR (%(kind)s = 'rubric' AND jsonb_array_length(bumped.payload->'plans') = 2)
             THEN random() < 0.5 ELSE false END
 FROM bumped
-RETURNING id, item_id, swapped, (SELECT payload FROM bumped), (SELECT position FROM bumped),
-          (SELECT claimed FROM bumped)
+RETURNING id, item_id, swapped, (SELECT payload FROM bumped), (SELECT rendered FROM bumped),
+          (SELECT position FROM bumped), (SELECT claimed FROM bumped)
 """
 
 
-def _claim_postgres(*, annotator: User, study: Study) -> Assignment | None:
+def _claim_postgres(*, annotator: User, study: Study, latest: Assignment | None) -> Assignment | None:
     now = timezone.now()
-    latest = _latest_assignment(annotator=annotator, study=study)
+    if latest is UNREAD:
+        latest = selectors.latest_assignment(annotator=annotator, study=study)
     if latest is not None and latest.is_open:
         return _renew_if_needed(latest, study, now)
     expires = now + timedelta(seconds=study.lease_seconds)
-    params = {"study": study.pk, "annotator": annotator.pk, "now": now, "expires": expires, "kind": study.kind}
+    params: dict[str, Any] = {
+        "study": study.pk,
+        "annotator": annotator.pk,
+        "now": now,
+        "expires": expires,
+        "kind": study.kind,
+    }
     # Annotators move forward through the study, so start after the last item this one took; only
     # when the tail is exhausted rescan from the start (for slots that leases or skips gave back).
     starts = [latest.item.position, -1] if latest is not None else [-1]
@@ -292,10 +281,16 @@ def _claim_postgres(*, annotator: User, study: Study) -> Assignment | None:
                 break
         else:
             return None
-    assignment_id, item_id, swapped, payload, position, claimed = row
-    if isinstance(payload, str):  # psycopg returns jsonb decoded; keep a fallback for text
-        payload = json.loads(payload)
-    item = Item(id=item_id, study=study, payload=payload, position=position, claimed=claimed, overlap=study.overlap)
+    assignment_id, item_id, swapped, payload, rendered, position, claimed = row
+    item = Item(
+        id=item_id,
+        study=study,
+        payload=selectors.json_value(payload),
+        rendered=selectors.json_value(rendered) or {},
+        position=position,
+        claimed=claimed,
+        overlap=study.overlap,
+    )
     return Assignment(
         id=assignment_id,
         study=study,
@@ -307,31 +302,59 @@ def _claim_postgres(*, annotator: User, study: Study) -> Assignment | None:
     )
 
 
-@transaction.atomic
-def _claim_portable(*, annotator: User, study: Study) -> Assignment | None:
-    """The same rules through the ORM, for SQLite (embedded mode), where writers are serialised anyway."""
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """`transaction.atomic()`; on SQLite one that takes the database's write lock at BEGIN (BEGIN IMMEDIATE).
+
+    SQLite has no row locks and no SKIP LOCKED: one lock serialises writers. A deferred
+    transaction that reads, then writes, either acts on what it read while another writer
+    commits in between, or (in WAL mode) fails at once with SQLITE_BUSY when it upgrades,
+    without waiting out busy_timeout. Taking the lock at BEGIN makes each read-check-write
+    (claim, submit, skip, release) one short serial step; concurrent writers wait their turn
+    on busy_timeout. Inside a caller's transaction it is a savepoint of that transaction.
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+        return
+    connection.ensure_connection()
+    default_mode = connection.transaction_mode  # type: ignore[attr-defined]
+    connection.transaction_mode = "IMMEDIATE"  # type: ignore[attr-defined]  # read once, by the BEGIN
+    try:
+        with transaction.atomic():
+            connection.transaction_mode = default_mode  # type: ignore[attr-defined]
+            yield
+    finally:
+        connection.transaction_mode = default_mode  # type: ignore[attr-defined]
+
+
+def _claim_serialised(*, annotator: User, study: Study) -> Assignment | None:
+    """The same rules through the ORM, for SQLite (embedded mode), in one serialised write transaction."""
     now = timezone.now()
-    latest = _latest_assignment(annotator=annotator, study=study)
-    if latest is not None and latest.is_open:
-        return _renew_if_needed(latest, study, now)
-    item = (
-        Item.objects.filter(study=study, claimed__lt=F("overlap"))
-        .exclude(assignments__annotator=annotator)
-        .order_by("position", "id")
-        .select_for_update(skip_locked=True)
-        .first()
-    )
-    if item is None:
-        return None
-    assignment = Assignment.objects.create(
-        study=study,
-        item=item,
-        annotator=annotator,
-        leased_at=now,
-        lease_expires_at=now + timedelta(seconds=study.lease_seconds),
-        swapped=_swap_for(study.kind, item.payload),
-    )
-    Item.objects.filter(pk=item.pk).update(claimed=F("claimed") + 1)
+    with write_transaction():
+        latest = selectors.latest_assignment(annotator=annotator, study=study)
+        if latest is not None and latest.is_open:
+            return _renew_if_needed(latest, study, now)
+        item = (
+            Item.objects.filter(study=study, claimed__lt=F("overlap"))
+            .exclude(assignments__annotator=annotator)
+            .order_by("position", "id")
+            .only("id", "payload", "rendered", "position", "claimed", "overlap")
+            .first()
+        )
+        if item is None:
+            return None
+        # The writer's lock makes the read above current; the guard is the database's second word.
+        if not Item.objects.filter(pk=item.pk, claimed__lt=F("overlap")).update(claimed=F("claimed") + 1):
+            raise OperationalError(f"item {item.pk} filled while being leased")
+        assignment = Assignment.objects.create(
+            study=study,
+            item=item,
+            annotator=annotator,
+            leased_at=now,
+            lease_expires_at=now + timedelta(seconds=study.lease_seconds),
+            swapped=_swap_for(study.kind, item.payload),
+        )
     item.claimed += 1
     assignment.item = item
     return assignment
@@ -353,7 +376,7 @@ def _maybe_release(study_id: int) -> None:
 def release_expired_leases(*, study_id: int | None = None, limit: int = 1000) -> int:
     """Return expired, unfinished leases to the queue; the number released."""
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         expired = Assignment.objects.filter(completed_at=None, released_at=None, lease_expires_at__lt=now)
         if study_id is not None:
             expired = expired.filter(study_id=study_id)
@@ -368,6 +391,14 @@ def release_expired_leases(*, study_id: int | None = None, limit: int = 1000) ->
     for sid in {study_id} if study_id is not None else set():
         events.notify_progress(study_id=sid)
     return len(rows)
+
+
+def refresh_rendered(*, item: Item, kind: str) -> dict[str, Any]:
+    """The item's display HTML; a stored rendering that is stale (older renderer, changed payload) is redone."""
+    if not rendering.is_current(payload=item.payload, rendered=item.rendered):
+        item.rendered = rendering.render_item(kind=kind, payload=item.payload)
+        Item.objects.filter(pk=item.pk).update(rendered=item.rendered)
+    return rendering.item_html(kind=kind, payload=item.payload, rendered=item.rendered)
 
 
 # --------------------------------------------------------------------------- judgments
@@ -407,6 +438,8 @@ def submit_judgment(
     `assignment` (with item and study) when the caller has loaded it already, else its id.
     """
     if assignment is None:
+        if assignment_id is None:
+            raise Assignment.DoesNotExist("submit_judgment needs an assignment or its id")
         assignment = Assignment.objects.select_related("item", "study").get(pk=assignment_id, annotator=annotator)
     elif assignment.annotator_id != annotator.pk:
         raise Assignment.DoesNotExist(assignment.pk)
@@ -420,9 +453,9 @@ def submit_judgment(
     spent = max(0, min(time_ms, elapsed_ms) if time_ms and time_ms > 0 else elapsed_ms)
     flags = payload.get("flagged_rubric") or []
     params = {"now": now, "assignment": assignment.pk, "annotator": annotator.pk, "payload": payload, "time_ms": spent}
-    record = _record_postgres if connection.vendor == "postgresql" else _record_portable
+    record = _record_postgres if connection.vendor == "postgresql" else _record_serialised
     # A lone statement is atomic; only rubric flags (a second statement) need a transaction.
-    with transaction.atomic() if flags or connection.in_atomic_block else nullcontext():
+    with write_transaction() if flags or connection.in_atomic_block else nullcontext():
         row = record(params)
         if row is None:
             # Not open any more: judged by an earlier submit, skipped, or its lease released.
@@ -449,13 +482,19 @@ def submit_judgment(
 
 def _record_postgres(params: dict[str, Any]) -> tuple[int] | None:
     with connection.cursor() as cursor:
-        cursor.execute(_SUBMIT_SQL, {**params, "payload": Jsonb(params["payload"])})
-        return cursor.fetchone()
+        statement_params: dict[str, Any] = {**params, "payload": Jsonb(params["payload"])}
+        cursor.execute(_SUBMIT_SQL, statement_params)
+        row: tuple[int] | None = cursor.fetchone()
+        return row
 
 
-@transaction.atomic
-def _record_portable(params: dict[str, Any]) -> tuple[int] | None:
-    """The same claim through the ORM, for SQLite (embedded mode)."""
+def _record_serialised(params: dict[str, Any]) -> tuple[int] | None:
+    """The same claim through the ORM, for SQLite (embedded mode), in one serialised write transaction."""
+    with write_transaction():
+        return _record_orm(params)
+
+
+def _record_orm(params: dict[str, Any]) -> tuple[int] | None:
     open_row = Assignment.objects.filter(
         pk=params["assignment"], annotator_id=params["annotator"], completed_at=None, released_at=None
     )
@@ -483,17 +522,17 @@ def _closed_outcome(assignment: Assignment) -> Judgment:
     return Judgment.objects.get(assignment=assignment)
 
 
-@transaction.atomic
 def skip_assignment(*, annotator: User, assignment_id: int, flag_reason: str = "", flagged: bool = False) -> Assignment:
     """Give an item back (and optionally flag it as broken); this annotator will not see it again."""
-    assignment = Assignment.objects.select_for_update(of=("self",)).get(pk=assignment_id, annotator=annotator)
-    if assignment.completed_at is not None or assignment.released_at is not None:
-        return assignment  # already judged, skipped or released: a repeated skip changes nothing
-    now = timezone.now()
-    assignment.completed_at = now
-    assignment.skipped = True
-    assignment.flagged = flagged
-    assignment.flag_reason = flag_reason[:500]
-    assignment.save(update_fields=["completed_at", "skipped", "flagged", "flag_reason"])
-    Item.objects.filter(pk=assignment.item_id).update(claimed=F("claimed") - 1)
+    with write_transaction():
+        assignment = Assignment.objects.select_for_update(of=("self",)).get(pk=assignment_id, annotator=annotator)
+        if assignment.completed_at is not None or assignment.released_at is not None:
+            return assignment  # already judged, skipped or released: a repeated skip changes nothing
+        now = timezone.now()
+        assignment.completed_at = now
+        assignment.skipped = True
+        assignment.flagged = flagged
+        assignment.flag_reason = flag_reason[:500]
+        assignment.save(update_fields=["completed_at", "skipped", "flagged", "flag_reason"])
+        Item.objects.filter(pk=assignment.item_id).update(claimed=F("claimed") - 1)
     return assignment

@@ -165,7 +165,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -
 
 
 class ASGIServer:
-    """A real daphne process serving arbiter.asgi on a free port, against the test database."""
+    """A real uvicorn process (the production server) serving arbiter.asgi on a free port, against the test database."""
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
         self.proc = proc
@@ -180,10 +180,24 @@ def asgi_server(
 ) -> Iterator[ASGIServer]:
     """Session-wide web server. Tests that use it need committed data: mark them `transactional_db`."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("asgi") / "daphne.log").open("wb")
+    log = (tmp_path_factory.mktemp("asgi") / "server.log").open("wb")
     env = platform_env(ARBITER_PUBLIC_URL=f"http://127.0.0.1:{port}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "arbiter.asgi:application"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "arbiter.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -136,3 +136,29 @@ def test_embedded_default_secret_is_flagged_by_check_deploy(tmp_path: Any) -> No
         [sys.executable, "manage.py", "check", "--deploy"], env=env, capture_output=True, text=True, check=False
     )
     assert "security.W009" in out.stdout + out.stderr
+
+
+def test_cached_user_sees_a_role_change_at_once(researcher: User, client_for: Any) -> None:
+    """Sessions resolve users from the cache; demoting a researcher takes effect on the next request."""
+    client = client_for(researcher)
+    assert client.get("/dashboard/").status_code == 200  # caches the user
+    researcher.role = Role.ANNOTATOR
+    researcher.save()
+    assert client.get("/dashboard/").status_code == 403
+
+
+def test_deactivated_user_is_logged_out(researcher: User, client_for: Any) -> None:
+    client = client_for(researcher)
+    assert client.get("/dashboard/").status_code == 200
+    researcher.is_active = False
+    researcher.save()
+    assert client.get("/dashboard/").status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)
+def test_static_files_are_served_by_the_app(asgi_server: Any) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{asgi_server.url}/static/vendor/plotly.min.js") as response:
+        assert response.status == 200
+        assert int(response.headers["Content-Length"]) > 1_000_000

@@ -1,11 +1,13 @@
-"""Training runs and what they report: status history, metric points and their rollups, logs, checkpoints, API keys.
+"""Training runs and what they report: status history, metric chunks and their rollups, logs, checkpoints, API keys.
 
 Metric storage is shaped for millions of points per run and thousands of runs in PostgreSQL:
-- MetricPoint is narrow (run, key, step, value, wall_time; ~50 bytes a row) with the composite
-  primary key (run, key, step) as its only index: it makes a re-sent point a no-op (ON CONFLICT
-  DO NOTHING) and is the exact order a chart reads a series in.
+- MetricChunk holds up to CHUNK_STEPS consecutive steps of one series in one row, as packed
+  little-endian arrays (steps int64, values float64, times float64): ~24 bytes a point instead of
+  ~100 for a row plus its index entry, and PostgreSQL does per-row work (heap tuple, index entry,
+  WAL record) once per ~320 points. Its key (run, key, step // CHUNK_STEPS) makes placement
+  deterministic, so a re-sent point lands in the chunk that already holds it and is dropped.
 - MetricRollup holds min/max per fixed-width step bucket at a few widths, maintained in the same
-  statement that inserts the points, so a chart of a 1,000,000-point series reads ~1,000 rollup
+  statement that writes the chunks, so a chart of a 1,000,000-point series reads ~1,000 rollup
   rows instead of a million points.
 - MetricSummary holds the last value of each key per run: the run list sorts by any final metric
   without touching the points.
@@ -146,19 +148,34 @@ class MetricKey(models.Model):
         return self.name
 
 
-class MetricPoint(models.Model):
-    pk = models.CompositePrimaryKey("run", "key", "step")
-    # No database FK constraints on the two hot tables: a constraint costs two index probes per
-    # inserted row (deferred to commit), ~25% of ingest time. Only record_metrics writes here, for a
-    # run it has just locked; Django still cascades a run's deletion (one DELETE by run_id).
+# Steps per chunk: 320 points x 24 bytes = 7,680 bytes, so a full chunk fills one 8 KB page and is
+# stored inline, uncompressed (the migration sets toast_tuple_target so PostgreSQL does not try to
+# compress float64 noise it cannot shrink).
+CHUNK_STEPS = 320
+
+
+class MetricChunk(models.Model):
+    """Points of one series with steps in [chunk x CHUNK_STEPS, (chunk + 1) x CHUNK_STEPS), sorted by step.
+
+    `steps`, `values` and `times` are packed little-endian arrays of `n` int64 / float64 / float64
+    (numpy.frombuffer reads them without a copy); training/services/ingest.py is their only writer.
+    """
+
+    pk = models.CompositePrimaryKey("run", "key", "chunk")
+    # No database FK constraints on the hot tables: a constraint costs index probes per written row.
+    # Only record_metrics writes here, for a run it has just locked; Django still cascades a run's
+    # deletion (one DELETE by run_id).
     run = models.ForeignKey(Run, on_delete=models.CASCADE, db_index=False, db_constraint=False)
     key = models.ForeignKey(MetricKey, on_delete=models.DO_NOTHING, db_index=False, db_constraint=False)
-    step = models.BigIntegerField()
-    value = models.FloatField()
-    wall_time = models.FloatField()  # unix seconds: the chart's other x axis, cheaper than a timestamptz
+    chunk = models.BigIntegerField()
+    n = models.IntegerField()
+    last_step = models.BigIntegerField()  # lets a batch that only appends skip reading the chunk
+    steps = models.BinaryField()
+    values = models.BinaryField()
+    times = models.BinaryField()  # unix seconds: the chart's other x axis
 
     def __str__(self) -> str:
-        return f"{self.key_id}@{self.step}={self.value}"
+        return f"{self.key_id} chunk {self.chunk} ({self.n} points)"
 
 
 class MetricRollup(models.Model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 MAX_POINTS = 50_000
 MAX_LINES = 10_000
@@ -31,12 +31,17 @@ class PayloadError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class MetricBatch:
-    """Column-oriented points: the shape `unnest()` inserts in one statement."""
+    """Column-oriented points, one entry per point in each list.
+
+    `runs`, when known (the columnar `series` body), says the keys come as consecutive runs of
+    (key, count): the writer then maps names to ids per run instead of per point.
+    """
 
     keys: list[str]
     steps: list[int]
     values: list[float]
     times: list[float]
+    runs: tuple[tuple[str, int], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -66,10 +71,98 @@ def _list_field(body: Any, name: str, limit: int) -> list[Any]:
 
 
 def parse_metrics(body: Any, *, now: float) -> MetricBatch:
-    """`{"points": [{"key": str, "step": int ≥ 0, "value": finite number, "time": unix seconds?}]}`."""
+    """Either body shape; `series` is what arbiter_client sends (~3x cheaper to encode and parse).
+
+    - columnar: `{"series": [{"key": str, "steps": [int ≥ 0], "values": [finite number],
+      "times": [unix seconds]?}]}` (the lists of one series are equally long);
+    - one object per point: `{"points": [{"key": str, "step": int ≥ 0, "value": finite number,
+      "time": unix seconds?}]}`.
+    """
+    if isinstance(body, dict) and "series" in body:
+        if "points" in body:
+            raise PayloadError("body", "send either points or series, not both")
+        return _parse_series(_list_field(body, "series", MAX_POINTS), now=now)
     items = _list_field(body, "points", MAX_POINTS)
     fast = _parse_metrics_fast(items, now=now)
     return fast if fast is not None else _parse_metrics_exact(items, now=now)
+
+
+def _parse_series(items: list[Any], *, now: float) -> MetricBatch:
+    keys: list[str] = []
+    steps: list[int] = []
+    values: list[float] = []
+    times: list[float] = []
+    runs: list[tuple[str, int]] = []
+    for i, item in enumerate(items):
+        where = f"series[{i}]"
+        if not isinstance(item, dict):
+            raise PayloadError(where, "must be an object")
+        key = item.get("key")
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            raise PayloadError(f"{where}.key", "must be 1-200 letters, digits, spaces or _.:/@%+-")
+        s, v, t = item.get("steps"), item.get("values"), item.get("times")
+        if not isinstance(s, list):
+            raise PayloadError(f"{where}.steps", "must be a list")
+        if not isinstance(v, list) or len(v) != len(s):
+            raise PayloadError(f"{where}.values", f"must be a list as long as steps ({len(s)})")
+        if t is not None and (not isinstance(t, list) or len(t) != len(s)):
+            raise PayloadError(f"{where}.times", f"must be a list as long as steps ({len(s)}), or left out")
+        if len(steps) + len(s) > MAX_POINTS:
+            raise PayloadError("series", f"at most {MAX_POINTS} points per batch")
+        if not s:
+            continue
+        if not _valid_steps(s):
+            raise PayloadError(f"{where}.steps[{_first_bad(s, _valid_step)}]", "must be an integer ≥ 0")
+        if not _valid_values(v):
+            raise PayloadError(f"{where}.values[{_first_bad(v, _valid_value)}]", "must be a finite number")
+        if t is None:
+            t = [now] * len(s)
+        elif not _valid_times(t):
+            raise PayloadError(f"{where}.times[{_first_bad(t, _valid_time)}]", "must be unix seconds")
+        keys += [key] * len(s)
+        steps += s
+        values += v if set(map(type, v)) == {float} else map(float, v)
+        times += t if set(map(type, t)) == {float} else map(float, t)
+        runs.append((key, len(s)))
+    return MetricBatch(keys, steps, values, times, tuple(runs))
+
+
+# Whole-column checks with C-level builtins (~10x faster than a per-item loop); on failure the
+# per-item predicate finds the index to name.
+def _valid_steps(col: list[Any]) -> bool:
+    return set(map(type, col)) == {int} and min(col) >= 0 and max(col) < MAX_STEP
+
+
+def _valid_values(col: list[Any]) -> bool:
+    types = set(map(type, col))
+    if types == {float}:
+        # A sum of finite floats is finite unless it overflows, so check item by item only then.
+        return math.isfinite(sum(col)) or all(map(math.isfinite, col))
+    return types <= {int, float} and all(map(_valid_value, col))
+
+
+def _valid_times(col: list[Any]) -> bool:
+    return set(map(type, col)) <= {int, float} and min(col) >= 0 and max(col) < 1e11
+
+
+def _valid_step(v: Any) -> bool:
+    return type(v) is int and 0 <= v < MAX_STEP
+
+
+def _valid_value(v: Any) -> TypeGuard[int | float]:
+    try:
+        return _is_number(v) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _valid_time(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < 1e11
+
+
+def _first_bad(col: list[Any], ok: Any) -> int:
+    """Index of the first item `ok` refuses (called only once the column check has failed)."""
+    return next((j for j, item in enumerate(col) if not ok(item)), -1)
 
 
 def _parse_metrics_fast(items: list[Any], *, now: float) -> MetricBatch | None:
@@ -89,7 +182,7 @@ def _parse_metrics_fast(items: list[Any], *, now: float) -> MetricBatch | None:
     if set(map(type, steps)) != {int} or min(steps) < 0 or max(steps) >= MAX_STEP:
         return None
     value_types = set(map(type, values))
-    if not value_types <= {int, float} or not all(map(math.isfinite, values)):
+    if not _valid_values(values):
         return None
     time_types = set(map(type, times))
     if not time_types <= {int, float} or min(times) < 0 or max(times) >= 1e11:
@@ -119,7 +212,7 @@ def _parse_metrics_exact(items: list[Any], *, now: float) -> MetricBatch:
             seen_keys.add(key)
         if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < MAX_STEP:
             raise PayloadError(f"points[{i}].step", "must be an integer ≥ 0")
-        if not _is_number(value) or not math.isfinite(value):
+        if not _valid_value(value):
             raise PayloadError(f"points[{i}].value", "must be a finite number")
         if not _is_number(t) or not 0 <= t < 1e11:
             raise PayloadError(f"points[{i}].time", "must be unix seconds")
@@ -171,7 +264,7 @@ def parse_system(body: Any, *, now: float) -> MetricBatch:
         for name in SYSTEM_FIELDS:
             if name not in s:
                 continue
-            if not _is_number(s[name]) or not math.isfinite(s[name]):
+            if not _valid_value(s[name]):
                 raise PayloadError(f"samples[{i}].{name}", "must be a finite number")
             batch.keys.append(f"system/{name}")
             batch.steps.append(seq)

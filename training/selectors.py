@@ -10,14 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.db import connection
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import Http404
 
 from arbiter.accounts.models import User
-from training.downsample import Bucket, merge_buckets, minmax_points
-from training.models import Checkpoint, LogLine, MetricKey, MetricPoint, MetricSummary, Run, RunStatus
-from training.services.ingest import ROLLUP_WIDTHS
+from training.downsample import Bucket, Point, merge_buckets, minmax_points
+from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run, RunStatus
+from training.services.ingest import FLOAT_DTYPE, ROLLUP_WIDTHS, STEP_DTYPE
 
 DEFAULT_BUCKETS = 1000
 MAX_BUCKETS = 5000
@@ -86,6 +87,14 @@ def summary_keys(*, runs: QuerySet[Run] | list[Run]) -> list[str]:
     return sorted(set(MetricSummary.objects.filter(run_id__in=ids).values_list("key__name", flat=True)))
 
 
+def final_values(*, run_ids: list[int], keys: list[str]) -> dict[tuple[int, str], float]:
+    """The last value of each of `keys` in each run, in one query: {(run_id, key): value} (absent when unlogged)."""
+    rows = MetricSummary.objects.filter(run_id__in=run_ids, key__name__in=keys).values_list(
+        "run_id", "key__name", "last_value"
+    )
+    return {(run_id, key): value for run_id, key, value in rows}
+
+
 def run_summaries(*, run: Run) -> list[dict[str, Any]]:
     return list(
         MetricSummary.objects.filter(run=run)
@@ -113,11 +122,10 @@ def metric_series(
         MetricSummary.objects.filter(run_id=run_id, key_id=key_id).values("n", "last_step").first() if key_id else None
     )
     out: dict[str, Any] = {"key": key, "points": [], "downsampled": False, "total": 0, "start": start, "end": end}
-    if summary is None:
+    if key_id is None or summary is None:
         return out
     out["total"] = summary["n"]
-    points = MetricPoint.objects.filter(run_id=run_id, key_id=key_id)
-    lo = start if start is not None else points.order_by("step").values_list("step", flat=True).first()
+    lo = start if start is not None else first_step(run_id=run_id, key_id=key_id)
     hi = end if end is not None else summary["last_step"]
     if lo is None or hi < lo:
         return out
@@ -125,7 +133,7 @@ def metric_series(
     # Each screen bucket draws two points, so a rollup with >= buckets/2 rows in the span is as good.
     widths = [w for w in ROLLUP_WIDTHS if span // w >= buckets // 2] if connection.vendor == "postgresql" else []
     if not widths:
-        raw = list(points.filter(step__gte=lo, step__lte=hi).order_by("step").values_list("step", "value", "wall_time"))
+        raw = series_points(run_id=run_id, key_id=key_id, lo=lo, hi=hi)
         rows = minmax_points(raw, buckets=buckets, lo=lo, hi=hi + 1)
         out["downsampled"] = len(rows) < len(raw)
     else:
@@ -136,7 +144,38 @@ def metric_series(
     return out
 
 
-def _from_rollups(*, run_id: int, key_id: int, width: int, lo: int, hi: int, buckets: int) -> list[tuple]:
+def first_step(*, run_id: int, key_id: int) -> int | None:
+    """The series' first step: the first element of its first chunk."""
+    steps = (
+        MetricChunk.objects.filter(run_id=run_id, key_id=key_id)
+        .order_by("chunk")
+        .values_list("steps", flat=True)
+        .first()
+    )
+    return None if steps is None else int(np.frombuffer(steps, dtype=STEP_DTYPE, count=1)[0])
+
+
+def series_points(*, run_id: int, key_id: int, lo: int = 0, hi: int = 2**62) -> list[tuple[int, float, float]]:
+    """Raw points of a series with lo <= step <= hi, as (step, value, wall time) in step order."""
+    chunks = MetricChunk.objects.filter(
+        run_id=run_id, key_id=key_id, chunk__gte=lo // CHUNK_STEPS, chunk__lte=hi // CHUNK_STEPS
+    ).order_by("chunk")
+    rows = list(chunks.values_list("steps", "values", "times"))
+    if not rows:
+        return []
+    steps = np.concatenate([np.frombuffer(r[0], dtype=STEP_DTYPE) for r in rows])
+    values = np.concatenate([np.frombuffer(r[1], dtype=FLOAT_DTYPE) for r in rows])
+    times = np.concatenate([np.frombuffer(r[2], dtype=FLOAT_DTYPE) for r in rows])
+    keep = slice(int(np.searchsorted(steps, lo, "left")), int(np.searchsorted(steps, hi, "right")))
+    return list(zip(steps[keep].tolist(), values[keep].tolist(), times[keep].tolist(), strict=True))
+
+
+def stored_points(*, run_id: int) -> int:
+    """How many points a run has stored, all series together (from the chunks themselves)."""
+    return int(MetricChunk.objects.filter(run_id=run_id).aggregate(n=Sum("n"))["n"] or 0)
+
+
+def _from_rollups(*, run_id: int, key_id: int, width: int, lo: int, hi: int, buckets: int) -> list[Point]:
     with connection.cursor() as cur:
         cur.execute(
             "SELECT bucket, n, min_step, min_value, min_time, max_step, max_value, max_time "

@@ -13,7 +13,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from arbiter.accounts.decorators import researcher_required
 from training import selectors
-from training.forms import ApiKeyForm, LaunchForm
+from training.forms import ApiKeyForm, LaunchForm, config_sections, diff_sections
 from training.models import ApiToken, Run, RunStatus
 from training.services import runs
 
@@ -22,6 +22,30 @@ def _recipes() -> dict[str, Any]:
     from training.engine.config import RECIPES  # import-cheap registry, no torch
 
     return RECIPES
+
+
+def duration_label(seconds: float | None) -> str:
+    """A run's duration as a researcher reads it: "45 s", "12 min 3 s", "3 h 07 min", "2 d 4 h"."""
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _metric_value(value: float | None) -> str | None:
+    # Four significant digits: a loss of 0.3127 and a learning rate of 1e-06 both stay readable.
+    return None if value is None else f"{value:.4g}"
+
+
+# Final-value columns the run list shows when the user has not picked any (those the runs have).
+DEFAULT_METRIC_COLUMNS = ("loss", "reward", "eval/loss", "eval/accuracy", "accuracy")
+MAX_METRIC_COLUMNS = 4
 
 
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
@@ -47,6 +71,18 @@ def run_list(request: HttpRequest) -> HttpResponse:
     page = list(qs[:200])
     metric_keys = selectors.summary_keys(runs=selectors.visible_runs(user=request.user))
     sort_metric = filters.sort.lstrip("-").removeprefix("metric:") if "metric:" in filters.sort else ""
+    # `cols` ticked in the Columns menu; `cols_set` says the menu was submitted (so "none ticked" sticks).
+    if request.GET.get("cols_set"):
+        columns = [k for k in request.GET.getlist("cols") if k in metric_keys][:MAX_METRIC_COLUMNS]
+    else:
+        columns = [k for k in DEFAULT_METRIC_COLUMNS if k in metric_keys][:2]
+    if sort_metric and sort_metric not in columns:
+        columns.append(sort_metric)
+    finals = selectors.final_values(run_ids=[r.id for r in page], keys=columns) if columns and page else {}
+    for run in page:
+        run.duration_label = duration_label(run.duration_s)
+        run.final_cells = [_metric_value(finals.get((run.id, k))) for k in columns]
+    filtered = any((filters.status, filters.recipe, filters.tag, filters.q))
     context = {
         "runs": page,
         "filters": filters,
@@ -54,6 +90,8 @@ def run_list(request: HttpRequest) -> HttpResponse:
         "recipes": sorted(_recipes()),
         "metric_keys": metric_keys,
         "sort_metric": sort_metric,
+        "columns": columns,
+        "filtered": filtered,
     }
     template = "training/run_list.html#run-table" if getattr(request, "htmx", False) else "training/run_list.html"
     return render(request, template, context)
@@ -102,6 +140,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
 def _panel_context(request: HttpRequest, run: Run) -> dict[str, Any]:
     return {
         "run": run,
+        "duration": duration_label(run.duration_s),
         "can_change": selectors.can_change_run(user=request.user, run=run),
         "checkpoint": selectors.last_checkpoint(run=run),
         "transitions": list(run.transitions.all()),
@@ -115,7 +154,7 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     context.update(
         {
             "tags": [t.name for t in run.tags.all()],
-            "config_items": sorted((run.config or {}).items()),
+            "config_sections": config_sections(recipe=run.recipe, config=run.config or {}),
             "summaries": selectors.run_summaries(run=run),
         }
     )
@@ -168,6 +207,7 @@ def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
 
 
 @researcher_required
+@vary_on_headers("HX-Request")
 def run_compare(request: HttpRequest) -> HttpResponse:
     """`?runs=1&runs=2` (or `?runs=1,2`): overlaid curves and the config diff."""
     ids: list[int] = []
@@ -175,13 +215,20 @@ def run_compare(request: HttpRequest) -> HttpResponse:
         ids.extend(int(p) for p in raw.split(",") if p.strip().isdigit())
     chosen = list(selectors.visible_runs(user=request.user).filter(id__in=ids[:10]).order_by("id"))
     candidates = list(selectors.visible_runs(user=request.user).order_by("-created_at")[:50])
+    show_all = request.GET.get("all") == "1"
+    configs = [r.config or {} for r in chosen]
     context = {
         "runs": chosen,
         "candidates": candidates,
         "chosen_ids": [r.id for r in chosen],
         "diff": selectors.config_diff(runs=chosen) if len(chosen) > 1 else [],
+        "diff_sections": diff_sections(configs=configs, only_differences=not show_all) if len(chosen) > 1 else [],
+        "show_all": show_all,
+        "runs_param": ",".join(str(r.id) for r in chosen),
         "keys": selectors.summary_keys(runs=chosen) if chosen else [],
     }
+    if getattr(request, "htmx", False) and request.GET.get("part") == "diff":
+        return render(request, "training/run_compare.html#config-diff", context)
     return render(request, "training/run_compare.html", context)
 
 

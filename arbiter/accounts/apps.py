@@ -8,3 +8,7 @@ class AccountsConfig(AppConfig):
     label = "accounts"
     verbose_name = "Accounts and roles"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Connect the cached-user invalidation in every process, not only in those that authenticate.
+        from arbiter.accounts import backends  # noqa: F401

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
-from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from evaluation.rendering import render_markdown
+from evaluation.rendering import render_value
 from evaluation.stats import DIMENSION_LABELS
 
 register = template.Library()
@@ -17,15 +16,7 @@ register = template.Library()
 @register.filter(name="markdown")
 def markdown_filter(value: Any) -> SafeString:
     """Markdown → HTML through markdown-it (raw HTML off) and nh3; chat messages render one block each."""
-    if isinstance(value, list):
-        blocks = []
-        for message in value:
-            if isinstance(message, dict):
-                role = escape(str(message.get("role", "")))
-                body = render_markdown(str(message.get("content", "")))
-                blocks.append(f'<div class="msg msg-{role}"><div class="msg-role">{role}</div>{body}</div>')
-        return mark_safe("".join(blocks))  # noqa: S308 - every part is escaped or sanitised above
-    return mark_safe(render_markdown(None if value is None else str(value)))  # noqa: S308 - nh3-sanitised
+    return mark_safe(render_value(value))  # noqa: S308 - nh3-sanitised
 
 
 @register.filter(name="percent")

@@ -20,12 +20,40 @@ let buffered = [];
 let lastLogId = 0;
 let socket = null;
 let resyncTimer = null;
-const view = { x: "step", smoothing: 0, log: false };
+const view = { x: "step", smoothing: 0, log: false, shared: true };
+const FEW_POINTS = 50; // below this a trace also draws markers: 3 points of a bare line look like an empty chart
+const CHART_HEIGHT = 220;
+const startedAt = root.dataset.started ? Number(root.dataset.started) : null;
+let sharedZoom = null; // [lo, hi] in axis units while the user has zoomed the shared x range
+let rangeFrame = 0;
 
 function groupOf(key) {
   const i = key.indexOf("/");
   return i < 0 ? "train" : key.slice(0, i);
 }
+
+const MIN_CHART_W = 380;
+const GAP = 10;
+
+// Groups sit side by side on one page-wide grid, each as wide as its charts (a group of one chart
+// takes one column, not a whole row), so twelve small groups do not make twelve mostly empty rows.
+function packGroups() {
+  const cols = Math.max(1, Math.floor((root.clientWidth + GAP) / (MIN_CHART_W + GAP)));
+  root.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
+  for (const section of root.querySelectorAll("section.chart-group")) {
+    const grid = section.querySelector(".chart-grid");
+    const span = Math.min(cols, grid.childElementCount || 1);
+    if (section.dataset.span === String(span)) continue;
+    section.dataset.span = String(span);
+    section.style.gridColumn = `span ${span}`;
+    grid.style.gridTemplateColumns = `repeat(${span}, minmax(0, 1fr))`;
+    for (const div of grid.children) if (div.data) Plotly.Plots.resize(div);
+  }
+}
+window.addEventListener("resize", () => {
+  for (const section of root.querySelectorAll("section.chart-group")) delete section.dataset.span;
+  packGroups();
+});
 
 function groupDiv(group) {
   let section = root.querySelector(`section[data-group="${CSS.escape(group)}"]`);
@@ -57,21 +85,111 @@ function xs(s, from = 0) {
   return view.x === "time" ? s.times.slice(from).map((t) => new Date(t * 1000)) : s.steps.slice(from);
 }
 
+function fmtElapsed(sec) {
+  const v = Math.max(0, sec);
+  if (v < 60) return `${v.toFixed(0)} s`;
+  if (v < 3600) return `${Math.floor(v / 60)} min ${Math.floor(v % 60)} s`;
+  return `${Math.floor(v / 3600)} h ${String(Math.floor((v % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+// The hover shows the other coordinate: wall time (and time since start) by step, the step by time.
+function hoverInfo(s, from = 0) {
+  const t0 = startedAt ?? (s.times.length ? s.times[0] : 0);
+  const out = new Array(s.steps.length - from);
+  for (let i = from; i < s.steps.length; i++) {
+    const t = s.times[i];
+    out[i - from] = view.x === "time"
+      ? `step ${s.steps[i]}`
+      : `${new Date(t * 1000).toLocaleTimeString()} (+${fmtElapsed(t - t0)})`;
+  }
+  return out;
+}
+
+function modeOf(s) {
+  return s.steps.length < FEW_POINTS ? "lines+markers" : "lines";
+}
+
 function traces(s) {
-  const raw = { x: xs(s), y: s.values, mode: "lines", name: "raw", line: { width: 1.5, color: "#3257d6" } };
+  const raw = { x: xs(s), y: s.values, customdata: hoverInfo(s), mode: modeOf(s), name: "value",
+    line: { width: 1.5, color: "#3257d6" }, marker: { size: 5, color: "#3257d6" },
+    hovertemplate: "%{y:.5g} · %{customdata}<extra></extra>" };
   if (!view.smoothing) return [raw];
   raw.opacity = 0.3;
-  const smooth = { x: raw.x, y: ema(s.values, view.smoothing), mode: "lines", name: "smoothed",
-    line: { width: 2, color: "#3257d6" } };
+  const smooth = { x: raw.x, y: ema(s.values, view.smoothing), customdata: raw.customdata, mode: "lines", name: "smoothed",
+    line: { width: 2, color: "#3257d6" }, hovertemplate: "smoothed %{y:.5g}<extra></extra>" };
   return [raw, smooth];
 }
 
+function sharesX(key) {
+  // System metrics are indexed by sample number, not by training step: only time lines them up.
+  return view.shared && !(view.x === "step" && groupOf(key) === "system");
+}
+
+function sharedExtent() {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const [key, s] of series) {
+    if (!sharesX(key) || !s.steps.length) continue;
+    const a = view.x === "time" ? s.times[0] * 1000 : s.steps[0];
+    const b = view.x === "time" ? s.times[s.times.length - 1] * 1000 : s.steps[s.steps.length - 1];
+    lo = Math.min(lo, a);
+    hi = Math.max(hi, b);
+  }
+  if (lo === Infinity) return null;
+  if (lo === hi) { lo -= 1; hi += 1; }
+  return view.x === "time" ? [new Date(lo), new Date(hi)] : [lo, hi];
+}
+
+function flatValue(values) {
+  if (!values.length) return null;
+  const v = values[0];
+  for (let i = 1; i < values.length; i++) if (values[i] !== v) return null;
+  return v;
+}
+
 function layout(key) {
+  const s = series.get(key);
+  // Plotly pads a constant series to [v - 1, v + 1]: a learning rate of 5e-4 would read as 0.
+  const flat = s ? flatValue(s.values) : null;
+  if (s) s.flat = flat;
+  const yaxis = { type: view.log ? "log" : "linear", zeroline: false, automargin: true, autorange: true };
+  if (flat !== null && flat !== 0 && !view.log) {
+    yaxis.range = [flat - Math.abs(flat) / 2, flat + Math.abs(flat) / 2];
+    yaxis.autorange = false;
+  }
+  const bySample = view.x === "step" && groupOf(key) === "system";
+  const xaxis = { type: view.x === "time" ? "date" : "linear", zeroline: false,
+    title: bySample ? { text: "sample", font: { size: 10 }, standoff: 2 } : undefined,
+    // The hover's title line names the x value: "step 283", "sample 4" or the wall-clock time.
+    unifiedhovertitle: { text: view.x === "time" ? "%{x|%H:%M:%S}" : `${bySample ? "sample" : "step"} %{x}` } };
+  if (sharesX(key)) {
+    const range = sharedZoom ?? sharedExtent();
+    if (range) { xaxis.range = range; xaxis.autorange = false; }
+  }
   return {
-    title: { text: key, font: { size: 13 } }, margin: { l: 50, r: 10, t: 30, b: 30 }, height: 240,
-    showlegend: false, xaxis: { type: view.x === "time" ? "date" : "linear" },
-    yaxis: { type: view.log ? "log" : "linear" }, uirevision: `${view.x}-${view.log}`,
+    title: { text: key, font: { size: 12 }, x: 0.01, xanchor: "left", y: 0.97 },
+    margin: { l: 48, r: 12, t: 26, b: view.x === "time" ? 40 : 28 }, height: CHART_HEIGHT,
+    showlegend: false, hovermode: "x unified", xaxis,
+    yaxis,
+    uirevision: `${view.x}-${view.log}-${view.shared}`,
   };
+}
+
+// Called after points arrive: one relayout per frame moves the shared range of every chart along.
+function scheduleSharedRange() {
+  if (!view.shared || sharedZoom || rangeFrame) return;
+  rangeFrame = requestAnimationFrame(() => {
+    rangeFrame = 0;
+    const range = sharedExtent();
+    if (!range) return;
+    for (const [key, s] of series) {
+      if (!sharesX(key) || s.zoomed) continue;
+      const cur = s.div.layout?.xaxis?.range;
+      if (cur && String(cur[0]) === String(range[0]) && String(cur[1]) === String(range[1])) continue;
+      s.silent = true; // our own relayout is not a user zoom
+      Plotly.relayout(s.div, { "xaxis.range": range, "xaxis.autorange": false }).finally(() => { s.silent = false; });
+    }
+  });
 }
 
 function ensureChart(key) {
@@ -84,7 +202,8 @@ function ensureChart(key) {
   const grid = groupDiv(groupOf(key));
   const siblings = [...grid.children];
   grid.insertBefore(div, siblings.find((c) => c.dataset.key > key) || null);
-  s = { steps: [], values: [], times: [], div, zoomed: false, smoothAcc: null };
+  packGroups();
+  s = { steps: [], values: [], times: [], div, zoomed: false, smoothAcc: null, silent: false };
   series.set(key, s);
   Plotly.newPlot(div, traces(s), layout(key), { responsive: true, displaylogo: false });
   div.on("plotly_relayout", (ev) => onZoom(key, ev));
@@ -103,6 +222,7 @@ function setSeries(key, points) {
   s.values = points.map((p) => p[1]);
   s.times = points.map((p) => p[2]);
   if (!s.zoomed) redraw(key);
+  scheduleSharedRange();
 }
 
 function append(key, points) {
@@ -117,15 +237,22 @@ function append(key, points) {
     s.times.push(p[2]);
   }
   if (s.zoomed) return;
+  scheduleSharedRange();
+  const flatBroken = s.flat != null && fresh.some((p) => p[1] !== s.flat);
+  if ((from < FEW_POINTS && s.steps.length >= FEW_POINTS) || flatBroken) {
+    redraw(key); // markers off now that the line itself is visible; or a constant series has moved
+    return;
+  }
   const x = xs(s, from);
   const y = s.values.slice(from);
+  const info = hoverInfo(s, from);
   if (view.smoothing) {
     let acc = s.smoothAcc ?? (from > 0 ? ema(s.values.slice(0, from), view.smoothing).pop() : y[0]);
     const sy = y.map((v) => (acc = view.smoothing * acc + (1 - view.smoothing) * v));
     s.smoothAcc = acc;
-    Plotly.extendTraces(s.div, { x: [x, x], y: [y, sy] }, [0, 1]);
+    Plotly.extendTraces(s.div, { x: [x, x], y: [y, sy], customdata: [info, info] }, [0, 1]);
   } else {
-    Plotly.extendTraces(s.div, { x: [x], y: [y] }, [0]);
+    Plotly.extendTraces(s.div, { x: [x], y: [y], customdata: [info] }, [0]);
   }
 }
 
@@ -237,20 +364,35 @@ function connect() {
 
 async function onZoom(key, ev) {
   const s = series.get(key);
+  if (s.silent) return;
+  const together = sharesX(key) ? [...series.keys()].filter(sharesX) : [key];
   if (ev["xaxis.autorange"]) {
-    s.zoomed = false;
-    await loadSeries(key);
+    if (sharesX(key)) sharedZoom = null;
+    await Promise.all(together.map((k) => { series.get(k).zoomed = false; return loadSeries(k); }));
     return;
   }
-  let lo = ev["xaxis.range[0]"];
-  let hi = ev["xaxis.range[1]"];
-  if (lo === undefined || hi === undefined) return;
+  const lo = ev["xaxis.range[0]"];
+  const hi = ev["xaxis.range[1]"];
+  if (lo === undefined || hi === undefined) return; // a pan of the y axis, or our own range move
+  if (sharesX(key)) sharedZoom = [lo, hi];
+  await Promise.all(together.map((k) => zoomTo(k, lo, hi)));
+}
+
+// Full resolution inside [lo, hi] (axis units) for one chart.
+async function zoomTo(key, rangeLo, rangeHi) {
+  const s = series.get(key);
+  let lo = rangeLo;
+  let hi = rangeHi;
   if (view.x === "time") {
     // The API zooms by step: map the visible time range to the steps drawn there.
     const t0 = new Date(lo).getTime() / 1000;
     const t1 = new Date(hi).getTime() / 1000;
     const inside = s.steps.filter((_, i) => s.times[i] >= t0 && s.times[i] <= t1);
-    if (!inside.length) return;
+    if (!inside.length) {
+      s.zoomed = true;
+      Plotly.relayout(s.div, { "xaxis.range": [rangeLo, rangeHi] });
+      return;
+    }
     lo = inside[0];
     hi = inside[inside.length - 1];
   }
@@ -259,7 +401,8 @@ async function onZoom(key, ev) {
   const data = await getJSON(url);
   const detail = { steps: data.points.map((p) => p[0]), values: data.points.map((p) => p[1]),
     times: data.points.map((p) => p[2]) };
-  const keepRange = { ...layout(key), xaxis: { ...layout(key).xaxis, range: [ev["xaxis.range[0]"], ev["xaxis.range[1]"]] } };
+  const base = layout(key);
+  const keepRange = { ...base, xaxis: { ...base.xaxis, range: [rangeLo, rangeHi], autorange: false } };
   Plotly.react(s.div, traces(detail), keepRange);
 }
 
@@ -268,7 +411,13 @@ function bindControls() {
   const smooth = document.getElementById("smoothing");
   const smoothOut = document.getElementById("smoothing-value");
   const logBox = document.getElementById("log-scale");
-  xSel.addEventListener("change", () => { view.x = xSel.value; for (const k of series.keys()) redraw(k); });
+  const sharedBox = document.getElementById("shared-x");
+  const redrawAll = () => {
+    sharedZoom = null;
+    for (const [k, s] of series) { s.zoomed = false; redraw(k); }
+  };
+  xSel.addEventListener("change", () => { view.x = xSel.value; redrawAll(); });
+  sharedBox?.addEventListener("change", () => { view.shared = sharedBox.checked; redrawAll(); });
   smooth.addEventListener("input", () => {
     view.smoothing = Number(smooth.value);
     smoothOut.textContent = smooth.value;

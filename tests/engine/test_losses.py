@@ -131,6 +131,16 @@ def test_gtpo_entropy_filter_drops_high_entropy_completions() -> None:
     assert keep.tolist() == [1.0, 0.0, 1.0]
 
 
+def test_gtpo_relative_threshold_is_the_batch_quantile() -> None:
+    entropies = torch.tensor([3.0, 1.0, 5.0, 2.0, 4.0])
+    tau = losses.gtpo_relative_threshold(entropies, quantile=0.75)
+    assert tau == pytest.approx(4.0)  # linear interpolation: index 0.75 * 4 = 3 of the sorted values
+    assert losses.gtpo_entropy_keep(entropies, threshold=tau).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
+    assert losses.gtpo_relative_threshold(entropies, quantile=1.0) == 5.0  # q = 1 keeps everything
+    flat = torch.full((4,), 3.3)  # a random-init model: every completion near ln|V|, nothing singled out
+    assert losses.gtpo_entropy_keep(flat, threshold=losses.gtpo_relative_threshold(flat, quantile=0.8)).all()
+
+
 def test_guard_normalisation_centres_log_ratio_per_position() -> None:
     logps = torch.tensor([[0.2, 0.1], [0.4, -0.3], [0.0, 0.5]], requires_grad=True)
     old = torch.zeros(3, 2)

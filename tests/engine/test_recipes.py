@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -73,6 +74,7 @@ def advantage_weighted_logp(recipe: GRPORecipe) -> float:
         {"loss_type": "dapo", "epsilon_high": 0.28, "beta": 0.05},
         {"loss_type": "bnpo", "scale_rewards": "batch"},
         {"variant": "gtpo", "gtpo_entropy_threshold": 20.0},
+        {"variant": "gtpo"},
         {"variant": "grpo_guard", "num_iterations": 2},
     ],
 )
@@ -109,6 +111,25 @@ def test_grpo_step_raises_advantage_weighted_logprob(context_factory: Any, optio
         assert "kl" in metrics
     if options.get("variant") == "gtpo":
         assert "gtpo/kept_frac" in metrics
+        assert "gtpo/filtered_ratio" in metrics
+
+
+def test_gtpo_defaults_update_a_random_init_model(context_factory: Any) -> None:
+    """With no threshold set, GTPO's filter is relative to the batch: a fresh model, whose completions all sit
+    near the maximal entropy ln|V|, still gets a gradient (a fixed ln|V| / 2 used to filter out everything)."""
+    ctx, _ = context_factory("grpo", {**GRPO_BASE, "max_steps": 1, "variant": "gtpo"})
+    recipe = build_recipe(ctx)
+    assert isinstance(recipe, GRPORecipe)
+    for attempt in range(1, 6):
+        seed_step(0, attempt)
+        recipe.model.zero_grad(set_to_none=True)
+        metrics = recipe.train_step(attempt)
+        if recipe.batch is not None and recipe.batch.advantages.abs().sum() > 0:
+            break
+    assert 0.0 < metrics["gtpo/filtered_ratio"] < 0.5  # the most uncertain ~20% dropped, not the batch
+    assert metrics["gtpo/entropy_threshold"] > math.log(len(recipe.tokenizer)) / 2
+    grad = torch.cat([p.grad.flatten() for p in recipe.model.parameters() if p.grad is not None])
+    assert float(grad.abs().sum()) > 0
 
 
 def test_demo_grpo_raises_verifier_reward(context_factory: Any) -> None:
@@ -127,3 +148,36 @@ def test_demo_grpo_raises_verifier_reward(context_factory: Any) -> None:
     run_training(build_recipe(ctx))
     reward = reporter.series("rewards/numeric_answer/mean")
     assert mean(reward[-20:]) > mean(reward[:20]) + 0.15
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"loss_type": "dapo"}, {"loss_type": "grpo", "variant": "gtpo"}, {"variant": "grpo_guard", "num_iterations": 2}],
+)
+def test_grpo_skips_backward_only_where_the_gradient_is_zero(
+    context_factory: Any, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with advantage 0 get no autograd pass; the loss, gradient and metrics equal the full-batch pass."""
+    ctx, _ = context_factory("grpo", {**GRPO_BASE, "max_steps": 1, **options})
+    recipe = build_recipe(ctx)
+    assert isinstance(recipe, GRPORecipe)
+    seed_step(0, 1)
+    batch = recipe._generate(1)
+    batch.advantages = torch.tensor([1.0, -1.0, 0.0, 0.0] * 4)  # half the rows idle, half carrying signal
+
+    def step() -> tuple[dict[str, float], torch.Tensor]:
+        recipe.model.zero_grad(set_to_none=True)
+        batch.old_logps = None
+        metrics = recipe._policy_step(batch)
+        grads = torch.cat([p.grad.flatten() for p in recipe.model.parameters() if p.grad is not None])
+        return metrics, grads
+
+    split_metrics, split_grads = step()
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe, "_policy_logps", lambda b: recipe._logps(recipe.model, b))
+        full_metrics, full_grads = step()
+    assert float(full_grads.abs().sum()) > 0
+    assert torch.allclose(split_grads, full_grads, atol=1e-6, rtol=1e-4)
+    assert split_metrics.keys() == full_metrics.keys()
+    for key, value in full_metrics.items():
+        assert split_metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key

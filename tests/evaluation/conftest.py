@@ -1,17 +1,50 @@
-"""Fixtures for the evaluation app: studies of each kind with items, annotators."""
+"""Fixtures for the evaluation app: studies of each kind with items, annotators.
+
+Tests marked `sqlite` also run on the embedded database:
+`DATABASE_URL=sqlite:////tmp/arbiter-test.sqlite3 REDIS_URL= pytest -m sqlite tests/evaluation`.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.db import connection
 
 from arbiter.accounts.models import Role, User
 from evaluation import services
 from evaluation.models import Study
 from tests.factories import UserFactory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite: also runs on the embedded SQLite database (pytest -m sqlite with a sqlite DATABASE_URL)"
+    )
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """On SQLite, test in a file, not Django's default shared-cache memory database.
+
+    Concurrent annotators are threads with their own connections; a shared-cache memory
+    database locks per table and answers "table is locked" at once instead of waiting out
+    busy_timeout, which is not how the embedded database (a WAL file) behaves.
+    """
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3") and not db.get("TEST", {}).get("NAME"):
+        name = Path(db["NAME"])
+        db.setdefault("TEST", {})["NAME"] = str(name.with_name(f"test_{name.name}"))
+
+
+@pytest.fixture
+def sqlite_only() -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite-specific (embedded mode)")
 
 
 def pairwise_row(i: int, **extra: Any) -> dict[str, Any]:

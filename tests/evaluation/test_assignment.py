@@ -15,6 +15,9 @@ from django.utils import timezone
 from evaluation import services
 from evaluation.models import Assignment, Item, Judgment
 
+# The assignment rules hold on both databases: PostgreSQL (SKIP LOCKED) and SQLite (BEGIN IMMEDIATE).
+pytestmark = pytest.mark.sqlite
+
 PICK = {"choice": "left", "strength": None, "rationale": ""}
 
 
@@ -160,3 +163,58 @@ def test_32_concurrent_annotators_lose_nothing_and_overassign_nothing(make_study
     assert not duplicates.exists()
     assert not Item.objects.filter(study=study).exclude(claimed=overlap).exists()
     assert not Assignment.objects.filter(study=study, completed_at=None, released_at=None).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_double_submit_is_stored_once(make_study, annotator) -> None:
+    study = make_study(n_items=2, annotators=[annotator])
+    a = services.next_assignment(annotator=annotator, study=study)
+    start = threading.Barrier(4)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def click() -> None:
+        try:
+            start.wait()
+            results.append(services.submit_judgment(annotator=annotator, assignment_id=a.pk, data=PICK).pk)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=click) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert Judgment.objects.count() == 1 and set(results) == {Judgment.objects.get().pk}
+    assert Item.objects.get(pk=a.item_id).judgment_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_annotators_racing_for_the_last_slot_get_it_once(make_study, make_annotators) -> None:
+    people = make_annotators(6)
+    study = make_study(n_items=1, overlap=2, annotators=people)
+    start = threading.Barrier(len(people))
+    got: list[int] = []
+    errors: list[BaseException] = []
+
+    def race(person) -> None:
+        try:
+            start.wait()
+            if (a := services.next_assignment(annotator=person, study=study)) is not None:
+                got.append(a.pk)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race, args=(p,)) for p in people]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert len(got) == 2 and Item.objects.get(study=study).claimed == 2
+    assert Assignment.objects.filter(study=study).count() == 2

@@ -6,7 +6,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from evaluation.rendering import ALLOWED_TAGS, render_markdown
+from evaluation.rendering import ALLOWED_TAGS, RENDER_VERSION, item_html, render_item, render_markdown, render_value
+
+pytestmark = pytest.mark.sqlite  # no database: runs in both suites
 
 
 class _Collect(HTMLParser):
@@ -56,3 +58,28 @@ def test_links_get_safe_rel() -> None:
 def test_markdown_basics() -> None:
     assert "<strong>bold</strong>" in render_markdown("**bold**")
     assert render_markdown(None) == ""
+
+
+def test_transcript_renders_one_block_per_message_and_escapes_the_role() -> None:
+    html = render_value([{"role": 'user"><script>alert(1)</script>', "content": "**hi**"}, {"role": "assistant"}])
+    assert html.count('<div class="msg-role">') == 2 and "<strong>hi</strong>" in html
+    assert "<script" not in html
+
+
+def test_item_html_uses_stored_html_only_while_it_matches_the_payload() -> None:
+    payload = {"prompt": "p", "response_a": "**a**", "response_b": "b"}
+    stored = render_item(kind="pairwise", payload=payload)
+    assert item_html(kind="pairwise", payload=payload, rendered=stored)["response_a"] == stored["response_a"]
+    changed = {**payload, "response_a": "_new_"}
+    assert item_html(kind="pairwise", payload=changed, rendered=stored)["response_a"] == "<p><em>new</em></p>\n"
+    older = {**stored, "v": RENDER_VERSION - 1, "response_a": "<p>stale</p>"}
+    assert "stale" not in item_html(kind="pairwise", payload=payload, rendered=older)["response_a"]
+
+
+def test_stored_html_is_sanitised_again_on_display() -> None:
+    payload = {"prompt": "p", "response_a": "a", "response_b": "b"}
+    tampered = {
+        **render_item(kind="pairwise", payload=payload),
+        "response_a": '<p onclick="x()">a</p><script>1</script>',
+    }
+    assert item_html(kind="pairwise", payload=payload, rendered=tampered)["response_a"] == "<p>a</p>"

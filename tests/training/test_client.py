@@ -16,7 +16,8 @@ import arbiter_client
 from arbiter.accounts.models import User
 from tests.conftest import ROOT, free_port
 from tests.training.conftest import wait_for
-from training.models import LogLine, MetricPoint, Run
+from training.models import LogLine, Run
+from training.selectors import stored_points
 from training.services import runs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,7 +77,7 @@ def test_init_log_finish_through_the_real_server(asgi_server: Any, researcher: U
     assert run.finish(exit_code=0)
     record = Run.objects.get(id=run.id)
     assert record.status == "succeeded" and record.exit_code == 0
-    assert MetricPoint.objects.filter(run=record).count() == 100
+    assert stored_points(run_id=record.id) == 100
     assert LogLine.objects.filter(run=record, text="hello from the script").exists()
     assert list(record.checkpoints.values_list("step", flat=True)) == [49]
     assert list(record.tags.values_list("name", flat=True)) == ["sdk"]
@@ -96,13 +97,13 @@ def test_client_retries_while_the_server_is_down_then_delivers(asgi_server: Any,
     for step in range(200):
         run.log({"loss": float(step)}, step=step)
     wait_for(lambda: run.stats["failed_attempts"] >= 2, timeout=20, what="failed attempts while the server is down")
-    assert not MetricPoint.objects.filter(run=run_record).exists()
+    assert stored_points(run_id=run_record.id) == 0
     proxy.start()
     try:
         assert run.finish(exit_code=0, timeout=60)
     finally:
         proxy.stop()
-    assert MetricPoint.objects.filter(run=run_record).count() == 200
+    assert stored_points(run_id=run_record.id) == 200
     assert Run.objects.get(id=run_record.id).status == "succeeded"
 
 
@@ -120,7 +121,7 @@ def test_refused_token_disables_reporting_instead_of_retrying_forever(asgi_serve
     started = time.monotonic()
     run.finish(exit_code=0, timeout=30)
     assert time.monotonic() - started < 20
-    assert not MetricPoint.objects.filter(run=run_record).exists()
+    assert stored_points(run_id=run_record.id) == 0
 
 
 def test_importing_the_client_imports_neither_django_nor_the_engine() -> None:
@@ -140,7 +141,7 @@ def test_unfinished_run_is_flushed_at_interpreter_exit(asgi_server: Any, researc
         "for s in range(300): run.log({'x': s}, step=s)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
-    assert MetricPoint.objects.filter(run=run_record).count() == 300
+    assert stored_points(run_id=run_record.id) == 300
     assert Run.objects.get(id=run_record.id).status == "succeeded"
 
 
@@ -153,4 +154,4 @@ def test_batches_sent_in_parallel_all_arrive_once(asgi_server: Any, researcher: 
         run.log({"a": step, "b": -step, "c": 0.5}, step=step)
     assert run.finish(timeout=120)
     assert run.stats["delivered_points"] == 15_000
-    assert MetricPoint.objects.filter(run=run_record).count() == 15_000
+    assert stored_points(run_id=run_record.id) == 15_000

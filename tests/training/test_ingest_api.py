@@ -10,7 +10,8 @@ import pytest
 from django.test import Client
 
 from arbiter.accounts.models import User
-from training.models import LogLine, MetricPoint, MetricSummary, Run
+from training.models import LogLine, MetricSummary, Run
+from training.selectors import stored_points
 from training.services import runs
 
 # The ingest views do their database work in a pool thread (another connection): committed data only.
@@ -36,7 +37,7 @@ def test_resent_batch_writes_no_duplicates(external_run: tuple[Run, str]) -> Non
     again = post(f"/api/runs/{run.id}/metrics/", batch(), token)
     assert first.status_code == again.status_code == 200
     assert (first.json()["written"], again.json()["written"]) == (100, 0)
-    assert MetricPoint.objects.filter(run=run).count() == 100
+    assert stored_points(run_id=run.id) == 100
     summary = MetricSummary.objects.get(run=run, key__name="loss")
     assert (summary.n, summary.last_step, summary.last_value) == (100, 99, pytest.approx(0.01))
 
@@ -54,7 +55,7 @@ def test_wrong_token_is_refused_and_writes_nothing(external_run: tuple[Run, str]
     _other, other_token = runs.create_external_run(owner=researcher, name="other", config={})
     for token in ("arb_r_wrong", other_token, ""):
         assert post(f"/api/runs/{run.id}/metrics/", batch(), token).status_code == 401
-    assert not MetricPoint.objects.filter(run=run).exists()
+    assert stored_points(run_id=run.id) == 0
 
 
 def test_bad_batch_gets_400_naming_the_field_and_nothing_is_written(external_run: tuple[Run, str]) -> None:
@@ -64,7 +65,7 @@ def test_bad_batch_gets_400_naming_the_field_and_nothing_is_written(external_run
     answer = post(f"/api/runs/{run.id}/metrics/", body, token)
     assert answer.status_code == 400
     assert answer.json()["field"] == "points[7].value"
-    assert not MetricPoint.objects.filter(run=run).exists()
+    assert stored_points(run_id=run.id) == 0
 
 
 def test_invalid_json_and_bad_gzip_are_400(external_run: tuple[Run, str]) -> None:

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"invalid run spec {args.spec}: {error}", file=sys.stderr)
         return EXIT_FAILED
-    hf_logging.disable_progress_bar()  # progress bars are noise in a captured log
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers; bars are log noise
     dist = init_distributed()
     reporter: Reporter = open_reporter(rank=dist.rank)
     code = EXIT_FAILED

@@ -103,6 +103,18 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(targets == IGNORE, torch.zeros_like(logps), logps)
 
 
+def token_logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` and ``token_entropy`` from one log-softmax (the entropy carries no gradient)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    safe = targets.clamp(min=0)
+    picked = torch.gather(logp, -1, safe.unsqueeze(-1)).squeeze(-1)
+    logps = torch.where(targets == IGNORE, torch.zeros_like(picked), picked)
+    with torch.no_grad():
+        plain = logp.detach()
+        entropy = -(plain.exp() * plain).sum(-1)
+    return logps, entropy
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution per position, in nats: (B, T, V) -> (B, T)."""
     logp = F.log_softmax(logits.float(), dim=-1)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,6 +23,8 @@ class TrainerState(TypedDict):
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     rng: dict[str, Any]
+    # One entry per rank: what Recipe.state_dict returned (GRPO's generation batch). Older checkpoints lack it.
+    recipe: NotRequired[list[object]]
 
 
 def save_model_folder(folder: Path, *, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -39,6 +42,7 @@ def save_checkpoint(
     tokenizer: PreTrainedTokenizerBase,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    recipe_states: list[object] | None = None,
 ) -> Path:
     """Write ``<output_dir>/checkpoint-<step>/`` atomically: a cancel mid-write never leaves a half checkpoint."""
     final = output_dir / f"checkpoint-{step}"
@@ -51,6 +55,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": capture_rng(),
+        "recipe": recipe_states if recipe_states is not None else [],
     }
     torch.save(state, tmp / TRAINER_STATE)
     if final.exists():
@@ -66,6 +71,14 @@ def load_trainer_state(folder: Path) -> TrainerState:
         raise FileNotFoundError(f"{folder} is not a resumable checkpoint: {TRAINER_STATE} is missing")
     state: TrainerState = torch.load(path, map_location="cpu", weights_only=False)
     return state
+
+
+def recipe_state(state: TrainerState, *, rank: int, world_size: int) -> Mapping[str, object]:
+    """This rank's recipe state, or an empty one (an older checkpoint, or one written by another world size:
+    the ranks' shares of the data differ, so a saved generation batch would not be this rank's)."""
+    saved = state.get("recipe", [])
+    entry = saved[rank] if len(saved) == world_size else None
+    return entry if isinstance(entry, Mapping) else {}
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:

@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge"]
 
 
+def _default_rewards() -> list[RewardName]:
+    """GRPO's default reward list (a typed factory: a lambda would be inferred as list[str])."""
+    return ["numeric_answer"]
+
+
 class BaseRecipeConfig(BaseModel):
     """Fields every recipe shares: the model, the optimiser, the schedule, checkpoints and the device."""
 
@@ -144,10 +149,22 @@ class GRPOConfig(BaseRecipeConfig):
         0.0,
         ge=0.0,
         le=20.0,
-        description="GTPO: drop completions whose mean token entropy exceeds this (nats); 0 = ln(vocab) / 2.",
+        description=(
+            "GTPO: drop completions whose mean token entropy exceeds this many nats (the GTPO authors' code "
+            "uses 0.7 for pretrained LLMs); 0 = relative to the batch, see gtpo_entropy_quantile."
+        ),
+    )
+    gtpo_entropy_quantile: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "GTPO without a fixed threshold: drop completions whose mean token entropy is above this quantile "
+            "of the batch's (0.8 drops the most uncertain ~20%); 1 keeps every completion."
+        ),
     )
     reward_funcs: list[RewardName] = Field(
-        default_factory=lambda: ["numeric_answer"],
+        default_factory=_default_rewards,
         min_length=1,
         description="Reward functions, summed with reward_weights.",
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
-from training.engine.data import PreferenceExample, PromptExample, SupervisedExample
+from training.engine.data import Example, PreferenceExample, PromptExample, SupervisedExample
 
 
 def addition_supervised(
@@ -53,7 +54,7 @@ def sorting_preferences(*, n: int, seed: int, length: int = 5) -> list[Preferenc
     ]
 
 
-def task_texts(examples: list[SupervisedExample] | list[PreferenceExample] | list[PromptExample]) -> list[str]:
+def task_texts(examples: Sequence[Example]) -> list[str]:
     """Every string in the examples: what a tiny tokenizer is trained on."""
     texts: list[str] = []
     for e in examples:

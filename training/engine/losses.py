@@ -1,5 +1,4 @@
 """Loss functions of the recipes, each with its formula and the paper it comes from."""
-# ruff: noqa: RUF002 - the formulas are written with their papers' Greek letters on purpose
 
 from __future__ import annotations
 
@@ -205,12 +204,25 @@ def gtpo_token_weights(conflict: torch.Tensor, advantages: torch.Tensor, *, boos
 
 
 def gtpo_entropy_keep(mean_entropy: torch.Tensor, *, threshold: float) -> torch.Tensor:
-    """GTPO's entropy filter: keep completions whose mean token entropy H̄_i <= threshold (nats), drop the rest.
+    """GTPO's entropy filter (Simoni et al. 2025, "GTPO: Trajectory-Based Policy Optimization in LLMs").
 
-    High-entropy completions are the ones GTPO finds driving policy collapse; this replaces the KL term and
-    lets GTPO run without a reference model. Returns a (B·G,) float mask of kept completions.
+    H̄_i = (1/|o_i|) Σ_t H(π(· | q, o_i,<t)),   keep_i = [H̄_i <= τ]
+    High-entropy completions are the ones GTPO finds driving policy collapse; dropping them replaces the KL
+    term and lets GTPO run without a reference model. Returns a (B·G,) float mask of kept completions.
     """
     return (mean_entropy <= threshold).float()
+
+
+def gtpo_relative_threshold(mean_entropy: torch.Tensor, *, quantile: float) -> float:
+    """τ = Q_q({H̄_j}): the q-quantile (linear interpolation) of the batch's completion entropies.
+
+    Our default in place of a fixed τ. The GTPO authors' code uses τ = 0.7 nats, a value for pretrained LLMs
+    whose typical completion entropy lies far below the maximum ln|V|. A randomly initialised or warm-starting
+    model sits near ln|V| on every completion, where a fixed τ (or one like ln|V| / 2) drops the whole batch
+    and GTPO silently stops learning. A quantile always keeps the more certain completions and drops the most
+    uncertain ~(1 - q) of them (none when all entropies are equal); q = 1 (the maximum) keeps all.
+    """
+    return float(torch.quantile(mean_entropy.detach().float(), quantile))
 
 
 def guard_normalised_log_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

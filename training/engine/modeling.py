@@ -39,7 +39,7 @@ def train_char_tokenizer(texts: Iterable[str], *, extra_merges: int = 0) -> PreT
     # Sorted texts make the vocabulary (and so a tiny model's init) independent of data order.
     tokenizer.train_from_iterator(sorted(set(texts)), trainer=trainer)
     pad, bos, eos, unk = SPECIAL_TOKENS
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers' tokenizer __init__ is untyped
         tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk
     )
     fast.padding_side = "left"
@@ -50,7 +50,7 @@ def tiny_llama_config(
     *, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, max_positions: int, pad_token_id: int
 ) -> LlamaConfig:
     """The config of a tiny Llama (about 1M parameters at hidden 128, 4 layers)."""
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 3,
@@ -62,8 +62,9 @@ def tiny_llama_config(
         bos_token_id=pad_token_id + 1,
         eos_token_id=pad_token_id + 2,
         tie_word_embeddings=True,
-        num_labels=1,
     )
+    config.num_labels = 1  # the reward model's single score (a property: LlamaConfig's signature lacks it)
+    return config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,12 +98,12 @@ def load_causal_lm(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LlamaForCausalLM(_tiny_config(config, tokenizer))
-        model = model.to(dtype)
+        model = moved(model, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model.to(device)
+        model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]  # untyped in transformers
+    return moved(model, device)
 
 
 def load_sequence_classifier(
@@ -113,13 +114,28 @@ def load_sequence_classifier(
     if path == TINY:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LlamaForSequenceClassification(_tiny_config(config, tokenizer))
+            model = LlamaForSequenceClassification(_tiny_config(config, tokenizer))  # type: ignore[no-untyped-call]
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     if model.config.pad_token_id is None:
         # The classifier finds each sequence's last real token through pad_token_id.
         model.config.pad_token_id = tokenizer.pad_token_id
-    return model.to(device)
+    return moved(model, device)
+
+
+def moved(model: PreTrainedModel, target: torch.device | torch.dtype) -> PreTrainedModel:
+    """``model.to(target)``, typed: transformers declares ``to`` with ``functools.wraps(nn.Module.to)``, which
+    hides the bound ``self`` from type checkers (the override itself guards quantised models, so keep it)."""
+    out = model.to(target)  # type: ignore[arg-type]  # the wraps() signature, see above
+    assert isinstance(out, PreTrainedModel)
+    return out
+
+
+def frozen(model: PreTrainedModel) -> PreTrainedModel:
+    """A model used only for scoring (a reference or a judge): eval mode and no gradients."""
+    model.train(False)
+    model.requires_grad_(False)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -18,8 +18,8 @@ class Reporter(Protocol):
     def log_checkpoint(self, step: int, path: str) -> None:
         """Announce a checkpoint folder written at a step."""
 
-    def finish(self, exit_code: int = 0) -> None:
-        """Flush and stop."""
+    def finish(self, exit_code: int = 0) -> object:
+        """Flush and stop (what it returns is ignored: arbiter_client's run says whether the flush finished)."""
 
 
 class StdoutReporter:

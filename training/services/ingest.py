@@ -1,56 +1,89 @@
-"""What a run reports: metric batches, log lines, checkpoints. Each batch is written in one statement.
+"""What a run reports: metric batches, log lines, checkpoints. Each metric batch is one read and one write.
 
-On PostgreSQL a metric batch is one INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING whose
-RETURNING rows (only the points that were new) feed, in the same statement, the rollup and summary
-upserts. A re-sent batch therefore inserts nothing and counts nothing twice. SQLite (embedded mode)
-takes a portable path: bulk insert ignoring conflicts, then summaries recomputed from the points;
-charts there read points directly (no rollups), which is fine at a laptop's scale.
+Metric points are stored in chunks (see MetricChunk): a batch of 10,000 points becomes ~40 chunk
+rows, so PostgreSQL's per-row costs (heap tuple, index entry, WAL record, ~2 µs each) are paid once
+per ~320 points instead of per point. The chunk arithmetic runs in numpy, in this process:
+
+1. sort the batch by (key, step) and drop repeats inside it (the first sent wins, as on a re-send);
+2. read the chunks the batch touches that already exist (for an append, one partial chunk per key);
+3. merge: a point whose step a chunk already holds is dropped (idempotency on (run, key, step));
+4. from the new points only, compute rollup buckets and summary deltas, so a re-sent or overlapping
+   batch counts nothing twice;
+5. write the changed chunks, the rollups and the summaries in one statement.
+
+The run row stays locked (bump_seq) from 2 to the commit, so no other writer of the run can slip in
+between the read and the write. SQLite (embedded mode) stores the same chunks and summaries through
+the ORM but no rollups: charts there read the chunks directly, which is fine at a laptop's scale.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import orjson
+import psycopg
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Max, Min
+from django.db import connection, transaction
 
 from training import events
-from training.models import Checkpoint, LogLine, MetricKey, MetricPoint, MetricSummary, Run
+from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run
 from training.payloads import LogBatch, MetricBatch
 from training.services.runs import bump_seq
 
 # Bucket widths (in steps) of the rollups. A chart asks for ~1,000 buckets: a 1,000,000-step series
-# reads ~1,000 rows at width 1024; 100,000 steps read ~3,000 at width 32; below ~32,000 steps
+# reads ~1,000 rows at width 1024; 100,000 steps read ~3,000 at width 32; below ~16,000 steps
 # the raw points are few enough to read directly.
 ROLLUP_WIDTHS = (32, 1024, 32768)
 
-_PG_INSERT_METRICS = """
-WITH ins AS (
-    INSERT INTO training_metricpoint (run_id, key_id, step, value, wall_time)
-    SELECT %(run)s, * FROM unnest(%(keys)s::int[], %(steps)s::bigint[], %(values)s::float8[], %(times)s::float8[])
-    {on_conflict}
-    RETURNING key_id, step, value, wall_time
-), fine AS (
-    -- min(ARRAY[value, step, time]) is the extreme together with where it happened (ties: lower step).
-    SELECT key_id, step / {w0} AS bucket, count(*) AS n,
-           min(ARRAY[value, step::float8, wall_time]) AS lo, max(ARRAY[value, -step::float8, wall_time]) AS hi,
-           max(ARRAY[step::float8, value, wall_time]) AS tail
-    FROM ins GROUP BY key_id, step / {w0}
-), agg AS (
-    -- Coarser widths from the finest buckets, not from the points: a few hundred rows instead of 10,000s.
-    SELECT key_id, {w0} AS width, bucket, n, lo, hi FROM fine
-    UNION ALL
-    SELECT key_id, w.width, bucket * {w0} / w.width, sum(n), min(lo), max(hi)
-    FROM fine CROSS JOIN unnest(%(coarse)s::int[]) AS w(width)
-    GROUP BY key_id, w.width, bucket * {w0} / w.width
+STEP_DTYPE = np.dtype("<i8")
+FLOAT_DTYPE = np.dtype("<f8")
+
+# runs.bump_seq's UPDATE (next event number + the run's row lock, serialising its writers) with
+# the batch's key ids in the same round trip.
+_PG_LOCK_RUN = """
+UPDATE training_run SET event_seq = event_seq + 1 WHERE id = %(run)s
+RETURNING event_seq, ARRAY(SELECT name FROM training_metrickey WHERE name = ANY(%(names)s::text[]) ORDER BY name),
+    ARRAY(SELECT id FROM training_metrickey WHERE name = ANY(%(names)s::text[]) ORDER BY name)
+"""
+
+_PG_READ_CHUNKS = """
+SELECT key_id, chunk, steps, "values", times FROM training_metricchunk
+WHERE run_id = %(run)s AND (key_id, chunk) IN (SELECT * FROM unnest(%(keys)s::int[], %(chunks)s::bigint[]))
+"""
+
+# One statement writes the chunks, the rollups and the summaries. Two variants of the chunk upsert:
+# - append: the batch's points go after the last step of each chunk they touch (a training loop's
+#   usual batch). No chunk is read back: the statement itself checks, with `ok`, that every touched
+#   chunk ends before the batch's part of it begins, and then concatenates. If one does not, the
+#   statement writes nothing, returns false, and the caller takes the merge path.
+# - replace: chunks merged in Python (after reading them) are written whole.
+# Both run after the run's row lock is held, so `ok` reads what the previous writer committed.
+_PG_WRITE_METRICS = """
+WITH u AS (
+    SELECT * FROM unnest(%(c_key)s::int[], %(c_chunk)s::bigint[], %(c_n)s::int[], %(c_off)s::int[],
+                         %(c_first)s::bigint[], %(c_last)s::bigint[])
+        AS u(key_id, chunk, n, off, first_step, last_step)
+), ok AS (
+    SELECT {ok} AS ok
+), chunks AS (
+    -- The blob holds each chunk's steps, values and times back to back (one bytea parameter,
+    -- sent in binary: no per-number text formatting or parsing on either side).
+    INSERT INTO training_metricchunk AS c (run_id, key_id, chunk, n, last_step, steps, "values", times)
+    SELECT %(run)s, key_id, chunk, n, last_step, substring(%(blob)b FROM off + 1 FOR 8 * n),
+           substring(%(blob)b FROM off + 1 + 8 * n FOR 8 * n), substring(%(blob)b FROM off + 1 + 16 * n FOR 8 * n)
+    FROM u WHERE (SELECT ok FROM ok) ORDER BY key_id, chunk
+    ON CONFLICT (run_id, key_id, chunk) DO UPDATE SET {merge}
 ), roll AS (
     INSERT INTO training_metricrollup AS r
         (run_id, key_id, width, bucket, n, min_step, min_value, min_time, max_step, max_value, max_time)
-    SELECT %(run)s, key_id, width, bucket, n, lo[2]::bigint, lo[1], lo[3], (-hi[2])::bigint, hi[1], hi[3]
-    FROM agg ORDER BY key_id, width, bucket
+    SELECT %(run)s, * FROM unnest(
+        %(r_key)s::int[], %(r_width)s::int[], %(r_bucket)s::bigint[], %(r_n)s::int[],
+        %(r_min_step)s::bigint[], %(r_min_value)s::float8[], %(r_min_time)s::float8[],
+        %(r_max_step)s::bigint[], %(r_max_value)s::float8[], %(r_max_time)s::float8[])
+    WHERE (SELECT ok FROM ok)
     ON CONFLICT (run_id, key_id, width, bucket) DO UPDATE SET
         n = r.n + EXCLUDED.n,
         min_step = CASE WHEN EXCLUDED.min_value < r.min_value THEN EXCLUDED.min_step ELSE r.min_step END,
@@ -59,14 +92,13 @@ WITH ins AS (
         max_step = CASE WHEN EXCLUDED.max_value > r.max_value THEN EXCLUDED.max_step ELSE r.max_step END,
         max_time = CASE WHEN EXCLUDED.max_value > r.max_value THEN EXCLUDED.max_time ELSE r.max_time END,
         max_value = GREATEST(r.max_value, EXCLUDED.max_value)
-), last AS (
-    SELECT key_id, sum(n) AS n, (min(lo))[1] AS min_value, (max(hi))[1] AS max_value, max(tail) AS tail
-    FROM fine GROUP BY key_id
 ), summ AS (
     INSERT INTO training_metricsummary AS s
         (run_id, key_id, n, last_step, last_value, last_time, min_value, max_value)
-    SELECT %(run)s, key_id, n, tail[1]::bigint, tail[2], tail[3], min_value, max_value
-    FROM last ORDER BY key_id
+    SELECT %(run)s, * FROM unnest(
+        %(s_key)s::int[], %(s_n)s::bigint[], %(s_last_step)s::bigint[], %(s_last_value)s::float8[],
+        %(s_last_time)s::float8[], %(s_min_value)s::float8[], %(s_max_value)s::float8[])
+    WHERE (SELECT ok FROM ok)
     ON CONFLICT (run_id, key_id) DO UPDATE SET
         n = s.n + EXCLUDED.n,
         last_value = CASE WHEN EXCLUDED.last_step >= s.last_step THEN EXCLUDED.last_value ELSE s.last_value END,
@@ -75,11 +107,20 @@ WITH ins AS (
         min_value = LEAST(s.min_value, EXCLUDED.min_value),
         max_value = GREATEST(s.max_value, EXCLUDED.max_value)
 )
-SELECT coalesce(sum(n), 0) FROM last
+-- Setting it here saves a round trip; it only matters at the commit that follows.
+SELECT ok, set_config('synchronous_commit', %(sync)s, true) FROM ok
 """
-
-_SQL_FAST = _PG_INSERT_METRICS.format(on_conflict="", w0=ROLLUP_WIDTHS[0])
-_SQL_IDEMPOTENT = _PG_INSERT_METRICS.format(on_conflict="ON CONFLICT DO NOTHING", w0=ROLLUP_WIDTHS[0])
+_SQL_APPEND = _PG_WRITE_METRICS.format(
+    ok="""NOT EXISTS (SELECT FROM u JOIN training_metricchunk c ON c.run_id = %(run)s AND c.key_id = u.key_id
+                          AND c.chunk = u.chunk WHERE c.last_step >= u.first_step)""",
+    merge="""n = c.n + EXCLUDED.n, last_step = EXCLUDED.last_step, steps = c.steps || EXCLUDED.steps,
+        "values" = c."values" || EXCLUDED."values", times = c.times || EXCLUDED.times""",
+)
+_SQL_REPLACE = _PG_WRITE_METRICS.format(
+    ok="true",
+    merge="""n = EXCLUDED.n, last_step = EXCLUDED.last_step, steps = EXCLUDED.steps,
+        "values" = EXCLUDED."values", times = EXCLUDED.times""",
+)
 
 _PG_INSERT_LOGS = """
 INSERT INTO training_logline (run_id, stream, seq, text, time)
@@ -96,6 +137,35 @@ class IngestResult:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Points:
+    """Columns of points sorted by (key id, step), at most one point per (key, step)."""
+
+    keys: np.ndarray  # int64 key ids
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64
+    times: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def take(self, index: Any) -> Points:
+        return Points(self.keys[index], self.steps[index], self.values[index], self.times[index])
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    key_id: int
+    chunk: int
+    points: Points  # this chunk's whole content after the merge, sorted by step
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    chunks: list[ChunkRow]  # chunks whose content changed
+    new: Points  # the points no chunk held before: the only ones rollups and summaries count
+
+
 def key_ids(names: set[str]) -> dict[str, int]:
     """Ids of metric names, creating the new ones (no process cache: ids must survive a test flush)."""
     found = dict(MetricKey.objects.filter(name__in=names).values_list("name", "id"))
@@ -106,18 +176,177 @@ def key_ids(names: set[str]) -> dict[str, int]:
     return found
 
 
+def sorted_points(*, batch: MetricBatch) -> tuple[list[str], Points]:
+    """The batch as numpy columns sorted by (key, step); of repeated (key, step) the first sent is kept.
+
+    Keys are numbered by their place in the returned sorted names (`with_key_ids` swaps in the
+    database ids later): the sort happens before the run is locked, so concurrent batches of
+    one run overlap this work instead of queueing for it.
+    """
+    n = len(batch)
+    if batch.runs is not None:  # the columnar body: one lookup per series, not per point
+        names = sorted({k for k, _ in batch.runs})
+        index = {name: i for i, name in enumerate(names)}
+        keys = np.repeat(np.array([index[k] for k, _ in batch.runs], dtype=np.int64), [c for _, c in batch.runs])
+    else:
+        names = sorted(set(batch.keys))
+        index = {name: i for i, name in enumerate(names)}
+        keys = np.fromiter(map(index.__getitem__, batch.keys), dtype=np.int64, count=n)
+    steps = np.array(batch.steps, dtype=np.int64)
+    order = np.lexsort((steps, keys))  # stable: among equal (key, step), input order survives
+    pts = Points(
+        keys[order],
+        steps[order],
+        np.array(batch.values, dtype=np.float64)[order],
+        np.array(batch.times, dtype=np.float64)[order],
+    )
+    if n > 1:
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        first[1:] = (pts.keys[1:] != pts.keys[:-1]) | (pts.steps[1:] != pts.steps[:-1])
+        if not first.all():
+            pts = pts.take(first)
+    return names, pts
+
+
+def with_key_ids(pts: Points, names: list[str], ids: dict[str, int]) -> Points:
+    """`pts` with key numbers replaced by database ids (segments stay contiguous: one id per name)."""
+    table = np.array([ids[name] for name in names], dtype=np.int64)
+    return Points(table[pts.keys], pts.steps, pts.values, pts.times)
+
+
+def _segments(*columns: np.ndarray) -> np.ndarray:
+    """Start indexes of the runs of equal rows in sorted `columns`."""
+    change = np.zeros(len(columns[0]), dtype=bool)
+    change[0] = True
+    for col in columns:
+        change[1:] |= col[1:] != col[:-1]
+    return np.flatnonzero(change)
+
+
+def touched_chunks(pts: Points) -> tuple[np.ndarray, np.ndarray]:
+    """(key ids, chunk numbers) the points fall in, one entry per chunk."""
+    chunks = pts.steps // CHUNK_STEPS
+    starts = _segments(pts.keys, chunks)
+    return pts.keys[starts], chunks[starts]
+
+
+def plan_write(*, pts: Points, existing: dict[tuple[int, int], Points]) -> WritePlan:
+    """Merge the batch into the chunks that exist; keep only points whose step no chunk holds yet."""
+    chunks = pts.steps // CHUNK_STEPS
+    starts = _segments(pts.keys, chunks)
+    ends = np.append(starts[1:], len(pts))
+    is_new = np.ones(len(pts), dtype=bool)
+    rows: list[ChunkRow] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        key_id, chunk = int(pts.keys[a]), int(chunks[a])
+        part = pts.take(slice(a, b))
+        old = existing.get((key_id, chunk))
+        if old is not None:
+            fresh = ~np.isin(part.steps, old.steps, assume_unique=True)
+            is_new[a:b] = fresh
+            if not fresh.any():
+                continue  # a re-sent chunk: nothing changes
+            part = part.take(fresh)
+            if part.steps[0] > old.steps[-1]:  # the usual case: appending
+                merged = Points(*(np.concatenate((o, p)) for o, p in zip(_cols(old), _cols(part), strict=True)))
+            else:
+                cat = [np.concatenate((o, p)) for o, p in zip(_cols(old), _cols(part), strict=True)]
+                order = np.argsort(cat[1], kind="stable")
+                merged = Points(*(c[order] for c in cat))
+            part = merged
+        rows.append(ChunkRow(key_id, chunk, part))
+    return WritePlan(rows, pts if is_new.all() else pts.take(is_new))
+
+
+def _cols(p: Points) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return p.keys, p.steps, p.values, p.times
+
+
+@dataclass(frozen=True, slots=True)
+class Extremes:
+    """Per group: count, and the min and max value with the step and time where each happened."""
+
+    keys: np.ndarray
+    groups: np.ndarray
+    n: np.ndarray
+    min_step: np.ndarray
+    min_value: np.ndarray
+    min_time: np.ndarray
+    max_step: np.ndarray
+    max_value: np.ndarray
+    max_time: np.ndarray
+
+
+def _first_where(mask: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """Per segment, the first index where mask is true (each segment has one)."""
+    idx = np.flatnonzero(mask)
+    s = seg[idx]
+    keep = np.ones(len(idx), dtype=bool)
+    keep[1:] = s[1:] != s[:-1]
+    return idx[keep]
+
+
+def group_extremes(e: Extremes, groups: np.ndarray) -> Extremes:
+    """Merge rows (sorted by key, then step) that share (key, group).
+
+    Ties keep the earliest step, like the rollup upsert's comparisons (strict < and >).
+    """
+    starts = _segments(e.keys, groups)
+    seg = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(e.keys))))
+    lo = np.minimum.reduceat(e.min_value, starts)
+    hi = np.maximum.reduceat(e.max_value, starts)
+    at_lo = _first_where(e.min_value == lo[seg], seg)
+    at_hi = _first_where(e.max_value == hi[seg], seg)
+    return Extremes(
+        e.keys[starts],
+        groups[starts],
+        np.add.reduceat(e.n, starts),
+        e.min_step[at_lo],
+        lo,
+        e.min_time[at_lo],
+        e.max_step[at_hi],
+        hi,
+        e.max_time[at_hi],
+    )
+
+
+def rollups(pts: Points) -> list[tuple[int, Extremes]]:
+    """Rollup buckets of the new points at each width; coarser widths are merged from the finest."""
+    one = np.ones(len(pts), dtype=np.int64)
+    level = Extremes(pts.keys, pts.steps, one, pts.steps, pts.values, pts.times, pts.steps, pts.values, pts.times)
+    out = []
+    prev = 1
+    for width in ROLLUP_WIDTHS:
+        level = group_extremes(level, level.groups * prev // width)
+        out.append((width, level))
+        prev = width
+    return out
+
+
+def summaries(pts: Points, coarsest: Extremes) -> tuple[Extremes, np.ndarray]:
+    """Per key of the new points: count, min, max (as Extremes) and the index of its last point.
+
+    `coarsest` is the widest rollup level of the same points: merging its few rows is cheaper.
+    """
+    whole = group_extremes(coarsest, np.zeros(len(coarsest.keys), dtype=np.int64))
+    last = np.append(_segments(pts.keys)[1:], len(pts)) - 1
+    return whole, last
+
+
 def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
     """Store a validated batch idempotently on (run, key, step); announce it after commit."""
     if not len(batch):
         return IngestResult(0, 0, run.event_seq)
-    ids = key_ids(set(batch.keys))
-    key_col = [ids[k] for k in batch.keys]
+    names, pts = sorted_points(batch=batch)
     with transaction.atomic():
-        seq = bump_seq(run_id=run.id)
         if connection.vendor == "postgresql":
-            written = _insert_metrics_pg(run_id=run.id, key_col=key_col, batch=batch)
+            seq, ids = _lock_run_pg(run_id=run.id, names=names)
+            written = _write_metrics_pg(run_id=run.id, pts=with_key_ids(pts, names, ids))
         else:
-            written = _insert_metrics_portable(run=run, key_col=key_col, batch=batch)
+            ids = key_ids(set(names))
+            seq = bump_seq(run_id=run.id)
+            written = _write_metrics_portable(run=run, pts=with_key_ids(pts, names, ids))
         delta = events.metrics_delta(
             run_id=run.id, seq=seq, keys=batch.keys, steps=batch.steps, values=batch.values, times=batch.times
         )
@@ -125,73 +354,186 @@ def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
     return IngestResult(len(batch), written, seq)
 
 
-def array_literal(numbers: list[int] | list[float]) -> str:
-    """A PostgreSQL array literal of ints or floats.
+def array_literal(numbers: Any) -> str:
+    """A PostgreSQL array literal of ints or floats (a list or a numpy array).
 
     Why text: psycopg adapts a 10,000-element Python list in ~7 ms per column; orjson writes the
-    same numbers (shortest round-trip form, so floats stay exact) in ~0.3 ms and PostgreSQL parses
-    the literal in ~1 ms.
+    same numbers (shortest round-trip form, so floats stay exact) in well under a millisecond.
     """
-    return "{" + orjson.dumps(numbers)[1:-1].decode() + "}"
+    return "{" + orjson.dumps(numbers, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode() + "}"
 
 
-def _insert_metrics_pg(*, run_id: int, key_col: list[int], batch: MetricBatch) -> int:
-    """Plain INSERT first, ON CONFLICT DO NOTHING only if that fails.
-
-    Why: ON CONFLICT's speculative insertion costs ~70% more per row, and conflicts only happen
-    when a client re-sends a batch whose answer it lost. The run row is locked (bump_seq), so no
-    concurrent writer of this run can slip in between the two tries.
-    """
-    params = {
-        "run": run_id,
-        "keys": array_literal(key_col),
-        "steps": array_literal(batch.steps),
-        "values": array_literal(batch.values),
-        "times": array_literal(batch.times),
-        "coarse": list(ROLLUP_WIDTHS[1:]),
-    }
-    with connection.cursor() as cur:
-        if not getattr(settings, "METRICS_SYNCHRONOUS_COMMIT", False):
-            # The commit's WAL flush is ~10 ms on an ordinary disk, a third of a 5,000-point batch.
-            # Without waiting for it, a crash of PostgreSQL itself (not of the web tier) may lose the
-            # last few hundred ms of acknowledged points; nothing is ever corrupted, and logs,
-            # status and checkpoints keep waiting. Set METRICS_SYNCHRONOUS_COMMIT = True to wait.
-            cur.execute("SET LOCAL synchronous_commit TO off")
-        try:
-            with transaction.atomic():  # a savepoint: the failed try leaves nothing behind
-                cur.execute(_SQL_FAST, params)
-        except IntegrityError:
-            cur.execute(_SQL_IDEMPOTENT, params)
-        return int(cur.fetchone()[0])
-
-
-def _insert_metrics_portable(*, run: Run, key_col: list[int], batch: MetricBatch) -> int:
-    before = MetricPoint.objects.filter(run=run).count()
-    MetricPoint.objects.bulk_create(
-        [
-            MetricPoint(run=run, key_id=k, step=s, value=v, wall_time=t)
-            for k, s, v, t in zip(key_col, batch.steps, batch.values, batch.times, strict=True)
-        ],
-        ignore_conflicts=True,
-        batch_size=500,
+def _unpack(steps: bytes, values: bytes, times: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.frombuffer(steps, dtype=STEP_DTYPE),
+        np.frombuffer(values, dtype=FLOAT_DTYPE),
+        np.frombuffer(times, dtype=FLOAT_DTYPE),
     )
-    written = MetricPoint.objects.filter(run=run).count() - before
-    for key_id in set(key_col):
-        points = MetricPoint.objects.filter(run=run, key_id=key_id)
-        agg = points.aggregate(n=Count("step"), lo=Min("value"), hi=Max("value"))
-        last = points.order_by("-step").values_list("step", "value", "wall_time").first()
-        MetricSummary.objects.filter(run=run, key_id=key_id).delete()
-        MetricSummary.objects.create(
-            run=run,
-            key_id=key_id,
-            n=agg["n"],
-            last_step=last[0],
-            last_value=last[1],
-            last_time=last[2],
-            min_value=agg["lo"],
-            max_value=agg["hi"],
+
+
+def _existing(rows: Any) -> dict[tuple[int, int], Points]:
+    out = {}
+    for key_id, chunk, steps, values, times in rows:
+        s, v, t = _unpack(steps, values, times)
+        out[(int(key_id), int(chunk))] = Points(np.full(len(s), key_id, dtype=np.int64), s, v, t)
+    return out
+
+
+def _pg_cursor() -> psycopg.Cursor[Any]:
+    """A server-side-binding cursor on Django's connection (same transaction).
+
+    Why not Django's cursor: it binds on the client, which would hex-escape the chunk blob into the
+    SQL text; a server-side binding cursor sends it as one binary parameter, and psycopg prepares
+    the statement after a few executions (no re-planning of the big CTE per batch).
+    """
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+def _lock_run_pg(*, run_id: int, names: list[str]) -> tuple[int, dict[str, int]]:
+    """Lock the run and take its next event number; the ids of `names`, creating missing keys."""
+    with _pg_cursor() as cur:
+        # Pipelined, the transaction's BEGIN travels with this statement: one round trip, not two.
+        with cur.connection.pipeline():
+            cur.execute(_PG_LOCK_RUN, {"run": run_id, "names": names})
+        row = cur.fetchone()
+    if row is None:
+        raise Run.DoesNotExist(run_id)
+    ids = dict(zip(row[1], row[2], strict=True))
+    if len(ids) < len(names):
+        ids = key_ids(set(names))
+    return int(row[0]), ids
+
+
+def _write_metrics_pg(*, run_id: int, pts: Points) -> int:
+    sync = "on" if getattr(settings, "METRICS_SYNCHRONOUS_COMMIT", False) else "off"
+    # The commit's WAL flush is ~1-10 ms, a large share of a batch's time. Without waiting for it, a
+    # crash of PostgreSQL itself (not of the web tier) may lose the last few hundred ms of
+    # acknowledged points; nothing is ever corrupted, and logs, status and checkpoints keep
+    # waiting. Set METRICS_SYNCHRONOUS_COMMIT = True to wait.
+    with _pg_cursor() as cur:
+        cur.execute(_SQL_APPEND, {**_write_params(run_id=run_id, plan=as_appends(pts)), "sync": sync})
+        if _fetch_ok(cur):
+            return len(pts)
+        keys, chunks = touched_chunks(pts)
+        cur.execute(
+            _PG_READ_CHUNKS,
+            {"run": run_id, "keys": array_literal(keys), "chunks": array_literal(chunks)},
+            binary=True,
         )
-    return written
+        plan = plan_write(pts=pts, existing=_existing(cur.fetchall()))
+        if not plan.chunks:
+            return 0
+        cur.execute(_SQL_REPLACE, {**_write_params(run_id=run_id, plan=plan), "sync": sync})
+        _fetch_ok(cur)
+    return len(plan.new)
+
+
+def _fetch_ok(cur: psycopg.Cursor[Any]) -> bool:
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def as_appends(pts: Points) -> WritePlan:
+    """The batch as one append per touched chunk, every point new (what the append statement checks)."""
+    keys, chunks = touched_chunks(pts)
+    starts = _segments(pts.keys, pts.steps // CHUNK_STEPS)
+    ends = np.append(starts[1:], len(pts))
+    rows = [
+        ChunkRow(int(k), int(c), pts.take(slice(a, b)))
+        for k, c, a, b in zip(keys.tolist(), chunks.tolist(), starts.tolist(), ends.tolist(), strict=True)
+    ]
+    return WritePlan(rows, pts)
+
+
+def _write_params(*, run_id: int, plan: WritePlan) -> dict[str, Any]:
+    parts: list[bytes] = []
+    offsets, size = [], 0
+    for row in plan.chunks:
+        p = row.points
+        offsets.append(size)
+        parts += [p.steps.astype(STEP_DTYPE).tobytes(), p.values.astype(FLOAT_DTYPE).tobytes()]
+        parts.append(p.times.astype(FLOAT_DTYPE).tobytes())
+        size += 24 * len(p)
+    params: dict[str, Any] = {
+        "run": run_id,
+        "blob": b"".join(parts),
+        "c_key": array_literal([r.key_id for r in plan.chunks]),
+        "c_chunk": array_literal([r.chunk for r in plan.chunks]),
+        "c_n": array_literal([len(r.points) for r in plan.chunks]),
+        "c_off": array_literal(offsets),
+        "c_first": array_literal([int(r.points.steps[0]) for r in plan.chunks]),
+        "c_last": array_literal([int(r.points.steps[-1]) for r in plan.chunks]),
+    }
+    levels = rollups(plan.new)
+    cat = {f: np.concatenate([getattr(e, f) for _, e in levels]) for f in Extremes.__slots__}
+    params["r_width"] = array_literal(np.concatenate([np.full(len(e.keys), w) for w, e in levels]))
+    params["r_key"] = array_literal(cat["keys"])
+    params["r_bucket"] = array_literal(cat["groups"])
+    for f in ("n", "min_step", "min_value", "min_time", "max_step", "max_value", "max_time"):
+        params[f"r_{f}"] = array_literal(cat[f])
+    whole, last = summaries(plan.new, levels[-1][1])
+    params.update(
+        s_key=array_literal(whole.keys),
+        s_n=array_literal(whole.n),
+        s_last_step=array_literal(plan.new.steps[last]),
+        s_last_value=array_literal(plan.new.values[last]),
+        s_last_time=array_literal(plan.new.times[last]),
+        s_min_value=array_literal(whole.min_value),
+        s_max_value=array_literal(whole.max_value),
+    )
+    return params
+
+
+def _write_metrics_portable(*, run: Run, pts: Points) -> int:
+    keys, chunks = touched_chunks(pts)
+    wanted = set(zip(keys.tolist(), chunks.tolist(), strict=True))
+    rows = (
+        (c.key_id, c.chunk, bytes(c.steps), bytes(c.values), bytes(c.times))
+        for c in MetricChunk.objects.filter(run=run, key_id__in=set(keys.tolist()), chunk__in=set(chunks.tolist()))
+        if (c.key_id, c.chunk) in wanted
+    )
+    plan = plan_write(pts=pts, existing=_existing(rows))
+    if not plan.chunks:
+        return 0
+    for row in plan.chunks:
+        p = row.points
+        MetricChunk.objects.update_or_create(
+            run=run,
+            key_id=row.key_id,
+            chunk=row.chunk,
+            defaults={
+                "n": len(p),
+                "last_step": int(p.steps[-1]),
+                "steps": p.steps.astype(STEP_DTYPE).tobytes(),
+                "values": p.values.astype(FLOAT_DTYPE).tobytes(),
+                "times": p.times.astype(FLOAT_DTYPE).tobytes(),
+            },
+        )
+    whole, last = summaries(plan.new, rollups(plan.new)[-1][1])
+    for i, key_id in enumerate(whole.keys.tolist()):
+        j = int(last[i])
+        step, value, t = int(plan.new.steps[j]), float(plan.new.values[j]), float(plan.new.times[j])
+        lo, hi, n = float(whole.min_value[i]), float(whole.max_value[i]), int(whole.n[i])
+        summary = MetricSummary.objects.filter(run=run, key_id=key_id).first()
+        if summary is None:
+            MetricSummary.objects.create(
+                run=run,
+                key_id=key_id,
+                n=n,
+                last_step=step,
+                last_value=value,
+                last_time=t,
+                min_value=lo,
+                max_value=hi,
+            )
+            continue
+        summary.n += n
+        if step >= summary.last_step:
+            summary.last_step, summary.last_value, summary.last_time = step, value, t
+        summary.min_value, summary.max_value = min(summary.min_value, lo), max(summary.max_value, hi)
+        summary.save()
+    return len(plan.new)
 
 
 def record_logs(*, run_id: int, batch: LogBatch) -> int:

@@ -6,15 +6,17 @@ import math
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training.engine import checkpoints
 from training.engine.config import BaseRecipeConfig
-from training.engine.data import Example, render_plain
+from training.engine.data import Example, Renderer, render_plain
 from training.engine.demo_tasks import task_texts
 from training.engine.distributed import DistInfo, unwrap
 from training.engine.modeling import TINY, load_tokenizer, resolve_device
@@ -50,10 +52,10 @@ class RunContext:
 
     def tokenizer_for(self, examples: list[Example]) -> PreTrainedTokenizerBase:
         """The policy's tokenizer; for 'tiny' one trained on these examples' text."""
-        return load_tokenizer(self.policy_path, texts=task_texts(examples))  # type: ignore[arg-type]
+        return load_tokenizer(self.policy_path, texts=task_texts(examples))
 
 
-def chat_renderer(tokenizer: PreTrainedTokenizerBase) -> object:
+def chat_renderer(tokenizer: PreTrainedTokenizerBase) -> Renderer:
     """The tokenizer's chat template as a data renderer when it has one, else the plain renderer."""
     if getattr(tokenizer, "chat_template", None):
 
@@ -85,6 +87,15 @@ class Recipe(ABC):
     def lr_factor(self, step: int) -> float:
         """A recipe-specific learning-rate factor on top of the schedule (GRPO's SFT warm start uses it)."""
         return 1.0
+
+    def state_dict(self) -> dict[str, object]:
+        """What this process's recipe holds between steps beyond the model and optimiser (GRPO: the
+        generation batch being reused); saved in the trainer state so a resume continues exactly."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Put back what ``state_dict`` returned (an empty mapping for checkpoints that have none)."""
+        return None
 
     def saved_model(self) -> PreTrainedModel:
         """The model a checkpoint holds."""
@@ -129,6 +140,7 @@ def run_training(recipe: Recipe) -> Path | None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         checkpoints.restore_rng(state["rng"])
+        recipe.load_state_dict(checkpoints.recipe_state(state, rank=ctx.dist.rank, world_size=ctx.dist.world_size))
         start = state["step"]
         _say(ctx, f"resumed from {ctx.spec.resume_from} at step {start}")
     if ctx.dist.is_main:
@@ -166,6 +178,12 @@ def _checkpoint(
     recipe: Recipe, step: int, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
 ) -> None:
     ctx = recipe.ctx
+    local = recipe.state_dict()
+    # Every rank's recipe state goes into rank 0's file (each rank reuses its own generation batch).
+    per_rank: list[object] = [local]
+    if ctx.dist.enabled:
+        per_rank = [None] * ctx.dist.world_size
+        dist.all_gather_object(per_rank, local)
     if not ctx.dist.is_main:
         return
     path = checkpoints.save_checkpoint(
@@ -175,6 +193,7 @@ def _checkpoint(
         tokenizer=recipe.tokenizer,
         optimizer=optimizer,
         scheduler=scheduler,
+        recipe_states=per_rank,
     )
     ctx.reporter.log_checkpoint(step, str(path))
     _say(ctx, f"checkpoint written to {path}")

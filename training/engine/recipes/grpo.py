@@ -4,18 +4,23 @@ One optimiser step = one generation batch (``batch_size`` prompts x G) consumed 
 the loss aggregation, advantage scaling, clipping, KL, GTPO and GRPO-Guard options live in losses.py.
 An optional SFT warm start (``sft_warmup_steps``) runs first: a random-init model cannot discover an
 answer it never samples (measured on a+b=: GRPO from scratch only learned formatting).
+
+π_old costs no forward pass of its own: the weights that sampled a batch are the weights of its first
+optimiser pass, so that pass's log-probs (detached) are π_old for the later ones. A checkpoint taken
+inside a generation batch (num_iterations > 1) stores the batch in the trainer state, so a resumed run
+finishes it exactly as the uninterrupted run would instead of sampling a new one with moved weights.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import cast
 
 import torch
 import torch.distributed as dist
 
-from training.engine.batching import encode_pairs, encode_prompt, positions, token_entropy, token_logprobs
+from training.engine.batching import encode_pairs, encode_prompt, pad_left, positions, token_logprobs_and_entropy
 from training.engine.config import DemoGRPOConfig, GRPOConfig
 from training.engine.data import PromptExample, SupervisedExample, load_dataset, step_batch
 from training.engine.demo_tasks import addition_prompts, addition_supervised
@@ -27,12 +32,13 @@ from training.engine.losses import (
     group_advantages,
     gtpo_conflict_mask,
     gtpo_entropy_keep,
+    gtpo_relative_threshold,
     gtpo_token_weights,
     guard_normalised_log_ratio,
     k3_kl,
     sft_loss,
 )
-from training.engine.modeling import TINY, load_causal_lm
+from training.engine.modeling import TINY, frozen, load_causal_lm
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
 from training.engine.rewards.registry import build_reward
 from training.engine.rollout import RolloutBackend, choose_backend
@@ -49,9 +55,60 @@ class GenerationBatch:
     completion_ids: torch.Tensor  # (N, T)
     completion_mask: torch.Tensor  # (N, T)
     advantages: torch.Tensor  # (N,)
-    old_logps: torch.Tensor | None  # (N, T), only when num_iterations > 1
+    old_logps: torch.Tensor | None  # (N, T), set by the first pass when num_iterations > 1
     ref_logps: torch.Tensor | None  # (N, T), only when beta > 0
     metrics: dict[str, float]
+
+    def rows(self, index: torch.Tensor) -> GenerationBatch:
+        """The completions at ``index`` (the same columns), for a forward pass over part of the batch."""
+        return GenerationBatch(
+            input_ids=self.input_ids.index_select(0, index),
+            attention_mask=self.attention_mask.index_select(0, index),
+            prompt_width=self.prompt_width,
+            completion_ids=self.completion_ids.index_select(0, index),
+            completion_mask=self.completion_mask.index_select(0, index),
+            advantages=self.advantages.index_select(0, index),
+            old_logps=None,
+            ref_logps=None,
+            metrics={},
+        )
+
+    def state(self) -> dict[str, object]:
+        """The batch as plain values on the CPU, for a checkpoint's trainer state."""
+        return {f.name: _to_cpu(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object], *, device: torch.device) -> GenerationBatch:
+        """The inverse of ``state``, tensors moved to ``device``."""
+
+        def optional(name: str) -> torch.Tensor | None:
+            value = state[name]
+            assert value is None or isinstance(value, torch.Tensor), name
+            return None if value is None else value.to(device)
+
+        def tensor(name: str) -> torch.Tensor:
+            value = optional(name)
+            assert value is not None, name
+            return value
+
+        width, metrics = state["prompt_width"], state["metrics"]
+        assert isinstance(width, int)
+        assert isinstance(metrics, dict)
+        return cls(
+            input_ids=tensor("input_ids"),
+            attention_mask=tensor("attention_mask"),
+            prompt_width=width,
+            completion_ids=tensor("completion_ids"),
+            completion_mask=tensor("completion_mask"),
+            advantages=tensor("advantages"),
+            old_logps=optional("old_logps"),
+            ref_logps=optional("ref_logps"),
+            metrics={str(k): float(v) for k, v in metrics.items()},
+        )
+
+
+def _to_cpu(value: object) -> object:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
 
 
 class GRPORecipe(Recipe):
@@ -64,7 +121,7 @@ class GRPORecipe(Recipe):
         self.tokenizer = ctx.tokenizer_for([*self.prompts, *self.warm_data])
         if config.dataset_path and getattr(self.tokenizer, "chat_template", None):
             render = chat_renderer(self.tokenizer)
-            self.prompts = cast(list[PromptExample], load_dataset(config.dataset_path, kind="prompt", render=render))  # type: ignore[arg-type]
+            self.prompts = cast(list[PromptExample], load_dataset(config.dataset_path, kind="prompt", render=render))
         policy = load_causal_lm(
             ctx.policy_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
         )
@@ -75,10 +132,9 @@ class GRPORecipe(Recipe):
         self.ref = None
         if self.use_kl:
             ref_path = config.ref_model_name_or_path or config.model_name_or_path
-            self.ref = load_causal_lm(
-                ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-            ).eval()
-            self.ref.requires_grad_(False)
+            self.ref = frozen(
+                load_causal_lm(ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device)
+            )
         self.reward = build_reward(config, device=ctx.device)
         self.backend_name = choose_backend(config.rollout_backend)
         self.rollout = self._rollout_backend()
@@ -136,6 +192,19 @@ class GRPORecipe(Recipe):
             self.batch = self._generate(rl_step)
         return self._policy_step(self.batch)
 
+    def state_dict(self) -> dict[str, object]:
+        """The generation batch being reused (with num_iterations > 1) and the count of tokens seen."""
+        reused = self.batch is not None and self.config.num_iterations > 1
+        return {"batch": self.batch.state() if reused and self.batch else None, "tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Put back what ``state_dict`` saved; the next step then finishes that batch, as it would have."""
+        batch, tokens = state.get("batch"), state.get("tokens_seen", 0.0)
+        assert isinstance(tokens, float | int)
+        self.tokens_seen = float(tokens)
+        if isinstance(batch, Mapping):
+            self.batch = GenerationBatch.from_state(batch, device=self.ctx.device)
+
     def _sft_step(self, step: int) -> dict[str, float]:
         batch = step_batch(
             self.warm_data,
@@ -149,7 +218,7 @@ class GRPORecipe(Recipe):
         tokens = encode_pairs(self.tokenizer, pairs, max_length=self.config.max_length).to(self.ctx.device)
         logits = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
         loss, accuracy = sft_loss(logits, tokens.labels)
-        loss.backward()
+        torch.autograd.backward(loss)
         return {"sft/loss": float(loss.detach()), "sft/mean_token_accuracy": accuracy}
 
     @torch.no_grad()
@@ -174,38 +243,32 @@ class GRPORecipe(Recipe):
         device = self.ctx.device
         completion_ids = rollout.completion_ids.to(device)
         completion_mask = rollout.completion_mask.to(device)
+        lengths = completion_mask.sum(1)
         texts = self.tokenizer.batch_decode(
-            [ids[: int(m.sum())] for ids, m in zip(completion_ids.tolist(), completion_mask, strict=True)],
+            [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)],
             skip_special_tokens=True,
         )
         repeated = [e for e in examples for _ in range(g)]
         scored = self.reward(texts, repeated)
         rewards = scored.total
         advantages = group_advantages(rewards, group_size=g, scale=config.scale_rewards).to(device)
-        width = max(len(r) for r in prompt_rows)
-        prompt_ids = torch.full((len(prompt_rows) * g, width), self.pad_id, dtype=torch.long)
-        prompt_mask = torch.zeros_like(prompt_ids)
-        for i, row in enumerate(prompt_rows):
-            prompt_ids[i * g : (i + 1) * g, width - len(row) :] = torch.tensor(row)
-            prompt_mask[i * g : (i + 1) * g, width - len(row) :] = 1
-        input_ids = torch.cat([prompt_ids.to(device), completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask.to(device), completion_mask], dim=1)
+        prompt_ids, prompt_mask = pad_left(prompt_rows, pad_id=self.pad_id)
+        input_ids = torch.cat([prompt_ids.repeat_interleave(g, dim=0).to(device), completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(g, dim=0).to(device), completion_mask], dim=1)
         batch = GenerationBatch(
-            input_ids, attention_mask, width, completion_ids, completion_mask, advantages, None, None, {}
+            input_ids, attention_mask, prompt_ids.size(1), completion_ids, completion_mask, advantages, None, None, {}
         )
-        if config.num_iterations > 1:
-            batch.old_logps = self._logps(unwrap(self.model), batch)[0]
         if self.ref is not None:
             batch.ref_logps = self._logps(self.ref, batch)[0]
-        lengths = completion_mask.sum(1).float()
+        lengths_f = lengths.float()
         grouped = rewards.view(-1, g)
         batch.metrics = {
             "reward": float(rewards.mean()),
             "reward_std": float(grouped.std(dim=1).mean()),
             "frac_reward_zero_std": float((grouped.std(dim=1) < 1e-6).float().mean()),
-            "completions/mean_length": float(lengths.mean()),
-            "completions/min_length": float(lengths.min()),
-            "completions/max_length": float(lengths.max()),
+            "completions/mean_length": float(lengths_f.mean()),
+            "completions/min_length": float(lengths_f.min()),
+            "completions/max_length": float(lengths_f.max()),
             "completions/clipped_ratio": float((~rollout.finished).float().mean()),
         }
         for name, values in scored.per_func.items():
@@ -215,19 +278,49 @@ class GRPORecipe(Recipe):
         return batch
 
     def _logps(self, model: torch.nn.Module, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and entropies of the completion tokens (logits divided by the temperature, as TRL)."""
+        """Per-token log-probs and entropies of the completion tokens (logits divided by the temperature, as TRL).
+
+        Only the T + 1 last positions go through the LM head (the prompt's logits are never used); the very
+        last one predicts past the batch and is dropped.
+        """
+        t = batch.completion_ids.size(1)
         logits = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions(batch.attention_mask)
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=positions(batch.attention_mask),
+            logits_to_keep=t + 1,
         ).logits
-        p, t = batch.prompt_width, batch.completion_ids.size(1)
-        logits = logits[:, p - 1 : p - 1 + t] / self.config.temperature
+        logits = logits[:, :-1] / self.config.temperature
         targets = batch.completion_ids.masked_fill(batch.completion_mask == 0, -100)
-        return token_logprobs(logits, targets), token_entropy(logits.detach())
+        return token_logprobs_and_entropy(logits, targets)
+
+    def _policy_logps(self, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_logps`` of the whole batch under the policy, with autograd only where a gradient can arise.
+
+        Without a KL term, a completion whose advantage is exactly 0 adds 0 to every variant's token loss
+        (ℓ = -min(r·0, clip(r)·0), GTPO weights and GRPO-Guard's centring multiply or shift inside it) and
+        so nothing to the gradient. Such rows (every row of a group whose rewards tie, often most of a batch)
+        get a forward pass without autograd, for the entropies, ratios and filters that still read them;
+        only the others pay for backward. Loss, gradient and metrics are those of the full-batch pass.
+        """
+        idle = batch.advantages == 0
+        if batch.ref_logps is not None or not bool(idle.any()) or bool(idle.all()):
+            return self._logps(self.model, batch)
+        active, rest = (~idle).nonzero().squeeze(1), idle.nonzero().squeeze(1)
+        logps_active, entropy_active = self._logps(self.model, batch.rows(active))
+        with torch.no_grad():
+            logps_rest, entropy_rest = self._logps(unwrap(self.model), batch.rows(rest))
+        logps = logps_rest.new_zeros(batch.completion_ids.shape).index_copy(0, rest, logps_rest)
+        entropy = entropy_rest.new_zeros(batch.completion_ids.shape).index_copy(0, rest, entropy_rest)
+        return logps.index_copy(0, active, logps_active), entropy.index_copy(0, active, entropy_active)
 
     def _policy_step(self, batch: GenerationBatch) -> dict[str, float]:
         config = self.config
-        logps, entropy = self._logps(self.model, batch)
+        logps, entropy = self._policy_logps(batch)
         mask = batch.completion_mask.float()
+        if batch.old_logps is None and config.num_iterations > 1:
+            # First pass over the batch: these weights sampled it, so π_old is this very forward (detached).
+            batch.old_logps = logps.detach()
         old = batch.old_logps if batch.old_logps is not None else logps.detach()
         metrics = dict(batch.metrics)
         log_ratio = guard_normalised_log_ratio(logps, old, mask) if config.variant == "grpo_guard" else None
@@ -239,17 +332,8 @@ class GRPORecipe(Recipe):
             epsilon_high=config.epsilon_high,
             log_ratio=log_ratio,
         )
-        seq_entropy = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         if config.variant == "gtpo":
-            conflict = gtpo_conflict_mask(
-                batch.completion_ids, batch.completion_mask, batch.advantages, group_size=config.num_generations
-            )
-            per_token = per_token * gtpo_token_weights(conflict, batch.advantages, boost=config.gtpo_conflict_boost)
-            threshold = config.gtpo_entropy_threshold or math.log(len(self.tokenizer)) / 2
-            keep = gtpo_entropy_keep(seq_entropy, threshold=threshold)
-            mask = mask * keep[:, None]
-            metrics["gtpo/conflict_frac"] = float((conflict.float() * batch.completion_mask).sum() / mask.numel())
-            metrics["gtpo/kept_frac"] = float(keep.mean())
+            per_token, mask = self._gtpo(batch, per_token, entropy, mask, metrics)
         if batch.ref_logps is not None:
             kl = k3_kl(logps, batch.ref_logps)
             per_token = per_token + config.beta * kl
@@ -266,7 +350,7 @@ class GRPORecipe(Recipe):
             max_completion_length=config.max_new_tokens,
             num_items_in_batch=num_items,
         )
-        loss.backward()
+        torch.autograd.backward(loss)
         metrics.update(
             clip_ratio_metrics(
                 ratio.detach(),
@@ -280,3 +364,28 @@ class GRPORecipe(Recipe):
         metrics["entropy"] = float((entropy * batch.completion_mask).sum() / batch.completion_mask.sum().clamp(min=1))
         metrics["num_tokens"] = self.tokens_seen
         return metrics
+
+    def _gtpo(
+        self,
+        batch: GenerationBatch,
+        per_token: torch.Tensor,
+        entropy: torch.Tensor,
+        mask: torch.Tensor,
+        metrics: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GTPO's conflict-token weights and entropy filter: the weighted token losses and the kept-token mask."""
+        config = self.config
+        conflict = gtpo_conflict_mask(
+            batch.completion_ids, batch.completion_mask, batch.advantages, group_size=config.num_generations
+        )
+        per_token = per_token * gtpo_token_weights(conflict, batch.advantages, boost=config.gtpo_conflict_boost)
+        seq_entropy = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        threshold = config.gtpo_entropy_threshold or gtpo_relative_threshold(
+            seq_entropy, quantile=config.gtpo_entropy_quantile
+        )
+        keep = gtpo_entropy_keep(seq_entropy, threshold=threshold)
+        metrics["gtpo/conflict_frac"] = float((conflict.float() * mask).sum() / mask.sum().clamp(min=1.0))
+        metrics["gtpo/kept_frac"] = float(keep.mean())
+        metrics["gtpo/filtered_ratio"] = 1.0 - float(keep.mean())
+        metrics["gtpo/entropy_threshold"] = threshold
+        return per_token, mask * keep[:, None]

@@ -12,7 +12,7 @@ from training.engine.data import PreferenceExample, load_dataset, step_batch
 from training.engine.demo_tasks import sorting_preferences
 from training.engine.distributed import wrap_ddp
 from training.engine.losses import bradley_terry_loss, dpo_loss
-from training.engine.modeling import load_causal_lm, load_sequence_classifier
+from training.engine.modeling import frozen, load_causal_lm, load_sequence_classifier
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
 
 
@@ -30,7 +30,7 @@ class _PairRecipe(Recipe):
             render = chat_renderer(self.tokenizer)
             self.examples = cast(
                 list[PreferenceExample],
-                load_dataset(ctx.config.dataset_path, kind="preference", render=render),  # type: ignore[arg-type]
+                load_dataset(ctx.config.dataset_path, kind="preference", render=render),
             )
 
     def _pair_tokens(self, step: int, *, completion_only: bool) -> tuple[TokenBatch, int]:
@@ -71,7 +71,7 @@ class RewardModelRecipe(_PairRecipe):
         tokens, b = self._pair_tokens(step, completion_only=False)
         rewards = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits[:, 0].float()
         loss = bradley_terry_loss(rewards[:b], rewards[b:], center_coefficient=self.config.center_rewards_coefficient)
-        loss.backward()
+        torch.autograd.backward(loss)
         chosen, rejected = rewards[:b].detach(), rewards[b:].detach()
         return {
             "loss": float(loss.detach()),
@@ -95,10 +95,9 @@ class DPORecipe(_PairRecipe):
         policy.train()
         # The reference is the starting model, never the checkpoint being resumed: the objective must not move.
         ref_path = config.ref_model_name_or_path or config.model_name_or_path
-        self.ref = load_causal_lm(
-            ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-        ).eval()
-        self.ref.requires_grad_(False)
+        self.ref = frozen(
+            load_causal_lm(ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device)
+        )
         self.model = wrap_ddp(policy, ctx.dist)
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -115,7 +114,7 @@ class DPORecipe(_PairRecipe):
             beta=self.config.beta,
             label_smoothing=self.config.label_smoothing,
         )
-        loss.backward()
+        torch.autograd.backward(loss)
         return {
             "loss": float(loss.detach()),
             "rewards/chosen": float(chosen_r.mean()),
@@ -128,7 +127,16 @@ class DPORecipe(_PairRecipe):
 
 
 def _sequence_logps(model: torch.nn.Module, tokens: TokenBatch) -> torch.Tensor:
-    """Σ_t log π(y_t | x, y_<t) over each row's labelled (completion) tokens."""
-    logits = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits[:, :-1]
-    targets = tokens.labels[:, 1:]
-    return (token_logprobs(logits, targets) * (targets != IGNORE)).sum(-1)
+    """Σ_t log π(y_t | x, y_<t) over each row's labelled (completion) tokens.
+
+    Only positions from the batch's first labelled one go through the LM head: prompt logits are never used,
+    and on a real vocabulary they are most of the head's cost.
+    """
+    labelled = (tokens.labels != IGNORE).any(0).nonzero()
+    width = tokens.labels.size(1)
+    first = max(1, int(labelled[0])) if labelled.numel() else width - 1
+    logits = model(
+        input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, logits_to_keep=width - first + 1
+    ).logits[:, :-1]
+    targets = tokens.labels[:, first:]
+    return token_logprobs(logits, targets).sum(-1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import cast
 
+import torch
+
 from training.engine.batching import encode_pairs
 from training.engine.config import DemoConfig, SFTConfig
 from training.engine.data import SupervisedExample, load_dataset, step_batch
@@ -27,7 +29,7 @@ class SFTRecipe(Recipe):
             render = chat_renderer(self.tokenizer)
             examples = cast(
                 list[SupervisedExample],
-                load_dataset(ctx.config.dataset_path, kind="supervised", render=render),  # type: ignore[arg-type]
+                load_dataset(ctx.config.dataset_path, kind="supervised", render=render),
             )
         self.examples = examples
         policy = load_causal_lm(
@@ -58,7 +60,7 @@ class SFTRecipe(Recipe):
         ).to(self.ctx.device)
         logits = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
         loss, accuracy = sft_loss(logits, tokens.labels)
-        loss.backward()
+        torch.autograd.backward(loss)
         n_tokens = int((tokens.labels[:, 1:] != -100).sum())
         return {"loss": float(loss.detach()), "mean_token_accuracy": accuracy, "num_tokens": float(n_tokens)}
 

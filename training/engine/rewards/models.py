@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from training.engine.batching import encode_prompt, pad_left, positions
 from training.engine.data import PromptExample
+from training.engine.modeling import frozen, moved
 
 JUDGE_TEMPLATE = "Task: {prompt}\nResponse: {response}\nDoes the response satisfy: {item}? Answer yes or no.\nAnswer:"
 
@@ -18,7 +19,7 @@ class RewardModelReward:
 
     def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).to(device).eval()
+        self.model = frozen(moved(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), device))
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         self.device = device
@@ -47,7 +48,7 @@ class RubricJudge:
 
     def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        self.model = frozen(moved(AutoModelForCausalLM.from_pretrained(path), device))
         self.device = device
         self.batch_size = batch_size
         self.yes_id, self.no_id = self._answer_tokens(path)

@@ -1,0 +1,101 @@
+"""The lean preallocated-KV-cache decoder reproduces the model's own forward, and rollouts stay what they were."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from training.engine.batching import encode_prompt, pad_left, positions, token_logprobs
+from training.engine.modeling import tiny_llama_config, train_char_tokenizer
+from training.engine.rollout.hf import HFRollout
+from training.engine.rollout.kv_decode import CacheDecoder, LeanKVDecoder, supports_lean
+
+
+def tiny() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Two layers and grouped keys/values (2 KV heads for 4 query heads): the lean path must handle both."""
+    tokenizer = train_char_tokenizer(["0123456789+= abcdefghijklmnopqrstuvwxyz?:\n."])
+    config = tiny_llama_config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        max_positions=64,
+        pad_token_id=int(tokenizer.pad_token_id),
+    )
+    config.num_key_value_heads = 2
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def prompts(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    # different lengths, so the batch is left-padded
+    return [encode_prompt(tokenizer, p) for p in ("1+2=", "12+30=", "7=", "hello 4+4=")]
+
+
+def test_lean_decoder_logits_equal_the_models_cache_path() -> None:
+    model, tokenizer = tiny()
+    assert supports_lean(model)
+    ids, mask = pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))
+    pos = positions(mask)
+    lean = LeanKVDecoder(model, batch=ids.size(0), max_len=ids.size(1) + 6)
+    generic = CacheDecoder(model, batch=ids.size(0), max_len=ids.size(1) + 6)
+    with torch.no_grad():
+        a, b = lean.prefill(ids, mask, pos), generic.prefill(ids, mask, pos)
+        assert torch.allclose(a, b, atol=1e-5)
+        next_pos = pos[:, -1:] + 1
+        for _ in range(6):
+            token = a.argmax(-1)
+            a, b = lean.step(token, next_pos), generic.step(token, next_pos)
+            assert torch.allclose(a, b, atol=1e-5)
+            next_pos = next_pos + 1
+
+
+def test_lean_decoder_drops_finished_rows_without_changing_the_others() -> None:
+    model, tokenizer = tiny()
+    ids, mask = pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))
+    pos = positions(mask)
+    full = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 3)
+    shrunk = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 3)
+    with torch.no_grad():
+        first = full.prefill(ids, mask, pos)
+        shrunk.prefill(ids, mask, pos)
+        token = first.argmax(-1)
+        rows = torch.tensor([1, 3])
+        assert shrunk.keep_rows(rows)
+        a = full.step(token, pos[:, -1:] + 1)
+        b = shrunk.step(token[rows], pos[rows, -1:] + 1)
+    assert torch.allclose(a[rows], b, atol=1e-5)
+
+
+def test_rollout_logprobs_equal_the_trainers_scores_on_every_padded_row() -> None:
+    """What the sampler believed it sampled is what the trainer scores: left padding, early EOS and the
+    shrinking batch included (the GRPO ratio is 1 on the first pass only if this holds)."""
+    model, tokenizer = tiny()
+    backend = HFRollout(model, pad_token_id=int(tokenizer.pad_token_id), eos_token_id=tokenizer.eos_token_id)
+    rows = prompts(tokenizer)
+    torch.manual_seed(0)
+    out = backend.generate(rows, n=3, max_new_tokens=40, return_logprobs=True)
+    assert int(out.finished.sum()) >= 2  # enough rows end early for the decoder to drop them
+    assert out.logprobs is not None
+    prompt_ids, prompt_mask = pad_left(rows, pad_id=int(tokenizer.pad_token_id))
+    ids = torch.cat([prompt_ids.repeat_interleave(3, 0), out.completion_ids], 1)
+    mask = torch.cat([prompt_mask.repeat_interleave(3, 0), out.completion_mask], 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    width = prompt_ids.size(1)
+    targets = out.completion_ids.masked_fill(out.completion_mask == 0, -100)
+    expected = token_logprobs(logits[:, width - 1 : -1], targets)
+    assert torch.allclose(out.logprobs, expected, atol=1e-4)
+
+
+def test_rollout_is_the_same_sample_on_the_lean_and_the_generic_path() -> None:
+    model, tokenizer = tiny()
+    backend = HFRollout(model, pad_token_id=int(tokenizer.pad_token_id), eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(3)
+    lean = backend.generate(prompts(tokenizer), n=4, max_new_tokens=10)
+    model.config.model_type = "not-a-llama"  # same weights, served by the generic cache path
+    assert not supports_lean(model)
+    torch.manual_seed(3)
+    generic = backend.generate(prompts(tokenizer), n=4, max_new_tokens=10)
+    assert torch.equal(lean.completion_ids, generic.completion_ids)
+    assert torch.equal(lean.finished, generic.finished)
