@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import redis
+
+_SHARED: dict[str, redis.ConnectionPool] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class SharedConnectionPool(redis.ConnectionPool):
@@ -13,13 +16,10 @@ class SharedConnectionPool(redis.ConnectionPool):
     about 8% of an annotator request's CPU. Sharing one pool per URL and process removes that.
     redis-py pools reset themselves after a fork (they check the pid), so prefork workers are safe."""
 
-    _shared: ClassVar[dict[str, redis.ConnectionPool]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> redis.ConnectionPool:  # type: ignore[override]
-        with cls._lock:
-            pool = cls._shared.get(url)
+        with _SHARED_LOCK:
+            pool = _SHARED.get(url)
             if pool is None:
-                pool = cls._shared[url] = redis.ConnectionPool.from_url(url, **kwargs)
+                pool = _SHARED[url] = redis.ConnectionPool.from_url(url, **kwargs)
             return pool

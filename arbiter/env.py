@@ -77,7 +77,8 @@ def database_from_url(url: str, *, base_dir: Path, pool_max_size: int = 0) -> di
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
             "CONN_MAX_AGE": 0 if pool_max_size > 0 else 60,
-            "CONN_HEALTH_CHECKS": True,
+            # The pool checks connections itself; Django's per-request check would add a round trip.
+            "CONN_HEALTH_CHECKS": pool_max_size == 0,
             "OPTIONS": options,
             "TEST": {"NAME": "test_" + (unquote(parsed.path.lstrip("/")) or "arbiter")},
         }

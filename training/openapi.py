@@ -79,10 +79,43 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         "time": {"type": "number", "description": "unix seconds; default: time of receipt"},
                     },
                 },
-                "MetricBatch": {
+                "MetricSeries": {
                     "type": "object",
-                    "required": ["points"],
-                    "properties": {"points": {"type": "array", "maxItems": MAX_POINTS, "items": _ref("Point")}},
+                    "required": ["key", "steps", "values"],
+                    "properties": {
+                        "key": {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"},
+                        "steps": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                        "values": {
+                            "type": "array",
+                            "items": {"type": "number"},
+                            "description": "as long as steps; finite",
+                        },
+                        "times": {
+                            "type": "array",
+                            "items": {"type": "number"},
+                            "description": "unix seconds, as long as steps; default: time of receipt",
+                        },
+                    },
+                },
+                "MetricBatch": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["series"],
+                            "properties": {
+                                "series": {
+                                    "type": "array",
+                                    "items": _ref("MetricSeries"),
+                                    "description": f"columnar, at most {MAX_POINTS} points in all (the SDK's shape)",
+                                }
+                            },
+                        },
+                        {
+                            "type": "object",
+                            "required": ["points"],
+                            "properties": {"points": {"type": "array", "maxItems": MAX_POINTS, "items": _ref("Point")}},
+                        },
+                    ]
                 },
                 "LogBatch": {
                     "type": "object",

@@ -26,7 +26,7 @@ class CachedModelBackend(ModelBackend):
     on the cached copy, so a deactivated user is logged out at the latest after that delay.
     """
 
-    def get_user(self, user_id: Any) -> User | None:  # type: ignore[override]
+    def get_user(self, user_id: Any) -> User | None:
         key = user_cache_key(user_id)
         user = cache.get(key)
         if user is None:
