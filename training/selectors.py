@@ -8,7 +8,7 @@ may not see is "not found" (404), so run ids do not leak.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from django.db import connection
@@ -95,7 +95,18 @@ def final_values(*, run_ids: list[int], keys: list[str]) -> dict[tuple[int, str]
     return {(run_id, key): value for run_id, key, value in rows}
 
 
-def run_summaries(*, run: Run) -> list[dict[str, Any]]:
+class SummaryRow(TypedDict):
+    """One metric of a run as the run page and the state API show it (a `.values()` row of MetricSummary)."""
+
+    key__name: str
+    n: int
+    last_step: int
+    last_value: float
+    min_value: float
+    max_value: float
+
+
+def run_summaries(*, run: Run) -> list[SummaryRow]:
     return list(
         MetricSummary.objects.filter(run=run)
         .order_by("key__name")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -15,6 +15,9 @@ from django.utils import timezone
 from pydantic import ValidationError as PydanticValidationError
 
 from arbiter.accounts.models import User
+
+if TYPE_CHECKING:
+    from training.engine.config import BaseRecipeConfig
 from training import events
 from training.models import (
     EXTERNAL_RECIPE,
@@ -44,7 +47,7 @@ def run_queues() -> list[str]:
     return list(getattr(settings, "ARBITER_RUN_QUEUES", ["gpu"]))
 
 
-def recipe_config_cls(recipe: str) -> Any:
+def recipe_config_cls(recipe: str) -> type[BaseRecipeConfig]:
     from training.engine.config import RECIPES  # no torch: the registry is import-cheap by contract
 
     info = RECIPES.get(recipe)
