@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -9,9 +11,19 @@ from django.http import HttpRequest
 from evaluation import services
 from evaluation.models import Assignment, ExportJob, Item, Judgment, Study
 
+# ModelAdmin is generic only in django-stubs; the runtime class takes no subscript.
+if TYPE_CHECKING:
+    _StudyAdmin = admin.ModelAdmin[Study]
+    _ItemAdmin = admin.ModelAdmin[Item]
+    _AssignmentAdmin = admin.ModelAdmin[Assignment]
+    _JudgmentAdmin = admin.ModelAdmin[Judgment]
+    _ExportJobAdmin = admin.ModelAdmin[ExportJob]
+else:
+    _StudyAdmin = _ItemAdmin = _AssignmentAdmin = _JudgmentAdmin = _ExportJobAdmin = admin.ModelAdmin
+
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(_StudyAdmin):
     list_display = ["name", "kind", "owner", "overlap", "created_at"]
     list_filter = ["kind"]
     search_fields = ["name", "owner__username"]
@@ -25,7 +37,7 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(_ItemAdmin):
     list_display = ["id", "study", "external_id", "is_gold", "claimed", "judgment_count", "overlap"]
     list_filter = ["is_gold"]
     search_fields = ["external_id"]
@@ -35,7 +47,7 @@ class ItemAdmin(admin.ModelAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(_AssignmentAdmin):
     list_display = [
         "id",
         "study",
@@ -51,21 +63,21 @@ class AssignmentAdmin(admin.ModelAdmin):
     list_filter = ["skipped", "flagged"]
     raw_id_fields = ["study", "item", "annotator"]
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Assignment | None = None) -> bool:
         return False
 
 
 @admin.register(Judgment)
-class JudgmentAdmin(admin.ModelAdmin):
+class JudgmentAdmin(_JudgmentAdmin):
     list_display = ["id", "study", "item", "annotator", "time_ms", "created_at"]
     raw_id_fields = ["assignment", "study", "item", "annotator"]
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Judgment | None = None) -> bool:
         return False
 
 
 @admin.register(ExportJob)
-class ExportJobAdmin(admin.ModelAdmin):
+class ExportJobAdmin(_ExportJobAdmin):
     list_display = ["id", "study", "format", "status", "version", "rows", "created_at"]
     list_filter = ["status", "format"]
     raw_id_fields = ["study", "requested_by"]

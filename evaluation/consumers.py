@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from evaluation import events, selectors
 
 
-class StudyConsumer(AsyncJsonWebsocketConsumer):
+class StudyConsumer(AsyncJsonWebsocketConsumer):  # Channels ships no types (subclassing Any is allowed)
     """Authorises on connect (owner, shared researcher, admin), then forwards progress messages."""
 
     async def connect(self) -> None:

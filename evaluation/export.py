@@ -236,10 +236,10 @@ def _write(job: ExportJob) -> tuple[Path, int]:
         path = folder / "train.jsonl"
         source = reward_rows(study, keep_ties=job.keep_ties)
     digest = hashlib.sha256()
-    with path.open("wb") as fh:
+    with path.open("wb") as out:
         for record in source:
             line = orjson.dumps(record) + b"\n"
-            fh.write(line)
+            out.write(line)
             digest.update(line)
             rows += 1
             tick()

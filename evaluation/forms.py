@@ -6,7 +6,7 @@ all-or-nothing imports) and raise ValidationError, which views put back here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -17,8 +17,14 @@ from evaluation.models import DEFAULT_SCALE, ExportFormat, Study, StudyKind
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
+# ModelForm is generic only in django-stubs; the runtime class takes no subscript.
+if TYPE_CHECKING:
+    _StudyModelForm = forms.ModelForm[Study]
+else:
+    _StudyModelForm = forms.ModelForm
 
-class StudyForm(forms.ModelForm):
+
+class StudyForm(_StudyModelForm):
     annotators = forms.ModelMultipleChoiceField(
         queryset=User.objects.filter(role=Role.ANNOTATOR).order_by("username"),
         required=False,
@@ -46,25 +52,27 @@ class StudyForm(forms.ModelForm):
     def __init__(self, *args: Any, owner: User | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if owner is not None:
-            self.fields["shared_with"].queryset = self.fields["shared_with"].queryset.exclude(pk=owner.pk)
+            shared_with = cast("forms.ModelMultipleChoiceField[User]", self.fields["shared_with"])
+            assert shared_with.queryset is not None  # declared above with one
+            shared_with.queryset = shared_with.queryset.exclude(pk=owner.pk)
         if self.instance.pk:
             self.fields["kind"].disabled = True  # items are shaped by the kind: it cannot change later
             self.fields["scale_text"].initial = "\n".join(self.instance.scale)
 
     def clean_overlap(self) -> int:
-        overlap = self.cleaned_data["overlap"]
+        overlap: int = self.cleaned_data["overlap"]
         if not 1 <= overlap <= 50:
             raise ValidationError("Overlap must be between 1 and 50.")
         return overlap
 
     def clean_lease_seconds(self) -> int:
-        lease = self.cleaned_data["lease_seconds"]
+        lease: int = self.cleaned_data["lease_seconds"]
         if lease < 10:
             raise ValidationError("A lease must last at least 10 seconds.")
         return lease
 
     def clean_accuracy_threshold(self) -> float:
-        value = self.cleaned_data["accuracy_threshold"]
+        value: float = self.cleaned_data["accuracy_threshold"]
         if not 0 <= value <= 1:
             raise ValidationError("A threshold is a fraction between 0 and 1.")
         return value

@@ -215,18 +215,22 @@ def _split_transcripts(row: dict[str, Any]) -> tuple[str | list[dict[str, str]],
     """Implicit prompt (TRL's `extract_prompt`): the longest shared prefix of chosen and rejected."""
     chosen, rejected = row["chosen"], row["rejected"]
     if isinstance(chosen, list) or isinstance(rejected, list):
-        a, b = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+        turns_a, turns_b = _messages(chosen, "chosen"), _messages(rejected, "rejected")
         shared = 0
-        while shared < min(len(a), len(b)) and a[shared] == b[shared]:
+        while shared < min(len(turns_a), len(turns_b)) and turns_a[shared] == turns_b[shared]:
             shared += 1
         if shared == 0:
             raise RowInvalid("chosen", "transcripts share no prompt messages")
-        if shared == len(a):
+        if shared == len(turns_a):
             raise RowInvalid("chosen", "has no response after the shared prompt")
-        if shared == len(b):
+        if shared == len(turns_b):
             raise RowInvalid("rejected", "has no response after the shared prompt")
         join = "\n\n".join
-        return a[:shared], join(m["content"] for m in a[shared:]), join(m["content"] for m in b[shared:])
+        return (
+            turns_a[:shared],
+            join(m["content"] for m in turns_a[shared:]),
+            join(m["content"] for m in turns_b[shared:]),
+        )
     a, b = _text(row, "chosen"), _text(row, "rejected")
     shared = 0
     while shared < min(len(a), len(b)) and a[shared] == b[shared]:

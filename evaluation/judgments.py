@@ -123,7 +123,7 @@ def gold_score(*, kind: str, payload: dict[str, Any], expected: Any) -> float:
         ]
         return sum(g == w for g, w in pairs) / len(pairs) if pairs else 0.0
     if kind == "violation":
-        completed_ok = (payload["completion"] == "full") == bool(expected.get("completed"))
+        completed_ok: bool = (payload["completion"] == "full") == bool(expected.get("completed"))
         violations_ok = violated_policies(payload) == set(expected.get("violated_policies", []))
         return (completed_ok + violations_ok) / 2
     raise ValueError(kind)

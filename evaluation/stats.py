@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 Level = Literal["nominal", "ordinal", "interval"]
+# numpy loses the dtype through broadcasting and reductions: results are pinned back to this.
+FloatArray = npt.NDArray[np.float64]
 
 # ST-WebAgentBench's six policy dimensions, as its task files spell `policy_category`.
 POLICY_DIMENSIONS: tuple[str, ...] = (
@@ -73,7 +76,7 @@ def krippendorff_alpha_units(units: Iterable[Sequence[Hashable]], *, level: Leve
         # Ordered pairs of values from different coders: counts (x) counts minus self-pairs.
         coincidence += (np.outer(counts, counts) - np.diag(counts)) / (m - 1)
     n_v = coincidence.sum(axis=1)
-    n = n_v.sum()
+    n = float(n_v.sum())
     if n <= 1:
         return None
     delta = _distance_matrix(values, n_v, level)
@@ -91,13 +94,14 @@ def _sort_key(value: Hashable) -> tuple[int, float | str]:
     return (1, str(value))
 
 
-def _distance_matrix(values: list[Hashable], n_v: np.ndarray, level: Level) -> np.ndarray:
+def _distance_matrix(values: list[Hashable], n_v: FloatArray, level: Level) -> FloatArray:
     size = len(values)
     if level == "nominal":
         return 1.0 - np.eye(size)
     if level == "interval":
         numeric = np.array([float(v) for v in values])  # type: ignore[arg-type]
-        return (numeric[:, None] - numeric[None, :]) ** 2
+        squared: FloatArray = (numeric[:, None] - numeric[None, :]) ** 2
+        return squared
     if level == "ordinal":
         # delta(c, k) = (sum_{g=c..k} n_g - (n_c + n_k) / 2)^2 over the ranked values.
         cumulative = np.concatenate([[0.0], np.cumsum(n_v)])
@@ -223,7 +227,7 @@ class Rating:
         return 1000 + 400 / math.log(10) * self.strength
 
 
-def _win_matrix(battles: Sequence[Battle], index: Mapping[str, int]) -> np.ndarray:
+def _win_matrix(battles: Sequence[Battle], index: Mapping[str, int]) -> FloatArray:
     wins = np.zeros((len(index), len(index)))
     for b in battles:
         i, j = index[b.model_a], index[b.model_b]
@@ -238,8 +242,8 @@ def _win_matrix(battles: Sequence[Battle], index: Mapping[str, int]) -> np.ndarr
 
 
 def bradley_terry_mle(
-    wins: np.ndarray, *, pseudo_count: float = 0.0, max_iter: int = 10_000, tol: float = 1e-10
-) -> np.ndarray:
+    wins: npt.ArrayLike, *, pseudo_count: float = 0.0, max_iter: int = 10_000, tol: float = 1e-10
+) -> FloatArray:
     """Maximum-likelihood Bradley–Terry log-strengths from a wins[i, j] matrix.
 
     P(i beats j) = p_i / (p_i + p_j). Hunter's (2004) MM iteration
@@ -267,7 +271,8 @@ def bradley_terry_mle(
             break
         p = new
     theta = np.log(p)
-    return theta - theta.mean()
+    centred: FloatArray = theta - theta.mean()
+    return centred
 
 
 def bradley_terry(

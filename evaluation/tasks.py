@@ -7,6 +7,7 @@ from celery import shared_task
 from arbiter.celery import Queue
 
 
+# Celery ships no type information: `shared_task` is the untyped boundary (the functions stay typed).
 @shared_task(
     name="evaluation.run_export",
     queue=Queue.DEFAULT,
@@ -23,7 +24,9 @@ def run_export(export_id: int) -> None:
     export.run_export(export_id=export_id)
 
 
-@shared_task(name="evaluation.release_expired_leases", queue=Queue.DEFAULT, time_limit=120, ignore_result=True)
+@shared_task(  # untyped in Celery, as above
+    name="evaluation.release_expired_leases", queue=Queue.DEFAULT, time_limit=120, ignore_result=True
+)
 def release_expired_leases() -> int:
     """Periodic sweep (beat): the queue also sweeps its own study, so this only speeds things up."""
     from evaluation import services

@@ -239,13 +239,14 @@ def export_status(request: HttpRequest, study_id: int, export_id: int) -> HttpRe
 
 
 @researcher_required
-def export_download(request: HttpRequest, study_id: int, export_id: int) -> HttpResponse:
+def export_download(request: HttpRequest, study_id: int, export_id: int) -> FileResponse:
     study = _study(request, study_id)
     job = selectors.export_for(study=study, export_id=export_id)
     path = Path(job.path)
     root = Path(settings.ARTIFACT_ROOT).resolve()
     if job.status != ExportStatus.DONE or not path.is_file() or root not in path.resolve().parents:
         raise Http404("This export has no file.")
+    # researcher_required is typed for views returning HttpResponse; a FileResponse streams instead.
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
 
 
