@@ -2,30 +2,43 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from training.http import AuthedHttpRequest
 from training.models import ApiToken, Checkpoint, Run, RunTransition
 from training.services import runs
 
+# ModelAdmin and TabularInline are generic only in django-stubs; the runtime classes take no subscript.
+if TYPE_CHECKING:
+    _TransitionInline = admin.TabularInline[RunTransition, Run]
+    _CheckpointInline = admin.TabularInline[Checkpoint, Run]
+    _RunAdmin = admin.ModelAdmin[Run]
+    _ApiTokenAdmin = admin.ModelAdmin[ApiToken]
+else:
+    _TransitionInline = _CheckpointInline = admin.TabularInline
+    _RunAdmin = _ApiTokenAdmin = admin.ModelAdmin
 
-class TransitionInline(admin.TabularInline):
+
+class TransitionInline(_TransitionInline):
     model = RunTransition
     extra = 0
     readonly_fields = ("status", "at", "note")
     can_delete = False
 
 
-class CheckpointInline(admin.TabularInline):
+class CheckpointInline(_CheckpointInline):
     model = Checkpoint
     extra = 0
     readonly_fields = ("step", "path", "created_at")
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(_RunAdmin):
     list_display = ("id", "name", "owner", "recipe", "queue", "status", "worker", "heartbeat_at", "created_at")
     list_filter = ("status", "recipe", "queue", "shared")
     search_fields = ("name", "owner__username", "worker")
@@ -47,7 +60,7 @@ class RunAdmin(admin.ModelAdmin):
     actions = ("cancel_runs", "retry_runs", "sweep_lost")
 
     @admin.action(description="Cancel selected runs")
-    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+    def cancel_runs(self, request: AuthedHttpRequest, queryset: QuerySet[Run]) -> None:
         for run in queryset:
             try:
                 runs.cancel_run(run=run, by=request.user)
@@ -55,7 +68,7 @@ class RunAdmin(admin.ModelAdmin):
                 self.message_user(request, f"#{run.id}: {' '.join(exc.messages)}", messages.WARNING)
 
     @admin.action(description="Retry selected runs (same config, new run)")
-    def retry_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+    def retry_runs(self, request: AuthedHttpRequest, queryset: QuerySet[Run]) -> None:
         for run in queryset:
             try:
                 new = runs.retry_run(run=run, by=request.user)
@@ -70,7 +83,7 @@ class RunAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(_ApiTokenAdmin):
     list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
     search_fields = ("name", "user__username", "prefix")
     readonly_fields = ("token_hash", "prefix", "created_at", "last_used_at")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import time
 import zlib
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -149,7 +150,9 @@ def _ingest_with_connection(kind: str, run_id: int, request: HttpRequest) -> dic
 _ingest_in_thread = sync_to_async(_ingest_with_connection, thread_sensitive=False)
 
 
-def _ingest_view(kind: str, read: Any = None) -> Any:
+def _ingest_view(
+    kind: str, read: Callable[[HttpRequest, int], HttpResponse] | None = None
+) -> Callable[[HttpRequest, int], Coroutine[Any, Any, HttpResponse]]:
     # Async, with the database work in a pool thread: concurrent batches (several runs) overlap
     # instead of queueing on the one thread Django gives synchronous views under ASGI.
     @csrf_exempt

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -176,7 +176,7 @@ def _ordered(names: list[str]) -> list[str]:
 def recipe_defaults(recipe: str) -> dict[str, Any] | None:
     """The recipe's config with every default filled in (JSON values), or None for an unknown recipe (external runs)."""
     try:
-        return recipe_config_cls(recipe)().model_dump(mode="json")
+        return recipe_config_cls(recipe).model_validate({}).model_dump(mode="json")
     except Exception:  # unknown recipe (ValidationError) or a config without defaults: nothing to compare to
         return None
 
@@ -242,11 +242,11 @@ class LaunchForm(forms.Form):
     def __init__(self, *args: Any, recipe: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.recipe = recipe
-        self.fields["queue"].choices = [(q, q) for q in run_queues()]
+        cast(forms.ChoiceField, self.fields["queue"]).choices = [(q, q) for q in run_queues()]
         cls = recipe_config_cls(recipe)
         schema = cls.model_json_schema()
         # Defaults from an instance, not the schema: default_factory fields have no schema default.
-        defaults = cls().model_dump(mode="json")
+        defaults = cls.model_validate({}).model_dump(mode="json")
         self.config_fields: list[str] = []
         for name, prop in schema.get("properties", {}).items():
             self.fields[f"cfg_{name}"] = _field_for(name, prop, defaults.get(name))
@@ -334,10 +334,10 @@ def config_sections(*, recipe: str, config: dict[str, Any]) -> list[ConfigSectio
 
     Keys stay as written in the config (a run reads `learning_rate`, the value the engine got).
     """
-    defaults = recipe_defaults(recipe)
+    defaults = recipe_defaults(recipe) or {}  # an unknown recipe has no defaults: nothing differs
     rows = []
     for key, value in (config or {}).items():
-        has_default = defaults is not None and key in defaults
+        has_default = key in defaults
         differs = has_default and not _same(value, defaults[key])
         default = display_value(defaults[key]) if has_default else None
         rows.append(ConfigRow(key, field_label(key), [display_value(value)], differs, default))
@@ -363,7 +363,7 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
     if isinstance(a, int | float) and isinstance(b, int | float):
         return float(a) == float(b)
-    return a == b
+    return bool(a == b)
 
 
 class ApiKeyForm(forms.Form):

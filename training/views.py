@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import messages
@@ -14,6 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 from arbiter.accounts.decorators import researcher_required
 from training import selectors
 from training.forms import ApiKeyForm, LaunchForm, config_sections, diff_sections
+from training.http import AuthedHttpRequest
 from training.models import ApiToken, Run, RunStatus
 from training.services import runs
 
@@ -48,6 +50,15 @@ DEFAULT_METRIC_COLUMNS = ("loss", "reward", "eval/loss", "eval/accuracy", "accur
 MAX_METRIC_COLUMNS = 4
 
 
+@dataclass(frozen=True)
+class RunRow:
+    """One line of the run table: the run plus what the list computes for it (duration, final metric values)."""
+
+    run: Run
+    duration_label: str
+    final_cells: list[str | None]
+
+
 def _redirect(request: HttpRequest, url: str) -> HttpResponse:
     """htmx follows HX-Redirect with a full page load; plain forms get a 302."""
     if getattr(request, "htmx", False):
@@ -59,7 +70,7 @@ def _redirect(request: HttpRequest, url: str) -> HttpResponse:
 
 @researcher_required
 @vary_on_headers("HX-Request")
-def run_list(request: HttpRequest) -> HttpResponse:
+def run_list(request: AuthedHttpRequest) -> HttpResponse:
     filters = selectors.RunListFilters(
         status=request.GET.get("status", ""),
         recipe=request.GET.get("recipe", ""),
@@ -79,12 +90,18 @@ def run_list(request: HttpRequest) -> HttpResponse:
     if sort_metric and sort_metric not in columns:
         columns.append(sort_metric)
     finals = selectors.final_values(run_ids=[r.id for r in page], keys=columns) if columns and page else {}
-    for run in page:
-        run.duration_label = duration_label(run.duration_s)
-        run.final_cells = [_metric_value(finals.get((run.id, k))) for k in columns]
+    rows = [
+        RunRow(
+            run=run,
+            duration_label=duration_label(run.duration_s),
+            final_cells=[_metric_value(finals.get((run.id, k))) for k in columns],
+        )
+        for run in page
+    ]
     filtered = any((filters.status, filters.recipe, filters.tag, filters.q))
     context = {
         "runs": page,
+        "rows": rows,
         "filters": filters,
         "statuses": RunStatus.choices,
         "recipes": sorted(_recipes()),
@@ -98,7 +115,7 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 
 @researcher_required
-def run_new(request: HttpRequest) -> HttpResponse:
+def run_new(request: AuthedHttpRequest) -> HttpResponse:
     """Pick a recipe, fill its generated form, launch. `?dataset=&recipe=` prefill from a study export."""
     recipes = _recipes()
     recipe = request.POST.get("recipe") or request.GET.get("recipe") or ""
@@ -137,7 +154,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _panel_context(request: HttpRequest, run: Run) -> dict[str, Any]:
+def _panel_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:
     return {
         "run": run,
         "duration": duration_label(run.duration_s),
@@ -148,7 +165,7 @@ def _panel_context(request: HttpRequest, run: Run) -> dict[str, Any]:
 
 
 @researcher_required
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     run = selectors.get_run_for(user=request.user, run_id=run_id)
     context = _panel_context(request, run)
     context.update(
@@ -162,13 +179,13 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 
 
 @researcher_required
-def run_panel(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_panel(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     """Status, duration and actions; polled by htmx while the run is active (works without websockets)."""
     run = selectors.get_run_for(user=request.user, run_id=run_id)
     return render(request, "training/run_detail.html#status-panel", _panel_context(request, run))
 
 
-def _act(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
+def _act(request: AuthedHttpRequest, run_id: int, action: str) -> HttpResponse:
     run = selectors.get_run_for(user=request.user, run_id=run_id, for_change=True)
     try:
         if action == "cancel":
@@ -190,25 +207,25 @@ def _act(request: HttpRequest, run_id: int, action: str) -> HttpResponse:
 
 @researcher_required
 @require_POST
-def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_cancel(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     return _act(request, run_id, "cancel")
 
 
 @researcher_required
 @require_POST
-def run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_retry(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     return _act(request, run_id, "retry")
 
 
 @researcher_required
 @require_POST
-def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
+def run_resume(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     return _act(request, run_id, "resume")
 
 
 @researcher_required
 @vary_on_headers("HX-Request")
-def run_compare(request: HttpRequest) -> HttpResponse:
+def run_compare(request: AuthedHttpRequest) -> HttpResponse:
     """`?runs=1&runs=2` (or `?runs=1,2`): overlaid curves and the config diff."""
     ids: list[int] = []
     for raw in request.GET.getlist("runs"):
@@ -233,7 +250,7 @@ def run_compare(request: HttpRequest) -> HttpResponse:
 
 
 @researcher_required
-def api_keys(request: HttpRequest) -> HttpResponse:
+def api_keys(request: AuthedHttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
     new_key = None
     status = 200
@@ -249,7 +266,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 
 @researcher_required
 @require_POST
-def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+def api_key_revoke(request: AuthedHttpRequest, key_id: int) -> HttpResponse:
     # Admins may revoke anyone's key (a leaked key is an emergency); others only their own.
     keys = ApiToken.objects.all() if request.user.is_admin_role else ApiToken.objects.filter(user=request.user)
     key = get_object_or_404(keys, id=key_id)
