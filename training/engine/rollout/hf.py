@@ -78,7 +78,7 @@ class HFRollout:
             finished = done.index_select(0, live)
             # Once an eighth of the computed rows have finished, copying the cache without them costs less
             # than computing them on. Every row is still sampled (a finished row's token is replaced by pad),
-            # so the random stream, and with it every live row's sample, is the same as without shrinking.
+            # so the random stream is the one an unshrunk batch would draw.
             if int(finished.sum()) * 8 >= live.numel():
                 keep = (~finished).nonzero().squeeze(1)
                 if decoder.keep_rows(keep):
