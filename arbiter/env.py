@@ -77,8 +77,9 @@ def database_from_url(url: str, *, base_dir: Path, pool_max_size: int = 0) -> di
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
             "CONN_MAX_AGE": 0 if pool_max_size > 0 else 60,
-            # The pool checks connections itself; Django's per-request check would add a round trip.
-            "CONN_HEALTH_CHECKS": pool_max_size == 0,
+            # With the pool, this makes it test each connection as it hands it out (one round trip, ~0.2 ms):
+            # after a database restart no request is served a dead pooled connection.
+            "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
             "TEST": {"NAME": "test_" + (unquote(parsed.path.lstrip("/")) or "arbiter")},
         }

@@ -74,7 +74,7 @@ def _release_test_database(django_db_setup: None) -> Iterator[None]:
     if settings_dict["ENGINE"].endswith("postgresql"):
         import psycopg
 
-        admin = test_database_url().rsplit("/", 1)[0] + "/postgres"
+        admin = current_database_url().rsplit("/", 1)[0] + "/postgres"
         with psycopg.connect(admin.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -121,7 +121,7 @@ def client_for() -> Callable[[User | None], Client]:
 # ---------- processes that talk to the test database ----------
 
 
-def test_database_url() -> str:
+def current_database_url() -> str:
     """DATABASE_URL of the database the tests run against (test_<name> on PostgreSQL)."""
     db = connections["default"].settings_dict
     if db["ENGINE"].endswith("sqlite3"):
@@ -135,11 +135,13 @@ def platform_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=test_database_url(),
+        DATABASE_URL=current_database_url(),
         REDIS_URL=settings.REDIS_URL,
         ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
+        # libpq's application_name: lets a test find (and kill) the server's own database sessions.
+        PGAPPNAME="arbiter-test-server",
     )
     env.update(extra)
     return env
