@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from django.db import connections
 from django.test import Client
 
 from arbiter.accounts.models import Role, User
+from arbiter.server import web_server_command
 from tests.factories import TEST_PASSWORD, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,21 +185,7 @@ def asgi_server(
     log = (tmp_path_factory.mktemp("asgi") / "server.log").open("wb")
     env = platform_env(ARBITER_PUBLIC_URL=f"http://127.0.0.1:{port}")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "arbiter.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-        ],
+        web_server_command(host="127.0.0.1", port=port),
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from arbiter.accounts.models import Role, User
+from arbiter.server import web_server_command
 
 DEMO_ACCOUNTS = (("admin", Role.ADMIN), ("researcher", Role.RESEARCHER), ("annotator", Role.ANNOTATOR))
 
@@ -36,22 +37,7 @@ class Command(BaseCommand):
         python = sys.executable
         procs: list[subprocess.Popen[bytes]] = [
             subprocess.Popen(
-                # uvicorn (uvloop + httptools) measured 8-16% faster than daphne on the annotator loop.
-                [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "arbiter.asgi:application",
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--no-access-log",
-                ],
+                web_server_command(host=host, port=port),
                 env=env,
             )
         ]
