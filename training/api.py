@@ -191,14 +191,23 @@ def run_create(request: HttpRequest) -> JsonResponse:
 
 
 # --- reads (session or API key) ----------------------------------------------------------------
-def _int_param(request: HttpRequest, name: str, default: int | None = None) -> int | None:
+def _int_param(request: HttpRequest, name: str, default: int | None = None, *, lo: int, hi: int) -> int | None:
+    """An integer query parameter in [lo, hi]; anything else (inf, 1e400, 2.5, "x") is a 400 naming it."""
     raw = request.GET.get(name, "")
     if raw == "":
         return default
     try:
-        return int(float(raw))
+        value = int(raw.strip())
     except ValueError:
         raise ApiError(400, f"{name} must be an integer", name) from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}", name)
+    return value
+
+
+STEP_RANGE = {"lo": -payloads.MAX_STEP, "hi": payloads.MAX_STEP}  # a zoomed chart may ask from below 0
+BUCKET_RANGE = {"lo": 1, "hi": 1_000_000}  # accepted, then clamped to what the selector draws
+ID_RANGE = {"lo": 0, "hi": 2**63 - 1}
 
 
 @require_GET
@@ -220,20 +229,28 @@ def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
     )
 
 
+def _key_param(request: HttpRequest) -> str:
+    key = request.GET.get("key", "")
+    if not key:
+        raise ApiError(400, "key is required", "key")
+    if not payloads.KEY_RE.fullmatch(key):  # no stored key looks otherwise (and NUL never reaches the database)
+        raise ApiError(400, "key must be 1-200 letters, digits, spaces or _.:/@%+-", "key")
+    return key
+
+
 @require_GET
 def run_series(request: HttpRequest, run_id: int) -> JsonResponse:
     """`?key=loss[&start=&end=][&buckets=]`: min/max per bucket; raw points once zoomed in far enough."""
     try:
         run = _readable_run(request, run_id)
-        key = request.GET.get("key", "")
-        if not key:
-            raise ApiError(400, "key is required", "key")
+        key = _key_param(request)
         series = selectors.metric_series(
             run_id=run.id,
             key=key,
-            start=_int_param(request, "start"),
-            end=_int_param(request, "end"),
-            buckets=_int_param(request, "buckets", selectors.DEFAULT_BUCKETS) or selectors.DEFAULT_BUCKETS,
+            start=_int_param(request, "start", **STEP_RANGE),
+            end=_int_param(request, "end", **STEP_RANGE),
+            buckets=_int_param(request, "buckets", selectors.DEFAULT_BUCKETS, **BUCKET_RANGE)
+            or selectors.DEFAULT_BUCKETS,
         )
     except ApiError as exc:
         return exc.response()
@@ -244,7 +261,7 @@ def run_series(request: HttpRequest, run_id: int) -> JsonResponse:
 def run_log_lines(request: HttpRequest, run_id: int) -> JsonResponse:
     try:
         run = _readable_run(request, run_id)
-        after = _int_param(request, "after", 0) or 0
+        after = _int_param(request, "after", 0, **ID_RANGE) or 0
     except ApiError as exc:
         return exc.response()
     return JsonResponse({"lines": selectors.log_tail(run_id=run.id, after_id=after)})

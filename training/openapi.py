@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.payloads import MAX_LINES, MAX_POINTS, STREAMS, SYSTEM_FIELDS
+from training.payloads import (
+    INT32,
+    MAX_LINES,
+    MAX_NAME,
+    MAX_PATH,
+    MAX_POINTS,
+    MAX_STEP,
+    MAX_TAG,
+    MAX_TAGS,
+    MAX_TIME,
+    STREAMS,
+    SYSTEM_FIELDS,
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -27,7 +39,11 @@ _ERRORS = {
     "400": _ok("Error", "Bad batch: `field` names the first bad value; nothing of the batch was written."),
     "401": _ok("Error", "Missing or wrong token."),
 }
-RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEP - 1}
+TIME = {"type": "number", "minimum": 0, "exclusiveMaximum": MAX_TIME, "description": "unix seconds"}
+STEP_QUERY = {"type": "integer", "minimum": -MAX_STEP, "maximum": MAX_STEP}
+KEY = {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"}
 
 
 def _ingest(summary: str, schema: str, answer: str = "IngestResult") -> dict[str, Any]:
@@ -73,18 +89,18 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                     "type": "object",
                     "required": ["key", "step", "value"],
                     "properties": {
-                        "key": {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"},
-                        "step": {"type": "integer", "minimum": 0},
+                        "key": KEY,
+                        "step": STEP,
                         "value": {"type": "number", "description": "finite (NaN and ±inf are refused)"},
-                        "time": {"type": "number", "description": "unix seconds; default: time of receipt"},
+                        "time": {**TIME, "description": "unix seconds; default: time of receipt"},
                     },
                 },
                 "MetricSeries": {
                     "type": "object",
                     "required": ["key", "steps", "values"],
                     "properties": {
-                        "key": {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"},
-                        "steps": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                        "key": KEY,
+                        "steps": {"type": "array", "items": STEP},
                         "values": {
                             "type": "array",
                             "items": {"type": "number"},
@@ -92,7 +108,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         },
                         "times": {
                             "type": "array",
-                            "items": {"type": "number"},
+                            "items": TIME,
                             "description": "unix seconds, as long as steps; default: time of receipt",
                         },
                     },
@@ -129,13 +145,15 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                                 "required": ["seq", "text"],
                                 "properties": {
                                     "seq": {
-                                        "type": "integer",
-                                        "minimum": 0,
+                                        **STEP,
                                         "description": "line number within the stream: the idempotency key",
                                     },
                                     "stream": {"enum": sorted(STREAMS), "default": "client"},
-                                    "text": {"type": "string", "maxLength": 10000},
-                                    "time": number,
+                                    "text": {
+                                        "type": "string",
+                                        "description": "kept up to 10,000 characters; NUL characters are removed",
+                                    },
+                                    "time": TIME,
                                 },
                             },
                         }
@@ -152,8 +170,8 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["seq"],
                                 "properties": {
-                                    "seq": {"type": "integer", "minimum": 0},
-                                    "time": number,
+                                    "seq": STEP,
+                                    "time": TIME,
                                     **dict.fromkeys(SYSTEM_FIELDS, number),
                                 },
                             },
@@ -165,8 +183,13 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                     "type": "object",
                     "required": ["step", "path"],
                     "properties": {
-                        "step": {"type": "integer", "minimum": 0},
-                        "path": {"type": "string", "description": "absolute"},
+                        "step": STEP,
+                        "path": {
+                            "type": "string",
+                            "pattern": "^/[^\u0000]*$",
+                            "maxLength": MAX_PATH,
+                            "description": "absolute",
+                        },
                     },
                 },
                 "StatusReport": {
@@ -174,7 +197,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                     "required": ["status"],
                     "properties": {
                         "status": {"enum": ["running", "succeeded", "failed", "cancelled"]},
-                        "exit_code": {"type": ["integer", "null"]},
+                        "exit_code": {"type": ["integer", "null"], "minimum": INT32[0], "maximum": INT32[1]},
                     },
                     "description": "Only for runs created through POST /api/runs/ (409 otherwise).",
                 },
@@ -190,9 +213,18 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                 "NewRun": {
                     "type": "object",
                     "properties": {
-                        "name": {"type": "string", "maxLength": 200},
-                        "config": {"type": "object"},
-                        "tags": {"type": "array", "items": {"type": "string", "maxLength": 50}},
+                        "name": {"type": "string", "maxLength": MAX_NAME, "pattern": "^[^\u0000]*$"},
+                        "config": {"type": "object", "description": "any JSON object; no NUL characters in it"},
+                        "tags": {
+                            "type": "array",
+                            "maxItems": MAX_TAGS,
+                            "items": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_TAG,
+                                "pattern": "^\\s*[^\\s\u0000][^\u0000]*$",
+                            },
+                        },
                     },
                 },
                 "CreatedRun": {
@@ -230,7 +262,9 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                             "type": "array",
                             "items": {
                                 "type": "array",
-                                "prefixItems": [{"type": "integer"}, number, number],
+                                "items": number,
+                                "minItems": 3,
+                                "maxItems": 3,
                                 "description": "[step, value, unix time]",
                             },
                         },
@@ -275,13 +309,14 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                     "summary": "A series, min/max-downsampled to `buckets` columns over [start, end]",
                     "security": [{"session": []}, {"apiKey": []}],
                     "parameters": [
-                        {"name": "key", "in": "query", "required": True, "schema": {"type": "string"}},
-                        {"name": "start", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "end", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "key", "in": "query", "required": True, "schema": KEY},
+                        {"name": "start", "in": "query", "schema": STEP_QUERY},
+                        {"name": "end", "in": "query", "schema": STEP_QUERY},
                         {
                             "name": "buckets",
                             "in": "query",
-                            "schema": {"type": "integer", "default": 1000, "minimum": 10, "maximum": 5000},
+                            "schema": {"type": "integer", "default": 1000, "minimum": 1, "maximum": 1_000_000},
+                            "description": "screen columns; clamped to [10, 5000]",
                         },
                     ],
                     "responses": {"200": _ok("Series"), "404": _ok("Error", "No such run.")},
@@ -293,7 +328,13 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                 "get": {
                     "summary": "The last 500 lines, or those after `after` (a line id)",
                     "security": [{"session": []}, {"apiKey": []}],
-                    "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer"}}],
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                        }
+                    ],
                     "responses": {"200": _ok("LogLines")},
                 },
             },

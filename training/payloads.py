@@ -13,7 +13,14 @@ from typing import Any, TypeGuard
 
 MAX_POINTS = 50_000
 MAX_LINES = 10_000
-MAX_STEP = 2**62
+MAX_STEP = 2**62  # steps and seqs: bigint columns, with room for chunk arithmetic (step // CHUNK_STEPS)
+MAX_TIME = 1e11  # unix seconds (year 5138): a bound that refuses milliseconds sent as seconds
+INT32 = (-(2**31), 2**31 - 1)  # IntegerField (exit_code)
+MAX_NAME = 200
+MAX_TAG = 50
+MAX_TAGS = 100
+MAX_PATH = 1000
+MAX_CONFIG_DEPTH = 32
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$")
 STREAMS = frozenset({"stdout", "stderr", "client"})
 CLIENT_STATUSES = frozenset({"running", "succeeded", "failed", "cancelled"})
@@ -98,7 +105,7 @@ def _parse_series(items: list[Any], *, now: float) -> MetricBatch:
         if not isinstance(item, dict):
             raise PayloadError(where, "must be an object")
         key = item.get("key")
-        if not isinstance(key, str) or not KEY_RE.match(key):
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
             raise PayloadError(f"{where}.key", "must be 1-200 letters, digits, spaces or _.:/@%+-")
         s, v, t = item.get("steps"), item.get("values"), item.get("times")
         if not isinstance(s, list):
@@ -142,10 +149,10 @@ def _valid_values(col: list[Any]) -> bool:
 
 
 def _valid_times(col: list[Any]) -> bool:
-    return set(map(type, col)) <= {int, float} and min(col) >= 0 and max(col) < 1e11
+    return set(map(type, col)) <= {int, float} and min(col) >= 0 and max(col) < MAX_TIME
 
 
-def _valid_step(v: Any) -> bool:
+def _valid_step(v: Any) -> TypeGuard[int]:
     return type(v) is int and 0 <= v < MAX_STEP
 
 
@@ -157,7 +164,7 @@ def _valid_value(v: Any) -> TypeGuard[int | float]:
 
 
 def _valid_time(v: Any) -> bool:
-    return _is_number(v) and 0 <= v < 1e11
+    return _is_number(v) and 0 <= v < MAX_TIME
 
 
 def _first_bad(col: list[Any], ok: Any) -> int:
@@ -185,9 +192,9 @@ def _parse_metrics_fast(items: list[Any], *, now: float) -> MetricBatch | None:
     if not _valid_values(values):
         return None
     time_types = set(map(type, times))
-    if not time_types <= {int, float} or min(times) < 0 or max(times) >= 1e11:
+    if not time_types <= {int, float} or min(times) < 0 or max(times) >= MAX_TIME:
         return None
-    if set(map(type, keys)) != {str} or not all(map(KEY_RE.match, set(keys))):
+    if set(map(type, keys)) != {str} or not all(map(KEY_RE.fullmatch, set(keys))):
         return None
     if int in value_types:
         values = [float(v) for v in values]
@@ -206,15 +213,17 @@ def _parse_metrics_exact(items: list[Any], *, now: float) -> MetricBatch:
         if not isinstance(p, dict):
             raise PayloadError(f"points[{i}]", "must be an object")
         key, step, value, t = p.get("key"), p.get("step"), p.get("value"), p.get("time", now)
+        if not isinstance(key, str):  # (checked before the set lookup: a list is not hashable)
+            raise PayloadError(f"points[{i}].key", "must be 1-200 letters, digits, spaces or _.:/@%+-")
         if key not in seen_keys:  # a batch repeats a handful of keys: check each once
-            if not isinstance(key, str) or not KEY_RE.match(key):
+            if not KEY_RE.fullmatch(key):
                 raise PayloadError(f"points[{i}].key", "must be 1-200 letters, digits, spaces or _.:/@%+-")
             seen_keys.add(key)
         if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < MAX_STEP:
             raise PayloadError(f"points[{i}].step", "must be an integer ≥ 0")
         if not _valid_value(value):
             raise PayloadError(f"points[{i}].value", "must be a finite number")
-        if not _is_number(t) or not 0 <= t < 1e11:
+        if not _valid_time(t):
             raise PayloadError(f"points[{i}].time", "must be unix seconds")
         keys.append(key)
         steps.append(step)
@@ -231,13 +240,13 @@ def parse_logs(body: Any, *, now: float) -> LogBatch:
         if not isinstance(line, dict):
             raise PayloadError(f"lines[{i}]", "must be an object")
         seq, stream, text, t = line.get("seq"), line.get("stream", "client"), line.get("text"), line.get("time", now)
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < MAX_STEP:
-            raise PayloadError(f"lines[{i}].seq", "must be an integer ≥ 0")
-        if stream not in STREAMS:
+        if not _valid_step(seq):
+            raise PayloadError(f"lines[{i}].seq", f"must be an integer in [0, {MAX_STEP})")
+        if not isinstance(stream, str) or stream not in STREAMS:
             raise PayloadError(f"lines[{i}].stream", f"must be one of {sorted(STREAMS)}")
         if not isinstance(text, str):
             raise PayloadError(f"lines[{i}].text", "must be a string")
-        if not _is_number(t):
+        if not _valid_time(t):
             raise PayloadError(f"lines[{i}].time", "must be unix seconds")
         out.seqs.append(seq)
         out.streams.append(stream)
@@ -257,9 +266,9 @@ def parse_system(body: Any, *, now: float) -> MetricBatch:
         if not isinstance(s, dict):
             raise PayloadError(f"samples[{i}]", "must be an object")
         seq, t = s.get("seq"), s.get("time", now)
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            raise PayloadError(f"samples[{i}].seq", "must be an integer ≥ 0")
-        if not _is_number(t):
+        if not _valid_step(seq):
+            raise PayloadError(f"samples[{i}].seq", f"must be an integer in [0, {MAX_STEP})")
+        if not _valid_time(t):
             raise PayloadError(f"samples[{i}].time", "must be unix seconds")
         for name in SYSTEM_FIELDS:
             if name not in s:
@@ -277,10 +286,10 @@ def parse_status(body: Any) -> tuple[str, int | None]:
     if not isinstance(body, dict):
         raise PayloadError("body", "must be a JSON object")
     status, exit_code = body.get("status"), body.get("exit_code")
-    if status not in CLIENT_STATUSES:
+    if not isinstance(status, str) or status not in CLIENT_STATUSES:
         raise PayloadError("status", f"must be one of {sorted(CLIENT_STATUSES)}")
-    if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)):
-        raise PayloadError("exit_code", "must be an integer or null")
+    if exit_code is not None and not _int_in(exit_code, *INT32):
+        raise PayloadError("exit_code", f"must be an integer in [{INT32[0]}, {INT32[1]}] or null")
     return status, exit_code
 
 
@@ -288,10 +297,12 @@ def parse_checkpoint(body: Any) -> tuple[int, str]:
     if not isinstance(body, dict):
         raise PayloadError("body", "must be a JSON object")
     step, path = body.get("step"), body.get("path")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise PayloadError("step", "must be an integer ≥ 0")
-    if not isinstance(path, str) or not path.startswith("/") or len(path) > 1000:
-        raise PayloadError("path", "must be an absolute path")
+    if not _valid_step(step):
+        raise PayloadError("step", f"must be an integer in [0, {MAX_STEP})")
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > MAX_PATH:
+        raise PayloadError("path", f"must be an absolute path of at most {MAX_PATH} characters")
+    if "\x00" in path:
+        raise PayloadError("path", "must not contain NUL characters")
     return step, path
 
 
@@ -300,10 +311,37 @@ def parse_new_run(body: Any) -> tuple[str, dict[str, Any], list[str]]:
     if not isinstance(body, dict):
         raise PayloadError("body", "must be a JSON object")
     name, config, tags = body.get("name", ""), body.get("config", {}), body.get("tags", [])
-    if not isinstance(name, str) or len(name) > 200:
-        raise PayloadError("name", "must be a string of at most 200 characters")
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        raise PayloadError("name", f"must be a string of at most {MAX_NAME} characters")
+    if "\x00" in name:
+        raise PayloadError("name", "must not contain NUL characters")
     if not isinstance(config, dict):
         raise PayloadError("config", "must be an object")
-    if not isinstance(tags, list) or not all(isinstance(t, str) and 0 < len(t) <= 50 for t in tags):
-        raise PayloadError("tags", "must be a list of strings of 1-50 characters")
+    check_json_text(config, "config")
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise PayloadError("tags", f"must be a list of at most {MAX_TAGS} strings")
+    for i, tag in enumerate(tags):
+        if not isinstance(tag, str) or not 0 < len(tag.strip()) <= MAX_TAG or "\x00" in tag:
+            raise PayloadError(f"tags[{i}]", f"must be a string of 1-{MAX_TAG} characters, without NUL")
     return name, config, tags
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def check_json_text(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse what PostgreSQL's jsonb cannot store (NUL in a string or a key) and absurd nesting, naming where."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise PayloadError(path, f"is nested deeper than {MAX_CONFIG_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise PayloadError(path, "must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                raise PayloadError(f"{path}.{key.replace(chr(0), '?')}", "key must not contain NUL characters")
+            check_json_text(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_text(item, f"{path}[{i}]", depth + 1)
