@@ -42,9 +42,13 @@ class Timings:
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
+        self._cpu = time.process_time()
 
     def log(self, metrics: Any, step: int | None = None) -> None:
-        self.rows.append(dict(metrics))
+        # CPU seconds since the previous step's report: on a shared machine, less moved by other load than wall time
+        now = time.process_time()
+        self.rows.append({**metrics, "cpu_time": now - self._cpu})
+        self._cpu = now
 
     def log_checkpoint(self, step: int, path: str) -> None:
         return None
@@ -83,13 +87,15 @@ class StepClock:
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self._start = 0.0
+        self.cpu_times: list[float] = []
+        self._start = self._cpu = 0.0
 
     def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
-        self._start = time.perf_counter()
+        self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def on_step_end(self, *args: Any, **kwargs: Any) -> None:
         self.times.append(time.perf_counter() - self._start)
+        self.cpu_times.append(time.process_time() - self._cpu)
 
 
 def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float]]:
@@ -141,7 +147,7 @@ def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[fl
     return clock.times, lengths
 
 
-def trl_dpo(folder: Path, root: Path, steps: int) -> list[float]:
+def trl_dpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float]]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -178,7 +184,7 @@ def trl_dpo(folder: Path, root: Path, steps: int) -> list[float]:
         callbacks=[callback()],
     )
     trainer.train()
-    return clock.times
+    return clock.times, clock.cpu_times
 
 
 def main() -> None:
@@ -186,6 +192,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="measured steps per engine and round (after 3 warm-up)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of Arbiter-then-TRL runs, interleaved")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["all", "grpo", "dpo"], default="all", help="measure one recipe only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -199,6 +206,8 @@ def main() -> None:
     trl_lengths: list[float] = []
     our_dpo_t: list[float] = []
     trl_dpo_t: list[float] = []
+    our_dpo_cpu: list[float] = []
+    trl_dpo_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = build_model_folder(root)
@@ -214,39 +223,57 @@ def main() -> None:
         dpo_cfg = {"batch_size": DPO_BATCH, "max_length": 64, "num_threads": args.threads}
         for index in range(args.rounds):
             run_root = root / f"round-{index}"
-            rows = ours("grpo", folder, run_root, warm + n, grpo_cfg)[warm:]
-            our_grpo_t += [r["step_time"] for r in rows]
-            our_lengths += [r["completions/mean_length"] for r in rows]
-            times, lengths = trl_grpo(folder, run_root, warm + n)
-            trl_grpo_t += times[warm:]
-            trl_lengths += lengths[warm:]
-            our_dpo_t += [r["step_time"] for r in ours("dpo", folder, run_root, warm + n, dpo_cfg)[warm:]]
-            trl_dpo_t += trl_dpo(folder, run_root, warm + n)[warm:]
+            if args.only in ("all", "grpo"):
+                rows = ours("grpo", folder, run_root, warm + n, grpo_cfg)[warm:]
+                our_grpo_t += [r["step_time"] for r in rows]
+                our_lengths += [r["completions/mean_length"] for r in rows]
+                times, lengths = trl_grpo(folder, run_root, warm + n)
+                trl_grpo_t += times[warm:]
+                trl_lengths += lengths[warm:]
+            if args.only in ("all", "dpo"):
+                rows = ours("dpo", folder, run_root, warm + n, dpo_cfg)[warm:]
+                our_dpo_t += [r["step_time"] for r in rows]
+                our_dpo_cpu += [r["cpu_time"] for r in rows]
+                times, cpu_times = trl_dpo(folder, run_root, warm + n)
+                trl_dpo_t += times[warm:]
+                trl_dpo_cpu += cpu_times[warm:]
     median = statistics.median
-    our_grpo, trl_grpo_s = median(our_grpo_t), median(trl_grpo_t)
-    our_dpo, trl_dpo_s = median(our_dpo_t), median(trl_dpo_t)
-    our_tokens = statistics.mean(our_lengths) * PROMPTS * GENERATIONS
-    trl_tokens = statistics.mean(trl_lengths) * PROMPTS * GENERATIONS
     print()
     heading = f"measure (median, {args.rounds} x {n} steps)"
     print(f"{heading:<38}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
-    table = [
-        ("GRPO step time (s)", our_grpo, trl_grpo_s, our_grpo / trl_grpo_s),
-        (
-            "GRPO generated tokens/s",
-            our_tokens / our_grpo,
-            trl_tokens / trl_grpo_s,
-            (our_tokens / our_grpo) / (trl_tokens / trl_grpo_s),
-        ),
-        ("DPO step time (s)", our_dpo, trl_dpo_s, our_dpo / trl_dpo_s),
-        ("DPO pairs/s", DPO_BATCH / our_dpo, DPO_BATCH / trl_dpo_s, trl_dpo_s / our_dpo),
-    ]
+    table = []
+    if our_grpo_t:
+        our_grpo, trl_grpo_s = median(our_grpo_t), median(trl_grpo_t)
+        our_tokens = statistics.mean(our_lengths) * PROMPTS * GENERATIONS
+        trl_tokens = statistics.mean(trl_lengths) * PROMPTS * GENERATIONS
+        table += [
+            ("GRPO step time (s)", our_grpo, trl_grpo_s, our_grpo / trl_grpo_s),
+            (
+                "GRPO generated tokens/s",
+                our_tokens / our_grpo,
+                trl_tokens / trl_grpo_s,
+                (our_tokens / our_grpo) / (trl_tokens / trl_grpo_s),
+            ),
+        ]
+    if our_dpo_t:
+        our_dpo, trl_dpo_s = median(our_dpo_t), median(trl_dpo_t)
+        table += [
+            ("DPO step time (s)", our_dpo, trl_dpo_s, our_dpo / trl_dpo_s),
+            ("DPO pairs/s", DPO_BATCH / our_dpo, DPO_BATCH / trl_dpo_s, trl_dpo_s / our_dpo),
+            (
+                "DPO pairs per CPU-second",
+                DPO_BATCH / median(our_dpo_cpu),
+                DPO_BATCH / median(trl_dpo_cpu),
+                median(trl_dpo_cpu) / median(our_dpo_cpu),
+            ),
+        ]
     for name, a, b, ratio in table:
         print(f"{name:<38}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
-    print(
-        f"mean completion length: Arbiter {our_tokens / (PROMPTS * GENERATIONS):.1f}, "
-        f"TRL {trl_tokens / (PROMPTS * GENERATIONS):.1f} tokens"
-    )
+    if our_grpo_t:
+        print(
+            f"mean completion length: Arbiter {our_tokens / (PROMPTS * GENERATIONS):.1f}, "
+            f"TRL {trl_tokens / (PROMPTS * GENERATIONS):.1f} tokens"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +167,60 @@ def test_sft_loss_ignores_prompt_tokens() -> None:
     expected = -torch.log_softmax(logits[0, 1], -1)[2].item()
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert accuracy == 1.0
+
+
+def test_dpo_loss_of_a_shared_prompt_batch_equals_trl_dpotrainer(tmp_path: Path) -> None:
+    """Fixed token ids, one tiny model: our loss (one row per pair, the prompt computed once) equals TRL 1.16's
+    DPOTrainer loss on its own collator's batch (two padded rows per pair). TRL is a bench dependency."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from training.engine.checkpoints import save_model_folder
+    from training.engine.config import DPOConfig
+    from training.engine.modeling import load_causal_lm, train_char_tokenizer
+    from training.engine.pairs import encode_preferences, shared_prompt_batch, shared_prompt_logps
+    from training.engine.truncation import Truncation
+
+    triples = [("abc>", "abc", "cbax"), ("hello there>", "ok", "no thanks"), ("x>", "a longer answer", "b")]
+    tokenizer = train_char_tokenizer([t for triple in triples for t in triple])
+    config = DPOConfig(tiny_hidden_size=32, tiny_num_layers=2, tiny_num_heads=2)
+    save_model_folder(
+        tmp_path / "policy",
+        model=load_causal_lm("tiny", config=config, tokenizer=tokenizer, seed=1, device=torch.device("cpu")),
+        tokenizer=tokenizer,
+    )
+    save_model_folder(
+        tmp_path / "ref",
+        model=load_causal_lm("tiny", config=config, tokenizer=tokenizer, seed=2, device=torch.device("cpu")),
+        tokenizer=tokenizer,
+    )
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path / "ref")
+    encoded, _ = encode_preferences(tokenizer, triples, Truncation(max_length=64, max_prompt_length=32))
+    pairs = [p for p in encoded if p is not None]
+
+    trainer = DPOTrainer(
+        model=policy,
+        ref_model=ref,
+        args=TRLDPOConfig(output_dir=str(tmp_path / "trl"), beta=0.3, use_cpu=True, report_to="none"),
+        train_dataset=Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in triples]),
+        processing_class=tokenizer,
+    )
+    collator = DataCollatorForPreference(pad_token_id=int(tokenizer.pad_token_id))
+    inputs = collator(
+        [{"prompt_ids": p.prompt.tolist(), "chosen_ids": p.chosen.tolist(), "rejected_ids": p.rejected.tolist()}
+         for p in pairs]
+    )  # fmt: skip
+    policy.train(False)  # both sides without dropout (the tiny Llama has none; this keeps it explicit)
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(policy, inputs))
+        batch = shared_prompt_batch(pairs, pad_id=int(tokenizer.pad_token_id))
+        chosen, rejected = shared_prompt_logps(policy, batch)
+        ref_chosen, ref_rejected = shared_prompt_logps(ref, batch)
+        ours, _, _ = losses.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.3)
+    assert trl_loss != pytest.approx(math.log(2), abs=1e-3)  # policy and reference differ: a real comparison
+    assert float(ours) == pytest.approx(trl_loss, rel=1e-5, abs=1e-6)

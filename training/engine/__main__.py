@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after the handler is installed, so a cancel during start-up is prompt too.
     from transformers.utils import logging as hf_logging
 
+    from training.engine.data import DatasetError
     from training.engine.distributed import init_distributed, shutdown_distributed
+    from training.engine.truncation import UnusableDataError
+
+    data_errors = (DatasetError, UnusableDataError)
     from training.engine.reporting import open_reporter
     from training.engine.spec import RunSpec
 
@@ -54,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = RunContext.create(spec=spec, reporter=reporter, dist=dist)
         run_training(build_recipe(ctx))
         code = EXIT_OK
+    except data_errors as error:
+        # Bad or unusable data is the researcher's to fix: the message says what and how, a traceback adds noise.
+        print(f"data error: {error}", file=sys.stderr, flush=True)
+        code = EXIT_FAILED
     except (RunCancelled, KeyboardInterrupt):
         print("cancelled", file=sys.stderr, flush=True)
         code = EXIT_CANCELLED

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from training.engine.truncation import Cut, Truncation, TruncationReport, cut
+
 IGNORE = -100
 
 
@@ -49,34 +51,91 @@ def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> li
     return ids
 
 
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[int]]:
+    """Token ids of many texts in one tokenizer call (a fast tokenizer encodes the batch in parallel)."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    return [list(ids) if text else [] for ids, text in zip(encoded, texts, strict=True)]
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
+    """``encode_prompt`` for many prompts at once."""
+    bos = tokenizer.bos_token_id
+    rows = token_ids(tokenizer, prompts, add_special_tokens=True)
+    if bos is None:
+        return rows
+    return [row if row and row[0] == bos else [int(bos), *row] for row in rows]
+
+
+def encode_completions(tokenizer: PreTrainedTokenizerBase, completions: Sequence[str]) -> list[list[int]]:
+    """``encode_completion`` for many completions at once."""
+    rows = token_ids(tokenizer, completions, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    return rows if eos is None else [[*row, int(eos)] for row in rows]
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    """One tokenised, truncated prompt + completion, ready to pad: ids and where the completion starts."""
+
+    ids: torch.Tensor  # (L,) long
+    prompt_len: int
+
+
+def _row(c: Cut) -> EncodedRow:
+    return EncodedRow(torch.tensor(c.ids, dtype=torch.long), c.prompt_len)
+
+
+def encode_supervised(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], limits: Truncation
+) -> tuple[list[EncodedRow | None], TruncationReport]:
+    """Every (prompt, completion) tokenised once and truncated; None where nothing of the completion is left."""
+    prompts = unique_encoded(tokenizer, [p for p, _ in pairs])
+    completions = encode_completions(tokenizer, [c for _, c in pairs])
+    bos = tokenizer.bos_token_id
+    report = TruncationReport()
+    rows: list[EncodedRow | None] = []
+    for index, ((prompt, _), completion) in enumerate(zip(pairs, completions, strict=True)):
+        c = cut(prompts[prompt], completion, limits, bos=bos)
+        rows.append(_row(c) if report.add(index, [c]) else None)
+    return rows, report
+
+
+def unique_encoded(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> dict[str, list[int]]:
+    # Preference data repeats a prompt per pair (and a conversation prefix per turn): tokenise each once.
+    unique = list(dict.fromkeys(prompts))
+    return dict(zip(unique, encode_prompts(tokenizer, unique), strict=True))
+
+
+def pad_rows(rows: Sequence[EncodedRow], *, pad_id: int, completion_only: bool = True) -> TokenBatch:
+    """Right-pad encoded rows into a TokenBatch; labels cover the completion (or every real token)."""
+    input_ids = torch.nn.utils.rnn.pad_sequence([r.ids for r in rows], batch_first=True, padding_value=pad_id)
+    width = input_ids.size(1)
+    lengths = torch.tensor([r.ids.numel() for r in rows])
+    starts = torch.tensor([r.prompt_len if completion_only else 0 for r in rows])
+    columns = torch.arange(width)
+    real = columns < lengths.unsqueeze(1)
+    labelled = real & (columns >= starts.unsqueeze(1))
+    return TokenBatch(input_ids, real.long(), input_ids.masked_fill(~labelled, IGNORE))
+
+
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]],
     *,
     max_length: int,
+    max_prompt_length: int | None = None,
+    max_completion_length: int | None = None,
     completion_only: bool = True,
 ) -> TokenBatch:
-    """(prompt, completion) pairs as one right-padded batch; labels cover the completion (or all tokens)."""
-    rows: list[tuple[list[int], list[int]]] = []
-    for prompt, completion in pairs:
-        p, c = encode_prompt(tokenizer, prompt), encode_completion(tokenizer, completion)
-        ids = (p + c)[:max_length]
-        labels = ([IGNORE] * len(p) if completion_only else p) + c
-        rows.append((ids, labels[: len(ids)]))
-    return pad_right(rows, pad_id=int(tokenizer.pad_token_id or 0))
-
-
-def pad_right(rows: Sequence[tuple[list[int], list[int]]], *, pad_id: int) -> TokenBatch:
-    """Right-pad (ids, labels) rows into a TokenBatch."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
-        mask[i, : len(ids)] = 1
-    return TokenBatch(input_ids, mask, labels)
+    """(prompt, completion) pairs as one right-padded batch, truncated by ``truncation.cut``; labels cover the
+    completion (or all tokens). For data seen once; recipes pre-encode their dataset with ``encode_supervised``."""
+    limits = Truncation(max_length, max_prompt_length, max_completion_length)
+    bos = tokenizer.bos_token_id
+    prompts = [encode_prompt(tokenizer, p) for p, _ in pairs]
+    cuts = [cut(p, encode_completion(tokenizer, c), limits, bos=bos) for p, (_, c) in zip(prompts, pairs, strict=True)]
+    return pad_rows([_row(c) for c in cuts], pad_id=int(tokenizer.pad_token_id or 0), completion_only=completion_only)
 
 
 def pad_left(rows: Sequence[list[int]], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge"]
 
@@ -79,7 +79,43 @@ class DemoConfig(BaseRecipeConfig):
     )
 
 
-class SFTConfig(BaseRecipeConfig):
+class SequenceDataConfig(BaseRecipeConfig):
+    """Recipes that train on prompt + completion text: TRL-style truncation limits (see engine/truncation.py)."""
+
+    max_length: int = Field(
+        128, ge=8, le=131_072, description="Tokens kept per sequence (prompt + completion); cut from the end."
+    )
+    max_prompt_length: int | None = Field(
+        None,
+        ge=1,
+        le=131_072,
+        description=(
+            "Tokens kept of each prompt, cut from the left (the end of a conversation is kept); "
+            "must be less than max_length. Empty: half of max_length."
+        ),
+    )
+    max_completion_length: int | None = Field(
+        None, ge=1, le=131_072, description="Tokens kept of each completion (EOS included). Empty: no own limit."
+    )
+
+    @field_validator("max_prompt_length")
+    @classmethod
+    def _prompt_leaves_room(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A prompt as long as max_length leaves no completion token: every example would be unusable.
+        max_length = info.data.get("max_length")
+        if value is not None and isinstance(max_length, int) and value >= max_length:
+            raise ValueError(
+                f"must be less than max_length ({max_length}), so every completion keeps at least one token"
+            )
+        return value
+
+    def truncation_limits(self) -> tuple[int, int, int | None]:
+        """(max_length, max_prompt_length, max_completion_length) with the prompt default resolved."""
+        prompt = self.max_prompt_length if self.max_prompt_length is not None else max(1, self.max_length // 2)
+        return self.max_length, prompt, self.max_completion_length
+
+
+class SFTConfig(SequenceDataConfig):
     """Supervised fine-tuning of a causal LM on prompt/completion (or messages) data."""
 
     completion_only_loss: bool = Field(
@@ -87,7 +123,7 @@ class SFTConfig(BaseRecipeConfig):
     )
 
 
-class RewardModelConfig(BaseRecipeConfig):
+class RewardModelConfig(SequenceDataConfig):
     """A Bradley-Terry reward model on prompt/chosen/rejected pairs."""
 
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
@@ -96,7 +132,7 @@ class RewardModelConfig(BaseRecipeConfig):
     )
 
 
-class DPOConfig(BaseRecipeConfig):
+class DPOConfig(SequenceDataConfig):
     """Direct Preference Optimisation against a frozen reference model."""
 
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")

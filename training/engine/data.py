@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Message = dict[str, str]
 Renderer = Callable[[list[Message], bool], str]
@@ -56,6 +56,7 @@ class PromptExample:
 
 
 Example = SupervisedExample | PreferenceExample | PromptExample
+T = TypeVar("T")
 
 
 def render_plain(messages: list[Message], add_generation_prompt: bool) -> str:
@@ -196,21 +197,25 @@ def _messages(value: Any, *, where: str, name: str) -> list[Message]:
     return messages
 
 
-def step_batch(
-    examples: Sequence[Example], *, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1
-) -> list[Example]:
-    """The examples of one optimiser step: a pure function of (seed, step), so a resumed run sees the same data.
-
-    Epochs are seeded permutations; under torchrun each rank takes its own contiguous share.
-    """
-    n = len(examples)
+def step_indices(n: int, *, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """Indices into a dataset of ``n`` rows for one optimiser step: a pure function of (seed, step), so a
+    resumed run sees the same data. Epochs are seeded permutations; under torchrun each rank takes its own
+    contiguous share."""
     global_size = batch_size * world_size
     start = (step - 1) * global_size + rank * batch_size
-    batch: list[Example] = []
+    indices: list[int] = []
     for position in range(start, start + batch_size):
         epoch, offset = divmod(position, n)
-        batch.append(examples[_permutation(n, seed, epoch)[offset]])
-    return batch
+        indices.append(_permutation(n, seed, epoch)[offset])
+    return indices
+
+
+def step_batch(
+    examples: Sequence[T], *, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[T]:
+    """The examples of one optimiser step (see ``step_indices``)."""
+    chosen = step_indices(len(examples), batch_size=batch_size, step=step, seed=seed, rank=rank, world_size=world_size)
+    return [examples[i] for i in chosen]
 
 
 @functools.lru_cache(maxsize=8)

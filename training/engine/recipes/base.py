@@ -50,6 +50,10 @@ class RunContext:
         """Where the trained weights start: the checkpoint being resumed, else the configured model."""
         return self.spec.resume_from or self.config.model_name_or_path
 
+    def say(self, line: str) -> None:
+        """A line in the run's log (rank 0 only)."""
+        _say(self, line)
+
     def tokenizer_for(self, examples: list[Example]) -> PreTrainedTokenizerBase:
         """The policy's tokenizer; for 'tiny' one trained on these examples' text."""
         return load_tokenizer(self.policy_path, texts=task_texts(examples))

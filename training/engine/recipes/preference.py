@@ -6,14 +6,24 @@ from typing import cast
 
 import torch
 
-from training.engine.batching import IGNORE, TokenBatch, encode_pairs, token_logprobs
-from training.engine.config import DPOConfig, RewardModelConfig
-from training.engine.data import PreferenceExample, load_dataset, step_batch
+from training.engine.batching import IGNORE, TokenBatch, token_logprobs
+from training.engine.config import DPOConfig, RewardModelConfig, SequenceDataConfig
+from training.engine.data import PreferenceExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_preferences
 from training.engine.distributed import wrap_ddp
 from training.engine.losses import bradley_terry_loss, dpo_loss
 from training.engine.modeling import frozen, load_causal_lm, load_sequence_classifier
+from training.engine.pairs import (
+    EncodedPair,
+    SharedPromptBatch,
+    encode_preferences,
+    plain_pair_batch,
+    shared_prompt_batch,
+    shared_prompt_logps,
+    supports_shared_prompt,
+)
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
+from training.engine.truncation import Truncation, check_usable
 
 
 def _preference_data(ctx: RunContext) -> list[PreferenceExample]:
@@ -24,33 +34,37 @@ def _preference_data(ctx: RunContext) -> list[PreferenceExample]:
 
 class _PairRecipe(Recipe):
     def _load_data(self, ctx: RunContext) -> None:
-        self.examples = _preference_data(ctx)
-        self.tokenizer = ctx.tokenizer_for(list(self.examples))
+        examples = _preference_data(ctx)
+        self.tokenizer = ctx.tokenizer_for(list(examples))
         if ctx.config.dataset_path and getattr(self.tokenizer, "chat_template", None):
             render = chat_renderer(self.tokenizer)
-            self.examples = cast(
+            examples = cast(
                 list[PreferenceExample],
                 load_dataset(ctx.config.dataset_path, kind="preference", render=render),
             )
+        # Tokenised and truncated once, before the first step: the counts are logged (and mostly unusable
+        # data stops the run) now, and no step spends time in the tokenizer.
+        limits = Truncation(*cast(SequenceDataConfig, ctx.config).truncation_limits())
+        triples = [(e.prompt, e.chosen, e.rejected) for e in examples]
+        encoded, report = encode_preferences(self.tokenizer, triples, limits)
+        ctx.say(report.summary(limits))
+        check_usable(report, limits)
+        if report.dropped_indices:
+            ctx.say(f"left out {len(report.dropped_indices)} unusable pairs; training on {report.usable}")
+        self.pairs = [pair for pair in encoded if pair is not None]
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
-    def _pair_tokens(self, step: int, *, completion_only: bool) -> tuple[TokenBatch, int]:
-        """Chosen rows then rejected rows in one batch (one forward pass for both halves)."""
-        batch = cast(
-            list[PreferenceExample],
-            step_batch(
-                self.examples,
-                batch_size=self.ctx.config.batch_size,
-                step=step,
-                seed=self.ctx.spec.seed,
-                rank=self.ctx.dist.rank,
-                world_size=self.ctx.dist.world_size,
-            ),
+    def _step_pairs(self, step: int) -> tuple[list[EncodedPair], list[int]]:
+        """This rank's pairs of one optimiser step, and their indices."""
+        indices = step_indices(
+            len(self.pairs),
+            batch_size=self.ctx.config.batch_size,
+            step=step,
+            seed=self.ctx.spec.seed,
+            rank=self.ctx.dist.rank,
+            world_size=self.ctx.dist.world_size,
         )
-        pairs = [(e.prompt, e.chosen) for e in batch] + [(e.prompt, e.rejected) for e in batch]
-        tokens = encode_pairs(
-            self.tokenizer, pairs, max_length=self.ctx.config.max_length, completion_only=completion_only
-        )
-        return tokens.to(self.ctx.device), len(batch)
+        return [self.pairs[i] for i in indices], indices
 
 
 class RewardModelRecipe(_PairRecipe):
@@ -68,8 +82,13 @@ class RewardModelRecipe(_PairRecipe):
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of the Bradley-Terry loss; logs accuracy (r_w > r_l) and margin (mean r_w - r_l)."""
-        tokens, b = self._pair_tokens(step, completion_only=False)
-        rewards = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits[:, 0].float()
+        pairs, _ = self._step_pairs(step)
+        b = len(pairs)
+        # Chosen rows then rejected rows in one batch: one forward pass scores both halves.
+        tokens = plain_pair_batch(pairs, pad_id=self.pad_id, completion_only=False).to(self.ctx.device)
+        # No attention mask: rows are right-padded, so under causal attention no real token sees a pad, and
+        # the classifier finds each row's last real token from pad_token_id (SDPA then runs its causal kernel).
+        rewards = self.model(input_ids=tokens.input_ids).logits[:, 0].float()
         loss = bradley_terry_loss(rewards[:b], rewards[b:], center_coefficient=self.config.center_rewards_coefficient)
         torch.autograd.backward(loss)
         chosen, rejected = rewards[:b].detach(), rewards[b:].detach()
@@ -99,18 +118,28 @@ class DPORecipe(_PairRecipe):
             load_causal_lm(ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device)
         )
         self.model = wrap_ddp(policy, ctx.dist)
+        self.ref_cache = torch.full((len(self.pairs), 2), float("nan"))
+        # One row per pair with the prompt computed once needs a 4-D mask: SDPA takes one, FlashAttention not.
+        self.shared_prompt = supports_shared_prompt(policy) and supports_shared_prompt(self.ref)
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of the DPO loss with TRL's metric names."""
-        tokens, b = self._pair_tokens(step, completion_only=True)
-        logps = _sequence_logps(self.model, tokens)
-        with torch.inference_mode():
-            ref_logps = _sequence_logps(self.ref, tokens)
+        pairs, indices = self._step_pairs(step)
+        b = len(pairs)
+        batch: SharedPromptBatch | TokenBatch
+        if self.shared_prompt:
+            batch = shared_prompt_batch(pairs, pad_id=self.pad_id).to(self.ctx.device)
+            chosen, rejected = shared_prompt_logps(self.model, batch)
+        else:
+            batch = plain_pair_batch(pairs, pad_id=self.pad_id).to(self.ctx.device)
+            both = _sequence_logps(self.model, batch)
+            chosen, rejected = both[:b], both[b:]
+        ref_chosen, ref_rejected = self._reference_logps(batch, indices)
         loss, chosen_r, rejected_r = dpo_loss(
-            logps[:b],
-            logps[b:],
-            ref_logps[:b],
-            ref_logps[b:],
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
             beta=self.config.beta,
             label_smoothing=self.config.label_smoothing,
         )
@@ -121,22 +150,44 @@ class DPORecipe(_PairRecipe):
             "rewards/rejected": float(rejected_r.mean()),
             "rewards/accuracies": float((chosen_r > rejected_r).float().mean()),
             "rewards/margins": float((chosen_r - rejected_r).mean()),
-            "logps/chosen": float(logps[:b].detach().mean()),
-            "logps/rejected": float(logps[b:].detach().mean()),
+            "logps/chosen": float(chosen.detach().mean()),
+            "logps/rejected": float(rejected.detach().mean()),
         }
+
+    def _reference_logps(
+        self, batch: SharedPromptBatch | TokenBatch, indices: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π_ref of the batch's chosen and rejected answers: one forward without autograd, remembered per pair.
+
+        The reference is frozen (eval mode, no dropout), so a pair's reference log-probs never change: from the
+        second epoch on, a batch whose pairs were all seen costs no reference forward at all.
+        """
+        index = torch.tensor(indices)
+        cached = self.ref_cache.index_select(0, index)
+        if not bool(cached.isnan().any()):
+            cached = cached.to(self.ctx.device)
+            return cached[:, 0], cached[:, 1]
+        with torch.inference_mode():
+            if isinstance(batch, SharedPromptBatch):
+                chosen, rejected = shared_prompt_logps(self.ref, batch)
+            else:
+                both = _sequence_logps(self.ref, batch)
+                chosen, rejected = both[: len(indices)], both[len(indices) :]
+        self.ref_cache.index_copy_(0, index, torch.stack([chosen, rejected], dim=1).float().cpu())
+        return chosen, rejected
 
 
 def _sequence_logps(model: torch.nn.Module, tokens: TokenBatch) -> torch.Tensor:
     """Σ_t log π(y_t | x, y_<t) over each row's labelled (completion) tokens.
 
     Only positions from the batch's first labelled one go through the LM head: prompt logits are never used,
-    and on a real vocabulary they are most of the head's cost.
+    and on a real vocabulary they are most of the head's cost. No attention mask is passed: rows are
+    right-padded, so under causal attention a real token never attends to a pad (the pads' own logits are
+    ignored), positions count from 0 as they should, and SDPA runs its causal kernel without a mask tensor.
     """
     labelled = (tokens.labels != IGNORE).any(0).nonzero()
     width = tokens.labels.size(1)
     first = max(1, int(labelled[0])) if labelled.numel() else width - 1
-    logits = model(
-        input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, logits_to_keep=width - first + 1
-    ).logits[:, :-1]
+    logits = model(input_ids=tokens.input_ids, logits_to_keep=width - first + 1).logits[:, :-1]
     targets = tokens.labels[:, first:]
     return token_logprobs(logits, targets).sum(-1)
