@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 Message = dict[str, str]
 Renderer = Callable[[list[Message], bool], str]
@@ -56,7 +56,6 @@ class PromptExample:
 
 
 Example = SupervisedExample | PreferenceExample | PromptExample
-T = TypeVar("T")
 
 
 def render_plain(messages: list[Message], add_generation_prompt: bool) -> str:
@@ -211,8 +210,8 @@ def step_indices(n: int, *, batch_size: int, step: int, seed: int, rank: int = 0
 
 
 def step_batch(
-    examples: Sequence[T], *, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1
-) -> list[T]:
+    examples: Sequence[Example], *, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1
+) -> list[Example]:
     """The examples of one optimiser step (see ``step_indices``)."""
     chosen = step_indices(len(examples), batch_size=batch_size, step=step, seed=seed, rank=rank, world_size=world_size)
     return [examples[i] for i in chosen]
