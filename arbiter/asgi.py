@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP to Django, websockets to the apps' consumers behind session auth."""
+"""ASGI entry point: HTTP to Django behind per-route body limits, websockets to the consumers behind session auth."""
 
 from __future__ import annotations
 
@@ -13,12 +13,20 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from arbiter.request_limits import BodyLimitMiddleware  # noqa: E402
 from arbiter.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # In front of Django's handler, which reads (and spools to disk) a whole body before any view runs.
+        "http": BodyLimitMiddleware(
+            django_asgi_app,
+            limits=settings.REQUEST_BODY_LIMITS,
+            default=settings.REQUEST_BODY_MAX_BYTES,
+            anonymous=settings.FILE_UPLOAD_MAX_MEMORY_SIZE,
+        ),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from arbiter.live_access import AccessCheckedConsumer
 
 
-class PingConsumer(AsyncJsonWebsocketConsumer):
+class PingConsumer(AccessCheckedConsumer):
     """Echo through the channel layer: `{"ping": x}` comes back as `{"pong": x, "user": name}` via a group send."""
 
     async def connect(self) -> None:
@@ -16,15 +16,15 @@ class PingConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         self.group = f"ping.{user.pk}"
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
+        await self.admit(groups=[self.group])
 
-    async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+    def allowed(self, user: Any) -> bool:
+        return True  # any logged-in user, for as long as the session stays valid
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        await self.channel_layer.group_send(self.group, {"type": "ping.reply", "value": content.get("ping")})
+        if await self.still_allowed():
+            await self.channel_layer.group_send(self.group, {"type": "ping.reply", "value": content.get("ping")})
 
     async def ping_reply(self, message: dict[str, Any]) -> None:
-        await self.send_json({"pong": message["value"], "user": self.scope["user"].get_username()})
+        if await self.still_allowed():
+            await self.send_json({"pong": message["value"], "user": self.scope["user"].get_username()})

@@ -121,8 +121,11 @@ CHANNEL_LAYERS: dict[str, dict[str, Any]]
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any]
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Every file the broker writes lives under VAR_DIR: kombu's filesystem transport keeps its
+    # exchange tables (Celery's pidbox/control broadcast included) in `control_folder`, which is
+    # relative to the current directory unless set.
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("out", "processed"):
+    for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_RESULT_BACKEND = f"file://{VAR_DIR / 'results'}"
@@ -131,6 +134,7 @@ if EMBEDDED:
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:
@@ -183,6 +187,30 @@ RUN_CANCEL_GRACE_S = env_int("RUN_CANCEL_GRACE_S", 10)
 METRICS_SYNCHRONOUS_COMMIT = env_bool("METRICS_SYNCHRONOUS_COMMIT", False)
 # GPU slot of this worker process: becomes the engine's CUDA_VISIBLE_DEVICES ("" = CPU only).
 ARBITER_GPU_SLOT = env_str("ARBITER_GPU_SLOT", "")
+
+# Open websockets re-decide access at least this often (and at once when a logout, a user edit or an
+# unshare is announced): the longest a socket may stream after a change made behind the signals' back.
+LIVE_ACCESS_RECHECK_S: float = float(env_int("LIVE_ACCESS_RECHECK_S", 5))
+
+# --- Request body limits, enforced in front of Django (arbiter/request_limits.py) -----------------
+# A body over its route's limit is refused (413) from its Content-Length, or the moment a streamed
+# body passes it, before authentication and before Django spools anything. A body larger than
+# FILE_UPLOAD_MAX_MEMORY_SIZE (what Django keeps in memory, 2.5 MB) must come with a credential (a
+# session, an API key, the run's own token), checked before any of it is read: a stranger's body
+# never reaches disk. The reverse proxy should enforce the same limits (README, "Production").
+_MiB = 2**20
+# Ingest batches: the API refuses more than 32 MiB after decompression too (training/api.py).
+API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 32 * _MiB)
+# Study item files (JSONL/CSV/ST-WebAgentBench): large by nature; imported in the background.
+STUDY_UPLOAD_MAX_BYTES = env_int("STUDY_UPLOAD_MAX_BYTES", 512 * _MiB)
+# Every other route (forms, admin): Django's DATA_UPLOAD_MAX_MEMORY_SIZE still bounds form fields.
+REQUEST_BODY_MAX_BYTES = env_int("REQUEST_BODY_MAX_BYTES", 10 * _MiB)
+# First match wins; paths as the ASGI server sees them.
+REQUEST_BODY_LIMITS: list[tuple[str, int]] = [
+    (r"^/api/runs/", API_MAX_REQUEST_BYTES),
+    (r"^/studies/\d+/items/upload/$", STUDY_UPLOAD_MAX_BYTES),
+    (r"^/api/studies/", STUDY_UPLOAD_MAX_BYTES),
+]
 
 # --- Security: secure by default when DEBUG is off (check --deploy is clean with HTTPS settings on). ---
 SESSION_COOKIE_HTTPONLY = True

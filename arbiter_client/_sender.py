@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import threading
@@ -266,4 +267,7 @@ class Sender(threading.Thread):
 
 
 def _warn(message: str) -> None:
-    print(f"arbiter_client: {message}", file=sys.stderr, flush=True)  # noqa: T201 - the SDK's only voice
+    # stderr may be a dead pipe (the supervisor that read it is gone) or closed: a warning must never
+    # kill the sender thread, which would leave finish() waiting out its whole timeout.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"arbiter_client: {message}", file=sys.stderr, flush=True)  # noqa: T201 - the SDK's only voice

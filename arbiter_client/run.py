@@ -105,6 +105,9 @@ class Run:
         if self._finished:
             return True
         self._finished = True
+        # The end must be the last report: the server refuses the run's token once it is recorded,
+        # so no system sample may be queued behind the status call.
+        self._sender.system_sampler = None
         if self.owns_status:
             status = "succeeded" if exit_code == 0 else "failed"
             self._sender.add_call(f"/api/runs/{self.id}/status/", {"status": status, "exit_code": exit_code})

@@ -25,6 +25,7 @@ from tests.factories import TEST_PASSWORD, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",
@@ -47,8 +48,50 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def _worktree_status() -> list[str] | None:
+    """`git status --porcelain` of the checkout (untracked files one by one); None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sorted(out.stdout.splitlines())
+
+
+# CI (and anyone who sets ARBITER_CHECK_CLEAN_TREE=1) fails a test run that leaves files in the checkout:
+# state belongs under ARBITER_VAR_DIR or a temporary directory. Off by default on a developer's machine,
+# where files edited while the suite runs would be blamed on it.
+_CHECK_CLEAN_TREE = (
+    os.environ.get("CI", "").lower() in {"1", "true"} or os.environ.get("ARBITER_CHECK_CLEAN_TREE") == "1"
+)
+_status_at_start: list[str] | None = None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _CHECK_CLEAN_TREE or _status_at_start is None:
+        return
+    after = _worktree_status()
+    if after is None:
+        return
+    left = sorted(set(after) - set(_status_at_start))
+    if left:
+        session.config.get_terminal_writer().line(
+            "\nThe test run changed the checkout (git status --porcelain):\n  " + "\n  ".join(left), red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Fail fast, with the fix, when a service the suite needs is not running."""
+    global _status_at_start
+    if _CHECK_CLEAN_TREE:
+        _status_at_start = _worktree_status()
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("postgresql") and not _reachable(f"pg://{db['HOST']}:{db['PORT'] or 5432}", 5432):
         pytest.exit("PostgreSQL is not reachable at DATABASE_URL; run `make services` (or `make test`).", 2)
@@ -132,7 +175,9 @@ def current_database_url() -> str:
 
 def platform_env(**extra: str) -> dict[str, str]:
     """Environment for a subprocess of the platform (web server, worker) pointed at the test database."""
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    # Never DJANGO_ALLOW_ASYNC_UNSAFE (set in this process while a browser is open): a server must keep
+    # Django's guard, so a synchronous ORM call in async code fails the test that reaches it.
+    env = {k: v for k, v in os.environ.items() if k not in {"DJANGO_SETTINGS_MODULE", ASYNC_UNSAFE}}
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_URL=current_database_url(),
@@ -232,10 +277,22 @@ def browser() -> Iterator[Any]:
         pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make test` (it installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    # Playwright's sync API keeps an event loop marked running in the test thread, so Django's
+    # async-safety guard would refuse every ORM call the browser test itself makes (fixtures,
+    # assertions on the database). Lift the guard only while a browser is open, only in this process:
+    # servers started by the suite never see it (platform_env drops it), and browser tests run last.
+    previous = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop(ASYNC_UNSAFE, None)
+        else:
+            os.environ[ASYNC_UNSAFE] = previous
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import os
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-# Playwright's sync API runs an event loop in the test thread; Django's async-safety guard would
-# then refuse every ORM call the test makes itself. The tests are single-threaded by design.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# DJANGO_ALLOW_ASYNC_UNSAFE is NOT set here: Django's guard against synchronous ORM calls from async
+# code stays on for the suite and for the servers it starts. Only the browser fixtures lift it (see
+# tests/conftest.py), for the test thread in which Playwright's sync API keeps an event loop running.
 
 from arbiter.settings import *  # noqa: F403
 

@@ -19,9 +19,22 @@ def _embedded_env(var_dir: Path, port: int) -> dict[str, str]:
     return env
 
 
+def worktree_status() -> list[str]:
+    """`git status --porcelain` of the checkout, untracked files listed one by one."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return sorted(out.stdout.splitlines())
+
+
 def test_runplatform_serves_pages_and_runs_tasks_with_no_servers(tmp_path: Path) -> None:
     port = free_port()
     env = _embedded_env(tmp_path, port)
+    before = worktree_status()
     log = (tmp_path / "platform.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "runplatform", "--port", str(port)],
@@ -63,6 +76,10 @@ def test_runplatform_serves_pages_and_runs_tasks_with_no_servers(tmp_path: Path)
         log.close()
     output = (tmp_path / "platform.log").read_text()
     assert f"running at http://127.0.0.1:{port}/" in output
+    # Broker state (kombu's exchange tables, Celery's pidbox) lives under ARBITER_VAR_DIR, never in the
+    # directory the platform was started from: the checkout is exactly as it was.
+    assert (tmp_path / "broker" / "control").is_dir()
+    assert worktree_status() == before
 
 
 def test_runplatform_start_is_idempotent_for_accounts(tmp_path: Path) -> None:

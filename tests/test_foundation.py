@@ -162,3 +162,19 @@ def test_static_files_are_served_by_the_app(asgi_server: Any) -> None:
     with urllib.request.urlopen(f"{asgi_server.url}/static/vendor/plotly.min.js") as response:
         assert response.status == 200
         assert int(response.headers["Content-Length"]) > 1_000_000
+
+
+@pytest.mark.asyncio
+async def test_a_synchronous_orm_call_in_async_code_is_refused(db: None) -> None:
+    """Django's async-safety guard is on in the suite (issue 12 item 15): such a call cannot hide in a test."""
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    with pytest.raises(SynchronousOnlyOperation):
+        User.objects.count()
+
+
+def test_servers_started_by_the_suite_keep_the_async_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import ASYNC_UNSAFE, platform_env
+
+    monkeypatch.setenv(ASYNC_UNSAFE, "true")  # as while a browser is open
+    assert ASYNC_UNSAFE not in platform_env()

@@ -26,7 +26,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from training import payloads, selectors
-from training.models import ApiToken, Run, hash_token
+from training.models import ACTIVE_STATUSES, ApiToken, Run, hash_token
 from training.openapi import openapi_document
 from training.services import ingest, runs
 
@@ -69,13 +69,22 @@ def _json_body(request: HttpRequest) -> Any:
 
 
 def run_for_token(*, run_id: int, token: str) -> Run:
-    """The run this token belongs to; 401 for a missing or wrong token (and for an unknown run)."""
+    """The run this token belongs to; 401 for a missing or wrong token (and for an unknown run).
+
+    A run token is a credential of the run while it is queued or running, like a CI job's token for
+    the life of its job: once the run has ended (succeeded, failed, cancelled, lost) it writes nothing
+    more (401, RFC 6750's answer to an expired token). The engine and the SDK send everything before
+    the end is recorded: the supervisor records it after the engine process has exited (the engine
+    flushes before exiting), and the SDK sends its status call after every point and line it holds.
+    """
     if not token.startswith("arb_r_"):
         raise ApiError(401, "a run token is required (Authorization: Bearer arb_r_…)")
     run = Run.objects.filter(id=run_id).only("id", "token_hash", "recipe", "status", "event_seq").first()
     # compare_digest: the comparison takes the same time wherever the first difference is.
     if run is None or not run.token_hash or not hmac.compare_digest(run.token_hash, hash_token(token)):
         raise ApiError(401, "invalid run token")
+    if run.status not in ACTIVE_STATUSES:
+        raise ApiError(401, f"run token expired: run #{run.id} has ended ({run.status})")
     return run
 
 

@@ -1,4 +1,4 @@
-"""Websocket consumer of a run's live page: authorise on connect, forward the run's events, coalesced."""
+"""Websocket consumer of a run's live page: authorise on connect and while streaming; forward its events, coalesced."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import asyncio
 import contextlib
 from typing import Any
 
-from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
-
+from arbiter.live_access import AccessCheckedConsumer
 from training import events, selectors
 
 
-class RunConsumer(AsyncJsonWebsocketConsumer):
+class RunConsumer(AccessCheckedConsumer):
     """Joins group `run.<id>`. Events land in a Coalescer and one pump task sends them: while the
     browser is slow to take a message, newer events merge into the next one (bounded), so the
-    server never queues an unbounded backlog for a slow client."""
+    server never queues an unbounded backlog for a slow client. Before each send the pump asks
+    `still_allowed()` (a cached decision, re-made every few seconds or when access changes): a
+    socket whose run was unshared or whose user logged out is closed instead."""
 
     async def connect(self) -> None:
         self.run_id = int(self.scope["url_route"]["kwargs"]["run_id"])
@@ -23,25 +23,18 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
         self.pending = events.Coalescer()
         self.wake = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
-        user = self.scope.get("user")
-        allowed = (
-            user is not None
-            and user.is_authenticated
-            and await database_sync_to_async(selectors.can_view_run)(user=user, run_id=self.run_id)
-        )
-        if not allowed:
-            await self.close(code=4403)
-            return
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-        self.pump = asyncio.create_task(self._pump())
+        if await self.admit(groups=[self.group]):
+            self.pump = asyncio.create_task(self._pump())
+
+    def allowed(self, user: Any) -> bool:
+        return selectors.can_view_run(user=user, run_id=self.run_id)
 
     async def disconnect(self, code: int) -> None:
         if self.pump is not None:
             self.pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.pump
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await super().disconnect(code)
 
     async def dispatch(self, message: Any) -> None:
         # channels runs close_old_connections() before every handler, through the process's one
@@ -64,6 +57,8 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
         while True:
             await self.wake.wait()
             self.wake.clear()
+            if not await self.still_allowed():
+                return  # closed: what is pending is never sent
             delta = self.pending.take()
             if delta is not None:
                 await self.send_json(delta)

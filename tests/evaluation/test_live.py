@@ -26,9 +26,10 @@ def _headers(user) -> list[tuple[bytes, bytes]]:
 def test_researcher_sees_progress_when_a_judgment_lands(researcher, annotator, make_study, settings) -> None:
     settings.EVALUATION_PROGRESS_THROTTLE_S = 0
     study = make_study(n_items=2, overlap=1, annotators=[annotator])
+    headers = _headers(researcher)  # the session is written here: no database call inside the event loop
 
     async def scenario() -> None:
-        ws = WebsocketCommunicator(application, f"/ws/studies/{study.pk}/", headers=_headers(researcher))
+        ws = WebsocketCommunicator(application, f"/ws/studies/{study.pk}/", headers=headers)
         connected, _ = await ws.connect()
         assert connected
         snapshot = await ws.receive_json_from(timeout=5)
@@ -52,9 +53,10 @@ def test_researcher_sees_progress_when_a_judgment_lands(researcher, annotator, m
 def test_socket_refuses_people_without_access(who, request, make_study) -> None:
     user = request.getfixturevalue(who)
     study = make_study(n_items=1)
+    headers = _headers(user)
 
     async def scenario() -> None:
-        ws = WebsocketCommunicator(application, f"/ws/studies/{study.pk}/", headers=_headers(user))
+        ws = WebsocketCommunicator(application, f"/ws/studies/{study.pk}/", headers=headers)
         connected, _ = await ws.connect()
         assert not connected
 

@@ -16,7 +16,7 @@ import arbiter_client
 from arbiter.accounts.models import User
 from tests.conftest import ROOT, free_port
 from tests.training.conftest import wait_for
-from training.models import LogLine, Run
+from training.models import LogLine, MetricSummary, Run
 from training.selectors import stored_points
 from training.services import runs
 
@@ -81,6 +81,23 @@ def test_init_log_finish_through_the_real_server(asgi_server: Any, researcher: U
     assert LogLine.objects.filter(run=record, text="hello from the script").exists()
     assert list(record.checkpoints.values_list("step", flat=True)) == [49]
     assert list(record.tags.values_list("name", flat=True)) == ["sdk"]
+
+
+def test_finish_delivers_every_point_before_the_run_ends(
+    asgi_server: Any, researcher: User, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's token stops working when the run ends (issue 12 item 3): the SDK must deliver every
+    batch, sent in parallel, and every system sample before it reports the end, and nothing after it."""
+    _, key = runs.issue_api_token(user=researcher, name="script")
+    run = arbiter_client.init(name="flush", url=asgi_server.url, api_key=key, system_interval=0.02, max_batch=500)
+    for step in range(4000):
+        run.log({"loss": 1 / (step + 1), "reward": float(step)}, step=step)
+    assert run.finish(exit_code=0)
+    record = Run.objects.get(id=run.id)
+    assert record.status == "succeeded"
+    counts = dict(MetricSummary.objects.filter(run=record).values_list("key__name", "n"))
+    assert (counts["loss"], counts["reward"]) == (4000, 4000)
+    assert "refused" not in capsys.readouterr().err
 
 
 def test_client_retries_while_the_server_is_down_then_delivers(asgi_server: Any, researcher: User) -> None:

@@ -181,3 +181,35 @@ def test_rollup_read_matches_downsampling_the_raw_points(external_run: tuple[Run
     series = selectors.metric_series(run_id=run.id, key="r", buckets=40)
     raw = [(s, float((s * 31337) % 977), float(s)) for s in range(0, 40_960)]
     assert [tuple(p) for p in series["points"]] == minmax_points(raw, buckets=40, lo=0, hi=40_960)
+
+
+# Issue 12 item 3: a run token writes only while its run is queued or running.
+ENDED_BODIES: dict[str, dict[str, Any]] = {
+    "metrics": batch(steps=range(5)),
+    "logs": {"lines": [{"seq": 0, "stream": "client", "text": "after the end"}]},
+    "system": {"samples": [{"seq": 0, "cpu_percent": 1.0}]},
+    "checkpoints": {"step": 5, "path": "checkpoints/after-the-end"},
+    "status": {"status": "failed", "exit_code": 1},
+}
+
+
+@pytest.mark.parametrize("ended", ["succeeded", "failed", "cancelled", "lost"])
+def test_a_run_token_stops_writing_once_its_run_has_ended(external_run: tuple[Run, str], ended: str) -> None:
+    run, token = external_run
+    assert post(f"/api/runs/{run.id}/metrics/", batch(steps=range(3)), token).status_code == 200
+    Run.objects.filter(id=run.id).update(status=ended)
+    for endpoint, body in ENDED_BODIES.items():
+        answer = post(f"/api/runs/{run.id}/{endpoint}/", body, token)
+        assert answer.status_code == 401, (endpoint, answer.content)
+        assert f"has ended ({ended})" in answer.json()["error"]
+    assert stored_points(run_id=run.id) == 3
+    assert not LogLine.objects.filter(run=run).exists()
+    assert not run.checkpoints.exists()
+    assert Run.objects.get(id=run.id).status == ended
+
+
+def test_a_finished_run_token_is_refused_through_the_status_it_reported(external_run: tuple[Run, str]) -> None:
+    run, token = external_run
+    assert post(f"/api/runs/{run.id}/status/", {"status": "succeeded", "exit_code": 0}, token).status_code == 200
+    assert post(f"/api/runs/{run.id}/metrics/", batch(steps=range(3)), token).status_code == 401
+    assert stored_points(run_id=run.id) == 0
