@@ -175,7 +175,10 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {"task": "training.sweep_lost_runs", "schedule": 30.0},
     "release-expired-leases": {"task": "evaluation.release_expired_leases", "schedule": 60.0},
+    "prune-metric-keys": {"task": "training.prune_metric_keys", "schedule": 3600.0},
 }
+# Distinct metric names one run may log; a batch past it is refused whole with a 400 naming `key`.
+RUN_MAX_METRIC_KEYS = env_int("RUN_MAX_METRIC_KEYS", 1000)
 # Seconds without a heartbeat before the sweep marks a running run as lost.
 RUN_HEARTBEAT_TIMEOUT = env_int("RUN_HEARTBEAT_TIMEOUT", 60)
 # Queues a researcher may launch runs onto (one per GPU node pool).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 from training.payloads import (
     INT32,
     MAX_LINES,
@@ -37,7 +39,11 @@ def _ok(schema: str, description: str = "OK") -> dict[str, Any]:
 
 _ERRORS = {
     "400": _ok("Error", "Bad batch: `field` names the first bad value; nothing of the batch was written."),
-    "401": _ok("Error", "Missing or wrong token."),
+    "401": _ok(
+        "Error",
+        "Missing or wrong token, or the run has ended (a run token writes only while its run is queued or running).",
+    ),
+    "413": _ok("Error", "Body larger than the route's limit (32 MiB by default), refused before it is read."),
 }
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEP - 1}
@@ -46,13 +52,23 @@ STEP_QUERY = {"type": "integer", "minimum": -MAX_STEP, "maximum": MAX_STEP}
 KEY = {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"}
 
 
-def _ingest(summary: str, schema: str, answer: str = "IngestResult") -> dict[str, Any]:
+def _ingest(summary: str, schema: str, answer: str = "IngestResult", description: str = "") -> dict[str, Any]:
     return {
         "summary": summary,
+        **({"description": description} if description else {}),
         "security": [{"runToken": []}],
         "requestBody": _body(schema),
         "responses": {"200": _ok(answer), **_ERRORS},
     }
+
+
+def _key_limit() -> str:
+    limit = settings.RUN_MAX_METRIC_KEYS
+    return (
+        f"A run may have at most {limit} distinct metric keys (`RUN_MAX_METRIC_KEYS`; system samples count as "
+        "`system/<field>` keys). A batch that would pass the limit is refused whole with a 400 whose `field` is "
+        "`key`; keys the run already has are always accepted."
+    )
 
 
 def openapi_document(*, server: str) -> dict[str, Any]:
@@ -304,7 +320,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
             },
             "/api/runs/{run_id}/metrics/": {
                 "parameters": [RUN_ID],
-                "post": _ingest("Report metric points", "MetricBatch"),
+                "post": _ingest("Report metric points", "MetricBatch", description=_key_limit()),
                 "get": {
                     "summary": "A series, min/max-downsampled to `buckets` columns over [start, end]",
                     "security": [{"session": []}, {"apiKey": []}],
@@ -340,7 +356,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
             },
             "/api/runs/{run_id}/system/": {
                 "parameters": [RUN_ID],
-                "post": _ingest("Report machine load samples", "SystemBatch"),
+                "post": _ingest("Report machine load samples", "SystemBatch", description=_key_limit()),
             },
             "/api/runs/{run_id}/checkpoints/": {
                 "parameters": [RUN_ID],

@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 from django.db import connection
-from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import Http404
 
 from arbiter.accounts.models import User
@@ -81,10 +81,34 @@ def run_list(*, user: Any, filters: RunListFilters) -> QuerySet[Run]:
     return qs.order_by(f"-{column}" if desc else column, "-id")
 
 
-def summary_keys(*, runs: QuerySet[Run] | list[Run]) -> list[str]:
-    """Metric names that exist in any of these runs (for sort options and chart groups)."""
+# Pages list metric names as choices: bounded whatever the runs logged (runs are limited to
+# RUN_MAX_METRIC_KEYS each, but a list page shows hundreds of runs, and old runs may predate the limit).
+MAX_KEY_CHOICES = 50  # column and sort choices of the run list
+MAX_COMPARE_KEYS = 1000  # metric choices of the compare page (a single run's limit)
+
+
+def summary_keys(*, runs: QuerySet[Run] | list[Run], limit: int = MAX_COMPARE_KEYS) -> list[str]:
+    """Metric names of these runs, at most `limit`: those most of the runs share first, then alphabetically.
+
+    Returned sorted by name. Shared names are the ones worth comparing or sorting by; a name only one
+    run has is still reachable by typing it (`?sort=metric:<name>`, `?cols=<name>`).
+    """
     ids = [r.id for r in runs] if isinstance(runs, list) else runs.values("id")
-    return sorted(set(MetricSummary.objects.filter(run_id__in=ids).values_list("key__name", flat=True)))
+    rows = (
+        MetricSummary.objects.filter(run_id__in=ids)
+        .values("key__name")
+        .annotate(runs=Count("run_id"))
+        .order_by("-runs", "key__name")
+        .values_list("key__name", flat=True)[:limit]
+    )
+    return sorted(rows)
+
+
+def existing_keys(*, runs: QuerySet[Run] | list[Run], names: list[str]) -> list[str]:
+    """Those of `names` that at least one of these runs has, in the order given."""
+    ids = [r.id for r in runs] if isinstance(runs, list) else runs.values("id")
+    found = set(MetricSummary.objects.filter(run_id__in=ids, key__name__in=names).values_list("key__name", flat=True))
+    return [n for n in names if n in found]
 
 
 def final_values(*, run_ids: list[int], keys: list[str]) -> dict[tuple[int, str], float]:

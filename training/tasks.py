@@ -7,7 +7,7 @@ import socket
 from celery import Task, shared_task
 
 from arbiter.celery import Queue
-from training.services import runs, supervisor
+from training.services import ingest, runs, supervisor
 
 # A run may last days: the hard limit only stops a supervisor that somehow never returns.
 SUPERVISE_TIME_LIMIT_S = 14 * 24 * 3600
@@ -40,3 +40,9 @@ def supervise_run(self: Task, run_id: int) -> None:
 def sweep_lost_runs() -> list[int]:
     """Beat task: runs whose heartbeat stopped are marked lost."""
     return runs.mark_lost_runs()
+
+
+@shared_task(name="training.prune_metric_keys", queue=Queue.DEFAULT, ignore_result=True, time_limit=600)
+def prune_metric_keys() -> int:
+    """Beat task: metric names no run uses any more (their runs were deleted) are deleted."""
+    return ingest.prune_unused_metric_keys()

@@ -80,15 +80,21 @@ def run_list(request: AuthedHttpRequest) -> HttpResponse:
     )
     qs = selectors.run_list(user=request.user, filters=filters)
     page = list(qs[:200])
-    metric_keys = selectors.summary_keys(runs=selectors.visible_runs(user=request.user))
+    # Choices come from the runs on this page, the names most of them share first, and are bounded
+    # (MAX_KEY_CHOICES) whatever anyone logged: the page's size does not grow with others' metrics.
+    metric_keys = selectors.summary_keys(runs=page, limit=selectors.MAX_KEY_CHOICES)
     sort_metric = filters.sort.lstrip("-").removeprefix("metric:") if "metric:" in filters.sort else ""
     # `cols` ticked in the Columns menu; `cols_set` says the menu was submitted (so "none ticked" sticks).
+    wanted = request.GET.getlist("cols")[:MAX_METRIC_COLUMNS] if request.GET.get("cols_set") else []
+    present = selectors.existing_keys(runs=page, names=[*wanted, *DEFAULT_METRIC_COLUMNS, sort_metric])
     if request.GET.get("cols_set"):
-        columns = [k for k in request.GET.getlist("cols") if k in metric_keys][:MAX_METRIC_COLUMNS]
+        columns = [k for k in wanted if k in present]
     else:
-        columns = [k for k in DEFAULT_METRIC_COLUMNS if k in metric_keys][:2]
+        columns = [k for k in DEFAULT_METRIC_COLUMNS if k in present][:2]
     if sort_metric and sort_metric not in columns:
         columns.append(sort_metric)
+    # A chosen column or sort key outside the offered choices is still listed, ticked/selected.
+    metric_keys = sorted({*metric_keys, *columns})
     finals = selectors.final_values(run_ids=[r.id for r in page], keys=columns) if columns and page else {}
     rows = [
         RunRow(

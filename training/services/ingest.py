@@ -18,6 +18,7 @@ the ORM but no rollups: charts there read the chunks directly, which is fine at 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,14 @@ import numpy as np
 import orjson
 import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from training import events
 from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run
-from training.payloads import LogBatch, MetricBatch
+from training.payloads import LogBatch, MetricBatch, PayloadError
 from training.services.runs import bump_seq
+
+logger = logging.getLogger(__name__)
 
 # Bucket widths (in steps) of the rollups. A chart asks for ~1,000 buckets: a 1,000,000-step series
 # reads ~1,000 rows at width 1024; 100,000 steps read ~3,000 at width 32; below ~16,000 steps
@@ -43,10 +46,23 @@ FLOAT_DTYPE = np.dtype("<f8")
 
 # runs.bump_seq's UPDATE (next event number + the run's row lock, serialising its writers) with
 # the batch's key ids in the same round trip.
+# The last column counts the batch's names this run already has: when it equals their number (the
+# usual batch), the run's key budget needs no further look. Its snapshot may predate a concurrent
+# writer of the run (taken before the row lock was granted), so it can only under-count: a short
+# count sends the batch through the exact check, which runs after the lock.
 _PG_LOCK_RUN = """
 UPDATE training_run SET event_seq = event_seq + 1 WHERE id = %(run)s
 RETURNING event_seq, ARRAY(SELECT name FROM training_metrickey WHERE name = ANY(%(names)s::text[]) ORDER BY name),
-    ARRAY(SELECT id FROM training_metrickey WHERE name = ANY(%(names)s::text[]) ORDER BY name)
+    ARRAY(SELECT id FROM training_metrickey WHERE name = ANY(%(names)s::text[]) ORDER BY name),
+    (SELECT count(*) FROM training_metricsummary s JOIN training_metrickey k ON k.id = s.key_id
+     WHERE s.run_id = %(run)s AND k.name = ANY(%(names)s::text[]))
+"""
+
+# Metric names no run uses any more (their runs were deleted), a bounded slice at a time.
+_PRUNE_KEYS = """
+DELETE FROM training_metrickey WHERE id IN (
+    SELECT k.id FROM training_metrickey k
+    WHERE NOT EXISTS (SELECT 1 FROM training_metricsummary s WHERE s.key_id = k.id) LIMIT %s)
 """
 
 _PG_READ_CHUNKS = """
@@ -335,17 +351,32 @@ def summaries(pts: Points, coarsest: Extremes) -> tuple[Extremes, np.ndarray]:
 
 
 def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
-    """Store a validated batch idempotently on (run, key, step); announce it after commit."""
+    """Store a validated batch idempotently on (run, key, step); announce it after commit.
+
+    Refused whole (PayloadError on `key`) when it would give the run more than RUN_MAX_METRIC_KEYS
+    distinct metric names.
+    """
     if not len(batch):
         return IngestResult(0, 0, run.event_seq)
     names, pts = sorted_points(batch=batch)
+    try:
+        return _record_metrics(run=run, batch=batch, names=names, pts=pts)
+    except IntegrityError:
+        # prune_unused_metric_keys deleted a name between this batch's lookup and its commit (the
+        # summary's foreign key is checked at commit): the whole batch rolled back; look up again.
+        return _record_metrics(run=run, batch=batch, names=names, pts=pts)
+
+
+def _record_metrics(*, run: Run, batch: MetricBatch, names: list[str], pts: Points) -> IngestResult:
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            seq, ids = _lock_run_pg(run_id=run.id, names=names)
+            seq, ids, known = _lock_run_pg(run_id=run.id, names=names)
+            check_key_budget(run_id=run.id, names=names, known=known)
             written = _write_metrics_pg(run_id=run.id, pts=with_key_ids(pts, names, ids))
         else:
-            ids = key_ids(set(names))
             seq = bump_seq(run_id=run.id)
+            check_key_budget(run_id=run.id, names=names)
+            ids = key_ids(set(names))
             written = _write_metrics_portable(run=run, pts=with_key_ids(pts, names, ids))
         delta = events.metrics_delta(
             run_id=run.id, seq=seq, keys=batch.keys, steps=batch.steps, values=batch.values, times=batch.times
@@ -390,8 +421,9 @@ def _pg_cursor() -> psycopg.Cursor[Any]:
     return psycopg.Cursor(connection.connection)
 
 
-def _lock_run_pg(*, run_id: int, names: list[str]) -> tuple[int, dict[str, int]]:
-    """Lock the run and take its next event number; the ids of `names`, creating missing keys."""
+def _lock_run_pg(*, run_id: int, names: list[str]) -> tuple[int, dict[str, int], int]:
+    """Lock the run and take its next event number; the ids of `names` that exist, and how many of
+    them the run already has (a lower bound, see _PG_LOCK_RUN)."""
     with _pg_cursor() as cur:
         # Pipelined, the transaction's BEGIN travels with this statement: one round trip, not two.
         with cur.connection.pipeline():
@@ -402,7 +434,54 @@ def _lock_run_pg(*, run_id: int, names: list[str]) -> tuple[int, dict[str, int]]
     ids = dict(zip(row[1], row[2], strict=True))
     if len(ids) < len(names):
         ids = key_ids(set(names))
-    return int(row[0]), ids
+    return int(row[0]), ids, int(row[3])
+
+
+def check_key_budget(*, run_id: int, names: list[str], known: int = -1) -> None:
+    """Refuse a batch that would give the run more than RUN_MAX_METRIC_KEYS distinct metric names.
+
+    Why a limit: every name becomes a chart on the run page, a column choice in lists and a row in
+    the run's summaries; one script logging a new name per step (100,000 of them) made pages of
+    megabytes. `known` (names of the batch the run is known to have) skips the look when it is all of them.
+    Call with the run locked, so that concurrent batches of one run count each other.
+    """
+    if known >= len(names):
+        return
+    limit = int(settings.RUN_MAX_METRIC_KEYS)
+    rule = f"a run may have at most {limit} distinct metric keys (RUN_MAX_METRIC_KEYS)"
+    if len(names) > limit:
+        raise PayloadError("key", f"{rule}; this batch alone has {len(names)}: nothing was written")
+    have = set(MetricSummary.objects.filter(run_id=run_id, key__name__in=names).values_list("key__name", flat=True))
+    new = [n for n in names if n not in have]
+    if not new:
+        return
+    total = MetricSummary.objects.filter(run_id=run_id).count()
+    if total + len(new) > limit:
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        raise PayloadError(
+            "key", f"{rule}; run #{run_id} has {total} and this batch adds {len(new)} ({shown}): nothing was written"
+        )
+
+
+def prune_unused_metric_keys(*, chunk: int = 5000) -> int:
+    """Delete metric names that no run uses any more (their runs were deleted); returns how many.
+
+    A batch that looked a name up just before it is deleted fails at commit and is retried by
+    record_metrics; a name that gains a user while this runs makes this delete fail at commit, and
+    the rest waits for the next run of the task.
+    """
+    deleted = 0
+    while True:
+        try:
+            with transaction.atomic(), connection.cursor() as cur:
+                cur.execute(_PRUNE_KEYS, [chunk])
+                n = int(cur.rowcount)
+        except IntegrityError:
+            logger.info("metric key prune raced an ingest; the rest waits for the next run")
+            return deleted
+        deleted += n
+        if n < chunk:
+            return deleted
 
 
 def _write_metrics_pg(*, run_id: int, pts: Points) -> int:
