@@ -181,6 +181,8 @@ CELERY_BEAT_SCHEDULE = {
 RUN_MAX_METRIC_KEYS = env_int("RUN_MAX_METRIC_KEYS", 1000)
 # Seconds without a heartbeat before the sweep marks a running run as lost.
 RUN_HEARTBEAT_TIMEOUT = env_int("RUN_HEARTBEAT_TIMEOUT", 60)
+# Study uploads larger than this (bytes) are read by a Celery worker with a progress bar, not in the request.
+EVALUATION_IMPORT_BACKGROUND_BYTES = env_int("EVALUATION_IMPORT_BACKGROUND_BYTES", 4 * 1024 * 1024)
 # Queues a researcher may launch runs onto (one per GPU node pool).
 ARBITER_RUN_QUEUES = env_list("ARBITER_RUN_QUEUES", ["gpu"])
 # Seconds between SIGTERM and SIGKILL when a run is cancelled.

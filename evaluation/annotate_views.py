@@ -20,6 +20,7 @@ from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import annotator_required
 from evaluation import selectors, services
+from evaluation.conversations import flag_messages
 from evaluation.forms import JudgmentForm, SkipForm
 from evaluation.models import Assignment, Item, Study, StudyKind
 from evaluation.rendering import render_markdown
@@ -47,7 +48,12 @@ def _blinded(study: Study, assignment: Assignment) -> dict[str, Any]:
         left, right = html["response_a"], html["response_b"]
         if assignment.swapped:
             left, right = right, left
-        return {"prompt": mark_safe(html["prompt"]), "left": mark_safe(left), "right": mark_safe(right)}  # noqa: S308
+        return {
+            "prompt": mark_safe(html["prompt"]),  # noqa: S308 - sanitised by item_html
+            "left": mark_safe(left),  # noqa: S308
+            "right": mark_safe(right),  # noqa: S308
+            "flags": flag_messages(payload.get("flags")),
+        }
     if study.kind == StudyKind.RUBRIC:
         plans = [mark_safe(p) for p in html["plans"]]  # noqa: S308 - sanitised by item_html
         if assignment.swapped:

@@ -2,7 +2,11 @@
 
 Reward rows per study kind:
   pairwise  {prompt, chosen, rejected}  one per judgment; ties dropped, or kept with the
-            file's A as chosen when the researcher asks (DPO and reward-model recipes read these)
+            file's A as chosen when the researcher asks (DPO and reward-model recipes read these).
+            In TRL's preference formats (huggingface.co/docs/trl/dataset_formats), by the job's style:
+            conversational (prompt = turns, chosen/rejected = [assistant turn]) or standard strings
+            (prompt ending "\n\nAssistant:", completions with their leading space), so for an HH row
+            prompt + chosen is the original transcript byte for byte (evaluation.conversations)
   rubric    {prompt, response, score, rubric, satisfied}  one per plan: score = pass rate of its verdicts
   violation {prompt, trajectory, penalty, violations, completion, cup}  one per trajectory (annotator majority)
   rating    {prompt, response, score}  one per item: mean rating scaled to [0, 1]
@@ -25,8 +29,10 @@ from django.db.models import Max
 from django.utils import timezone
 
 from arbiter.accounts.models import User
+from arbiter.csv_cells import safe_row
+from evaluation import conversations
 from evaluation.judgments import violated_policies
-from evaluation.models import ExportFormat, ExportJob, ExportStatus, Item, Judgment, Study, StudyKind
+from evaluation.models import ExportFormat, ExportJob, ExportStatus, Item, Judgment, RewardStyle, Study, StudyKind
 
 CHUNK = 2000
 ProgressFn = Callable[[int], None]
@@ -82,12 +88,13 @@ CSV_FIELDS = [
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
     payload = record["judgment"]
     verdict = payload.get("choice", payload.get("rating", payload.get("completion", payload.get("preference", ""))))
-    return {**record, "verdict": verdict, "judgment": orjson.dumps(payload).decode()}
+    # Annotator names, item ids and rationales are user text: none may reach a spreadsheet as a formula.
+    return safe_row({**record, "verdict": verdict, "judgment": orjson.dumps(payload).decode()})
 
 
-def reward_rows(study: Study, *, keep_ties: bool = False) -> Iterator[dict[str, Any]]:
+def reward_rows(study: Study, *, keep_ties: bool = False, style: str = RewardStyle.AUTO) -> Iterator[dict[str, Any]]:
     if study.kind == StudyKind.PAIRWISE:
-        yield from _pairwise_rows(study, keep_ties)
+        yield from _pairwise_rows(study, keep_ties, style)
         return
     by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for item_id, payload in Judgment.objects.filter(study=study).values_list("item_id", "payload").iterator(CHUNK):
@@ -106,14 +113,26 @@ def reward_rows(study: Study, *, keep_ties: bool = False) -> Iterator[dict[str, 
             yield {"prompt": item.payload["prompt"], "response": item.payload["response"], "score": round(score, 4)}
 
 
-def _pairwise_rows(study: Study, keep_ties: bool) -> Iterator[dict[str, Any]]:
+def resolved_style(study: Study, style: str) -> str:
+    """ "auto": conversational when any item of the study is a conversation (turns), else standard strings."""
+    if style != RewardStyle.AUTO:
+        return style
+    conversation = Item.objects.filter(study=study, payload__source__in=["hh", "messages"]).exists()
+    return RewardStyle.CONVERSATIONAL if conversation else RewardStyle.STANDARD
+
+
+def _pairwise_rows(study: Study, keep_ties: bool, style: str) -> Iterator[dict[str, Any]]:
     rows = Judgment.objects.filter(study=study).order_by("id").values_list("payload__choice", "item__payload")
+    style = resolved_style(study, style)
+    split: Callable[[dict[str, Any]], tuple[Any, Any, Any]] = (
+        conversations.standard_strings if style == RewardStyle.STANDARD else conversations.conversational
+    )
     for choice, item in rows.iterator(CHUNK):
         if choice == "tie" and not keep_ties:
             continue
-        a, b = item["response_a"], item["response_b"]
+        prompt, a, b = split(item)
         chosen, rejected = (b, a) if choice == "b" else (a, b)
-        yield {"prompt": item["prompt"], "chosen": chosen, "rejected": rejected}
+        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _rubric_rows(item: dict[str, Any], verdicts: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -157,10 +176,21 @@ def _violation_row(item: dict[str, Any], verdicts: list[dict[str, Any]]) -> dict
 # --------------------------------------------------------------------------- jobs
 
 
-def start_export(*, study: Study, requested_by: User, format: str, keep_ties: bool = False) -> ExportJob:
+def start_export(
+    *,
+    study: Study,
+    requested_by: User,
+    format: str,
+    keep_ties: bool = False,
+    style: str = RewardStyle.AUTO,
+) -> ExportJob:
     from evaluation import tasks  # tasks import this module
 
-    job = ExportJob.objects.create(study=study, requested_by=requested_by, format=format, keep_ties=keep_ties)
+    if style not in RewardStyle.values:
+        raise ValueError(f"unknown reward style {style!r}")
+    job = ExportJob.objects.create(
+        study=study, requested_by=requested_by, format=format, keep_ties=keep_ties, style=style
+    )
     tasks.run_export.delay_on_commit(job.pk)
     return job
 
@@ -234,7 +264,7 @@ def _write(job: ExportJob) -> tuple[Path, int]:
         source: Iterator[dict[str, Any]] = judgment_records(study)
     else:
         path = folder / "train.jsonl"
-        source = reward_rows(study, keep_ties=job.keep_ties)
+        source = reward_rows(study, keep_ties=job.keep_ties, style=job.style)
     digest = hashlib.sha256()
     with path.open("wb") as out:
         for record in source:
@@ -251,6 +281,7 @@ def _write(job: ExportJob) -> tuple[Path, int]:
             "version": job.version,
             "rows": rows,
             "keep_ties": job.keep_ties,
+            "style": resolved_style(study, job.style),
             "sha256": digest.hexdigest(),
             "created_at": timezone.now().isoformat(),
             "columns": _columns(study.kind),

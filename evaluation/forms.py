@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from arbiter.accounts.models import Role, User
 from evaluation.judgments import VERDICTS
-from evaluation.models import DEFAULT_SCALE, ExportFormat, Study, StudyKind
+from evaluation.models import DEFAULT_SCALE, ExportFormat, RewardStyle, Study, StudyKind
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
@@ -85,9 +85,14 @@ class StudyForm(_StudyModelForm):
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(help_text="JSONL: one item per line.")
+    file = forms.FileField(help_text="JSON Lines, a JSON array, CSV or Parquet (gzip-compressed or not).")
     import_valid_rows = forms.BooleanField(
         required=False, label="If some rows are invalid, import the valid rows anyway"
+    )
+    flag_unsplittable = forms.BooleanField(
+        required=False,
+        label="Import conversations that cannot be split cleanly (an empty reply, transcripts that differ before "
+        "the last turn, identical sides) with a visible flag instead of refusing them",
     )
 
     def clean_file(self) -> Any:
@@ -155,9 +160,19 @@ class ItemForm(forms.Form):
 
 class ExportForm(forms.Form):
     format = forms.ChoiceField(choices=ExportFormat.choices, widget=forms.RadioSelect, initial=ExportFormat.REWARD)
+    style = forms.ChoiceField(
+        choices=RewardStyle.choices,
+        initial=RewardStyle.AUTO,
+        required=False,
+        label="Reward data: prompts and responses as",
+        widget=forms.RadioSelect,
+    )
     keep_ties = forms.BooleanField(
         required=False, label="Pairwise reward data: keep ties (response A as chosen) instead of dropping them"
     )
+
+    def clean_style(self) -> str:
+        return self.cleaned_data.get("style") or RewardStyle.AUTO
 
 
 # --------------------------------------------------------------------------- judgment forms

@@ -72,6 +72,9 @@ class Item(models.Model):
     rendered = models.JSONField(default=dict, blank=True, editable=False)
     is_gold = models.BooleanField(default=False)
     expected = models.JSONField(null=True, blank=True)
+    # A violation task imported without its trajectory (ST-WebAgentBench's task file): overlap 0, so the
+    # queue skips it, until a trajectory for its task_id arrives (services.imports).
+    waiting = models.BooleanField(default=False)
     # Copied from the study so a row-level CheckConstraint can refuse over-assignment.
     overlap = models.PositiveSmallIntegerField(default=1)
     # Live assignments: completed ones plus leases not yet released. The queue's test is claimed < overlap.
@@ -160,6 +163,27 @@ class Judgment(models.Model):
         return f"judgment {self.pk} on item {self.item_id}"
 
 
+class AutomaticJudgment(models.Model):
+    """A verdict from a program (ST-WebAgentBench's evaluator), kept apart from people's judgments.
+
+    The payload has the shape of a violation judgment (evaluation.judgments), with `step` None where
+    the judge did not say which step violated a policy, plus `total_reward`.
+    """
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="automatic_judgments")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="automatic_judgments")
+    judge = models.CharField(max_length=100)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["item", "judge"], name="automatic_judgment_once_per_judge")]
+
+    def __str__(self) -> str:
+        return f"{self.judge} on item {self.item_id}"
+
+
 class RubricItemFlag(models.Model):
     """An annotator's vote that a rubric item is badly written (rubric approval)."""
 
@@ -177,6 +201,80 @@ class RubricItemFlag(models.Model):
         return f"flag on rubric item {self.rubric_index} of item {self.item_id}"
 
 
+class ImportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Reading"
+    DONE = "done", "Imported"
+    REJECTED = "rejected", "Rejected (invalid rows)"
+    FAILED = "failed", "Failed"
+
+
+class ImportJob(models.Model):
+    """One upload of items: read as a stream into staged rows, then published into the study at once (or not at all)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="imports")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    filename = models.CharField(max_length=255, blank=True)
+    path = models.CharField(max_length=500, blank=True)  # the stored upload of a background import (ARTIFACT_ROOT)
+    size_bytes = models.BigIntegerField(default=0)
+    import_valid_rows = models.BooleanField(default=False)
+    flag_unsplittable = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=ImportStatus.choices, default=ImportStatus.QUEUED)
+    container = models.CharField(max_length=60, blank=True)
+    bytes_read = models.BigIntegerField(default=0)
+    rows_read = models.PositiveIntegerField(default=0)
+    created_items = models.PositiveIntegerField(default=0)
+    waiting_items = models.PositiveIntegerField(default=0)
+    attached = models.PositiveIntegerField(default=0)  # trajectories given to items that waited for one
+    verdicts = models.PositiveIntegerField(default=0)  # automatic judgments stored
+    flagged_rows = models.PositiveIntegerField(default=0)
+    error_count = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)  # the first MAX_ERRORS [{line, field, message}]
+    message = models.TextField(blank=True)  # why a whole file was refused or failed
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=ImportStatus.values), name="import_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} of study {self.study_id}"
+
+    @property
+    def percent(self) -> int:
+        if self.status in (ImportStatus.DONE, ImportStatus.REJECTED):
+            return 100
+        return min(99, int(100 * self.bytes_read / self.size_bytes)) if self.size_bytes else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (ImportStatus.DONE, ImportStatus.REJECTED, ImportStatus.FAILED)
+
+
+class ImportRow(models.Model):
+    """A parsed row staged by an import that has not finished: nothing outside the import sees it."""
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="+", db_index=False)
+    seq = models.PositiveIntegerField()
+    line = models.PositiveIntegerField(default=0)
+    attachment = models.BooleanField(default=False)  # a trajectory/verdict for an item keyed by task_id
+    payload = models.JSONField()
+    rendered = models.JSONField(default=dict)
+    is_gold = models.BooleanField(default=False)
+    expected = models.JSONField(null=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    waiting = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="import_row_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"staged row {self.seq} of import {self.job_id}"
+
+
 class ExportFormat(models.TextChoices):
     JUDGMENTS_JSONL = "judgments_jsonl", "Judgments (JSONL)"
     JUDGMENTS_CSV = "judgments_csv", "Judgments (CSV)"
@@ -190,11 +288,18 @@ class ExportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class RewardStyle(models.TextChoices):
+    AUTO = "auto", "As imported (conversational when the study has conversations, else standard strings)"
+    CONVERSATIONAL = "conversational", "Conversational messages (TRL conversational preference)"
+    STANDARD = "standard", "Standard strings (TRL standard preference; HH transcripts byte for byte)"
+
+
 class ExportJob(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="exports")
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     format = models.CharField(max_length=20, choices=ExportFormat.choices)
     keep_ties = models.BooleanField(default=False, help_text="Pairwise reward data: keep ties (as chosen/rejected).")
+    style = models.CharField(max_length=16, choices=RewardStyle.choices, default=RewardStyle.AUTO)
     status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
     version = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)

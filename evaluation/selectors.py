@@ -26,7 +26,7 @@ from arbiter.accounts.models import User
 from evaluation import stats
 from evaluation.events import ProgressPayload
 from evaluation.judgments import agreement_labels, gold_score, violated_policies
-from evaluation.models import Assignment, ExportJob, Item, Judgment, RubricItemFlag, Study, StudyKind
+from evaluation.models import Assignment, ExportJob, ImportJob, Item, Judgment, RubricItemFlag, Study, StudyKind
 
 # --------------------------------------------------------------------------- access
 
@@ -67,6 +67,17 @@ def get_annotation_study_for(*, user: User, study_id: int) -> Study:
     if study is None:
         raise Http404("No such study.")
     return study
+
+
+def import_for(*, study: Study, import_id: int) -> ImportJob:
+    job = ImportJob.objects.filter(study=study, pk=import_id).first()
+    if job is None:
+        raise Http404("No such import.")
+    return job
+
+
+def recent_imports(*, study: Study, limit: int = 10) -> list[ImportJob]:
+    return list(ImportJob.objects.filter(study=study).order_by("-created_at", "-id")[:limit])
 
 
 def export_for(*, study: Study, export_id: int) -> ExportJob:

@@ -1,4 +1,4 @@
-"""Celery tasks for studies: exports, and the sweep that returns abandoned leases to the queue."""
+"""Celery tasks for studies: exports, large item imports, and the sweep that returns abandoned leases to the queue."""
 
 from __future__ import annotations
 
@@ -35,3 +35,19 @@ def release_expired_leases() -> int:
     while released := services.release_expired_leases():
         total += released
     return total
+
+
+@shared_task(  # untyped in Celery, as above
+    name="evaluation.run_import",
+    queue=Queue.DEFAULT,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=3600,
+    soft_time_limit=3540,
+    ignore_result=True,
+)
+def run_import(import_id: int) -> None:
+    """Read one stored upload into its study; a redelivered message finds the job claimed and does nothing."""
+    from evaluation import services
+
+    services.run_import(import_id=import_id)

@@ -14,6 +14,7 @@ urlpatterns = [
     path("<int:study_id>/", views.study_detail, name="study_detail"),
     path("<int:study_id>/edit/", views.study_edit, name="study_edit"),
     path("<int:study_id>/items/upload/", views.items_upload, name="items_upload"),
+    path("<int:study_id>/items/upload/<int:import_id>/", views.import_status, name="import_status"),
     path("<int:study_id>/items/new/", views.item_create, name="item_create"),
     path("<int:study_id>/quality/", views.quality, name="quality"),
     path("<int:study_id>/results/", views.results, name="results"),

@@ -21,8 +21,8 @@ from django.urls import NoReverseMatch, reverse
 from arbiter.accounts.decorators import researcher_required
 from evaluation import export, selectors, services
 from evaluation.forms import ExportForm, ItemForm, StudyForm, UploadForm
-from evaluation.importers import RowInvalid, parse_jsonl
-from evaluation.models import ExportFormat, ExportJob, ExportStatus, Study, StudyKind
+from evaluation.importers import RowInvalid, parse_all
+from evaluation.models import ExportFormat, ExportJob, ExportStatus, ImportJob, Study, StudyKind
 from evaluation.stats import DIMENSION_LABELS, POLICY_DIMENSIONS, bradley_terry, policy_summary, win_rates
 
 
@@ -118,19 +118,36 @@ def items_upload(request: HttpRequest, study_id: int) -> HttpResponse:
     study = _study(request, study_id, edit=True)
     form = UploadForm(request.POST or None, request.FILES or None)
     context: dict[str, Any] = {"study": study, "form": form, "format_help": FORMAT_HELP[StudyKind(study.kind)]}
+    status = 422 if request.method == "POST" else 200
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data["file"].read()
+        upload = form.cleaned_data["file"]
         try:
-            report = services.import_items(
-                study=study, data=data, import_valid_rows=form.cleaned_data["import_valid_rows"]
+            outcome = services.submit_import(
+                study=study,
+                data=upload,
+                filename=upload.name or "",
+                import_valid_rows=form.cleaned_data["import_valid_rows"],
+                flag_unsplittable=form.cleaned_data["flag_unsplittable"],
+                requested_by=request.user,  # type: ignore[arg-type]
             )
         except services.ImportRejected as exc:
-            context.update(errors=exc.errors, error_count=exc.error_count, valid_count=exc.valid_count)
-            return render(request, "evaluation/study_upload.html", context, status=422)
-        context.update(report=report)
-        return render(request, "evaluation/study_upload.html", context)
-    status = 422 if request.method == "POST" else 200
+            context.update(
+                errors=exc.errors, error_count=exc.error_count, valid_count=exc.valid_count, message=exc.message
+            )
+        else:
+            if isinstance(outcome, ImportJob):
+                return redirect(reverse("evaluation:items_upload", args=[study.pk]) + f"?job={outcome.pk}")
+            context.update(report=outcome)
+            status = 200
+    context["imports"] = selectors.recent_imports(study=study)
     return render(request, "evaluation/study_upload.html", context, status=status)
+
+
+@researcher_required
+def import_status(request: HttpRequest, study_id: int, import_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    job = selectors.import_for(study=study, import_id=import_id)
+    return render(request, "evaluation/study_upload.html#import_row", {"study": study, "job": job})
 
 
 @researcher_required
@@ -140,7 +157,7 @@ def item_create(request: HttpRequest, study_id: int) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             row = form.row(study.kind)
-            result = parse_jsonl(json.dumps(row).encode(), kind=study.kind)
+            result = parse_all(json.dumps(row).encode(), kind=study.kind)
             if not result.ok:
                 error = result.errors[0]
                 raise ValidationError(f"{error.field or 'item'}: {error.message}")
@@ -222,6 +239,7 @@ def export_page(request: HttpRequest, study_id: int) -> HttpResponse:
             requested_by=request.user,  # type: ignore[arg-type]
             format=form.cleaned_data["format"],
             keep_ties=form.cleaned_data["keep_ties"],
+            style=form.cleaned_data["style"],
         )
         return redirect("evaluation:export", study_id=study.pk)
     jobs = [(job, _train_link(job)) for job in study.exports.select_related("study")[:20]]

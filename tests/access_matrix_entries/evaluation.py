@@ -14,17 +14,25 @@ from tests.access_matrix_entries import ANNOTATORS, RESEARCHERS, Access
 def _study(owner: Any) -> Any:
     """A pairwise study of the owner's, with one item, that every annotator in the database is assigned to."""
     from evaluation import services
-    from evaluation.importers import parse_jsonl
+    from evaluation.importers import parse_all
 
     study = services.create_study(owner=owner, name="matrix", kind="pairwise", overlap=2)
     row = b'{"prompt": "p", "response_a": "a", "response_b": "b"}'
-    services.add_items(study=study, items=parse_jsonl(row, kind="pairwise").items)
+    services.add_items(study=study, items=parse_all(row, kind="pairwise").items)
     study.annotators.set(User.objects.filter(role=Role.ANNOTATOR))
     return study
 
 
 def study(owner: Any) -> dict[str, Any]:
     return {"study_id": _study(owner).pk}
+
+
+def import_job(owner: Any) -> dict[str, Any]:
+    from evaluation.models import ImportJob
+
+    s = _study(owner)
+    job = ImportJob.objects.create(study=s, requested_by=owner, filename="items.jsonl", status="done")
+    return {"study_id": s.pk, "import_id": job.pk}
 
 
 def export(owner: Any) -> dict[str, Any]:
@@ -47,6 +55,7 @@ ENTRIES = {
     "evaluation:study_detail": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:study_edit": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:items_upload": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:import_status": Access(roles=RESEARCHERS, objects="import_job"),
     "evaluation:item_create": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:quality": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:results": Access(roles=RESEARCHERS, objects="study"),
@@ -59,4 +68,4 @@ ENTRIES = {
     "annotate:submit": Access(roles=ANNOTATORS, objects="study", method="post"),
     "annotate:skip": Access(roles=ANNOTATORS, objects="study", method="post"),
 }
-BUILDERS: dict[str, Any] = {"study": study, "export": export}
+BUILDERS: dict[str, Any] = {"study": study, "export": export, "import_job": import_job}

@@ -114,3 +114,25 @@ def test_export_status_partial_polls_until_done(client_for, researcher, make_stu
     url = reverse("evaluation:export_status", kwargs={"study_id": study.pk, "export_id": job.pk})
     html = client_for(researcher).get(url).content.decode()
     assert 'hx-trigger="every 1s"' in html and "50%" in html and "<html" not in html
+
+
+FORMULAS = ['=HYPERLINK("http://evil","x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+
+
+@pytest.mark.parametrize("payload", FORMULAS)
+def test_csv_export_escapes_formulas(make_study, annotator, settings, tmp_path, payload) -> None:
+    """OWASP CSV injection: a cell starting with = + - @ tab or CR gets a leading quote, then reads as text."""
+    settings.ARTIFACT_ROOT = tmp_path
+    annotator.username = payload[:1] + "anna"
+    annotator.save()
+    study = make_study(rows=[pairwise_row(0, id=payload)], annotators=[annotator])
+    _judge(study, annotator, ["a"])
+    job = ExportJob.objects.create(study=study, requested_by=study.owner, format="judgments_csv")
+    done = export.run_export(export_id=job.pk)
+    with Path(done.path).open(newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["external_id"] == "'" + payload
+    assert row["annotator"] == "'" + annotator.username
+    for value in row.values():
+        assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), value
+    assert row["judgment_id"].isdigit()  # numbers the export writes stay numbers

@@ -1,4 +1,4 @@
-"""Writes for human studies: create and edit studies, import items, lease items, record judgments.
+"""The annotator queue: lease items, renew and release leases, record judgments and skips.
 
 The assignment rules live here and nowhere else:
 - an item is held by at most `overlap` live assignments (completed or leased): `Item.claimed`,
@@ -16,23 +16,20 @@ from __future__ import annotations
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Max
+from django.db.models import F
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from arbiter.accounts.models import User
-from evaluation import events, rendering, selectors
-from evaluation.importers import ParsedItem, RowError, parse_jsonl
+from evaluation import events, selectors
 from evaluation.judgments import canonical_judgment
 from evaluation.models import Assignment, Item, Judgment, RubricItemFlag, Study, StudyKind
+from evaluation.services.locking import write_transaction
 
 RELEASE_EVERY_S = 5.0  # how often one process sweeps a study's expired leases from the queue path
 _last_release: dict[int, float] = {}
@@ -45,140 +42,6 @@ class LeaseExpired(Exception):
 class AssignmentClosed(Exception):
     """The assignment was skipped: there is nothing left to submit to it."""
 
-
-class ImportRejected(Exception):
-    def __init__(self, errors: list[RowError], error_count: int, valid_count: int) -> None:
-        super().__init__(f"{error_count} invalid rows")
-        self.errors = errors
-        self.error_count = error_count
-        self.valid_count = valid_count
-
-
-@dataclass(frozen=True)
-class ImportReport:
-    created: int
-    skipped_rows: list[RowError]
-    skipped_count: int
-
-
-# --------------------------------------------------------------------------- studies
-
-
-@transaction.atomic
-def create_study(
-    *,
-    owner: User,
-    name: str,
-    kind: str,
-    instructions: str = "",
-    overlap: int = 1,
-    lease_seconds: int = 900,
-    accuracy_threshold: float = 0.7,
-    scale_labels: list[str] | None = None,
-    annotators: list[User] | None = None,
-    shared_with: list[User] | None = None,
-) -> Study:
-    if kind not in StudyKind.values:
-        raise ValidationError({"kind": "Unknown study kind."})
-    study = Study.objects.create(
-        owner=owner,
-        name=name,
-        kind=kind,
-        instructions=instructions,
-        overlap=overlap,
-        lease_seconds=lease_seconds,
-        accuracy_threshold=accuracy_threshold,
-        scale_labels=scale_labels or [],
-    )
-    if annotators:
-        study.annotators.set(annotators)
-    if shared_with:
-        study.shared_with.set(shared_with)
-    return study
-
-
-def update_study(
-    *,
-    study: Study,
-    name: str,
-    instructions: str,
-    overlap: int,
-    lease_seconds: int,
-    accuracy_threshold: float,
-    scale_labels: list[str],
-    annotators: list[User],
-    shared_with: list[User],
-) -> Study:
-    """Edit a study. Overlap may not drop below what an item already holds: those judgments exist."""
-    with write_transaction():
-        locked = Study.objects.select_for_update().get(pk=study.pk)
-        if overlap != locked.overlap:
-            held = Item.objects.filter(study=locked).aggregate(m=Max("claimed"))["m"] or 0
-            if overlap < held:
-                raise ValidationError(
-                    {"overlap": f"Some items already have {held} judgments or leases; overlap >= {held}."}
-                )
-            Item.objects.filter(study=locked).update(overlap=overlap)
-        locked.name, locked.instructions, locked.overlap = name, instructions, overlap
-        locked.lease_seconds, locked.accuracy_threshold, locked.scale_labels = (
-            lease_seconds,
-            accuracy_threshold,
-            scale_labels,
-        )
-        locked.save()
-        locked.annotators.set(annotators)
-        locked.shared_with.set(shared_with)
-        return locked
-
-
-# --------------------------------------------------------------------------- items
-
-
-def import_items(*, study: Study, data: bytes, import_valid_rows: bool = False) -> ImportReport:
-    """Store a JSONL upload. Any bad row refuses the whole file, unless the researcher asked for the valid rows."""
-    result = parse_jsonl(data, kind=study.kind)
-    if result.error_count and (not import_valid_rows or not result.items):
-        raise ImportRejected(result.errors, result.error_count, len(result.items))
-    created = add_items(study=study, items=result.items)
-    return ImportReport(created, result.errors, result.error_count)
-
-
-def add_items(*, study: Study, items: list[ParsedItem]) -> int:
-    # Markdown is rendered (and sanitised) here, once per item, instead of on every page that shows it.
-    rendered = [rendering.render_item(kind=study.kind, payload=p.payload) for p in items]
-    with write_transaction():
-        return _add_items(study=study, items=items, rendered=rendered)
-
-
-def _add_items(*, study: Study, items: list[ParsedItem], rendered: list[dict[str, Any]]) -> int:
-    # Lock the study so two uploads at once do not interleave positions.
-    locked = Study.objects.select_for_update().get(pk=study.pk)
-    start = (Item.objects.filter(study=locked).aggregate(m=Max("position"))["m"] or 0) + 1
-    rows = [
-        Item(
-            study=locked,
-            position=start + i,
-            external_id=p.external_id[:200],
-            payload=p.payload,
-            rendered=html,
-            is_gold=p.is_gold,
-            expected=p.expected,
-            overlap=locked.overlap,
-        )
-        for i, (p, html) in enumerate(zip(items, rendered, strict=True))
-    ]
-    Item.objects.bulk_create(rows, batch_size=1000)
-    Study.objects.filter(pk=locked.pk).update(item_count=F("item_count") + len(rows))
-    if connection.vendor == "postgresql" and len(rows) >= 1000:
-        # Fresh statistics, or the queue's scan is planned for an empty table (a bitmap scan and a
-        # sort of every open item, tens of ms, instead of walking the index to the first free one).
-        with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {Item._meta.db_table}")
-    study.item_count = locked.item_count + len(rows)
-    return len(rows)
-
-
-# --------------------------------------------------------------------------- the queue
 
 # Passed as `latest` when the caller has not read the annotator's latest assignment.
 UNREAD: Any = object()
@@ -302,32 +165,6 @@ def _claim_postgres(*, annotator: User, study: Study, latest: Assignment | None)
     )
 
 
-@contextmanager
-def write_transaction() -> Iterator[None]:
-    """`transaction.atomic()`; on SQLite one that takes the database's write lock at BEGIN (BEGIN IMMEDIATE).
-
-    SQLite has no row locks and no SKIP LOCKED: one lock serialises writers. A deferred
-    transaction that reads, then writes, either acts on what it read while another writer
-    commits in between, or (in WAL mode) fails at once with SQLITE_BUSY when it upgrades,
-    without waiting out busy_timeout. Taking the lock at BEGIN makes each read-check-write
-    (claim, submit, skip, release) one short serial step; concurrent writers wait their turn
-    on busy_timeout. Inside a caller's transaction it is a savepoint of that transaction.
-    """
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        with transaction.atomic():
-            yield
-        return
-    connection.ensure_connection()
-    default_mode = connection.transaction_mode  # type: ignore[attr-defined]
-    connection.transaction_mode = "IMMEDIATE"  # type: ignore[attr-defined]  # read once, by the BEGIN
-    try:
-        with transaction.atomic():
-            connection.transaction_mode = default_mode  # type: ignore[attr-defined]
-            yield
-    finally:
-        connection.transaction_mode = default_mode  # type: ignore[attr-defined]
-
-
 def _claim_serialised(*, annotator: User, study: Study) -> Assignment | None:
     """The same rules through the ORM, for SQLite (embedded mode), in one serialised write transaction."""
     now = timezone.now()
@@ -391,14 +228,6 @@ def release_expired_leases(*, study_id: int | None = None, limit: int = 1000) ->
     for sid in {study_id} if study_id is not None else set():
         events.notify_progress(study_id=sid)
     return len(rows)
-
-
-def refresh_rendered(*, item: Item, kind: str) -> dict[str, Any]:
-    """The item's display HTML; a stored rendering that is stale (older renderer, changed payload) is redone."""
-    if not rendering.is_current(payload=item.payload, rendered=item.rendered):
-        item.rendered = rendering.render_item(kind=kind, payload=item.payload)
-        Item.objects.filter(pk=item.pk).update(rendered=item.rendered)
-    return rendering.item_html(kind=kind, payload=item.payload, rendered=item.rendered)
 
 
 # --------------------------------------------------------------------------- judgments
