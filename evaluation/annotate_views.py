@@ -3,7 +3,7 @@
 Annotators see only their own assignments: every lookup (selectors.annotation_state,
 selectors.own_assignment, get_annotation_study_for) checks that the requester annotates
 the study and filters assignments by the requester. Model identities never reach these
-templates (see `_blinded`). This is the hot path of the annotator loop: two queries per
+templates (see evaluation.display). This is the hot path of the annotator loop: two queries per
 page besides the session's user (see selectors.annotation_state), item text pre-rendered.
 """
 
@@ -19,12 +19,10 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import annotator_required
-from evaluation import selectors, services
-from evaluation.conversations import flag_messages
+from evaluation import display, selectors, services
 from evaluation.forms import JudgmentForm, SkipForm
 from evaluation.models import Assignment, Item, Study, StudyKind
 from evaluation.rendering import render_markdown
-from evaluation.stats import DIMENSION_LABELS
 
 
 @annotator_required
@@ -35,43 +33,6 @@ def queue(request: HttpRequest) -> HttpResponse:
 
 # Study instructions are shown above every item; parse each text once per process, not per page.
 _instructions_html = lru_cache(maxsize=64)(render_markdown)
-
-
-def _blinded(study: Study, assignment: Assignment) -> dict[str, Any]:
-    """What the annotator may see of an item: no model names, sides in this assignment's order.
-
-    Text is the item's stored, sanitised HTML (see evaluation.rendering.item_html), marked safe here.
-    """
-    payload = assignment.item.payload
-    html = services.refresh_rendered(item=assignment.item, kind=study.kind)
-    if study.kind == StudyKind.PAIRWISE:
-        left, right = html["response_a"], html["response_b"]
-        if assignment.swapped:
-            left, right = right, left
-        return {
-            "prompt": mark_safe(html["prompt"]),  # noqa: S308 - sanitised by item_html
-            "left": mark_safe(left),  # noqa: S308
-            "right": mark_safe(right),  # noqa: S308
-            "flags": flag_messages(payload.get("flags")),
-        }
-    if study.kind == StudyKind.RUBRIC:
-        plans = [mark_safe(p) for p in html["plans"]]  # noqa: S308 - sanitised by item_html
-        if assignment.swapped:
-            plans.reverse()
-        rubric = [mark_safe(r) for r in html["rubric"]]  # noqa: S308 - sanitised by item_html
-        return {"goal": mark_safe(html["goal"]), "plans": list(enumerate(plans)), "rubric": list(enumerate(rubric))}  # noqa: S308
-    if study.kind == StudyKind.VIOLATION:
-        policies = [
-            {
-                "index": i,
-                "description": mark_safe(description),  # noqa: S308 - sanitised by item_html
-                "dimension": DIMENSION_LABELS.get(p["policy_category"], p["policy_category"]),
-            }
-            for i, (p, description) in enumerate(zip(payload["policies"], html["policies"], strict=True))
-        ]
-        steps = [{"index": s, **step} for s, step in enumerate(payload["trajectory"])]
-        return {"intent": mark_safe(html["intent"]), "policies": policies, "steps": steps}  # noqa: S308
-    return {"prompt": mark_safe(html["prompt"]), "response": mark_safe(html["response"])}  # noqa: S308
 
 
 def _render_item(
@@ -86,7 +47,7 @@ def _render_item(
         "study": study,
         "instructions": mark_safe(_instructions_html(study.instructions)) if study.instructions else "",  # noqa: S308
         "assignment_id": assignment.pk,
-        "item": _blinded(study, assignment),
+        "item": display.item_view(study=study, item=assignment.item, swapped=assignment.swapped),
         "form": form,
         "progress": progress,
         "position": progress.done + 1,

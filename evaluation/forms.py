@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from arbiter.accounts.models import Role, User
 from evaluation.judgments import VERDICTS
-from evaluation.models import DEFAULT_SCALE, ExportFormat, RewardStyle, Study, StudyKind
+from evaluation.models import DEFAULT_SCALE, ExportFormat, RewardStyle, Study, StudyKind, TextFormat
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
@@ -46,8 +46,8 @@ class StudyForm(_StudyModelForm):
 
     class Meta:
         model = Study
-        fields = ["name", "kind", "instructions", "overlap", "lease_seconds", "accuracy_threshold"]
-        widgets = {"instructions": forms.Textarea(attrs={"rows": 8})}
+        fields = ["name", "kind", "text_format", "instructions", "overlap", "lease_seconds", "accuracy_threshold"]
+        widgets = {"instructions": forms.Textarea(attrs={"rows": 8}), "text_format": forms.RadioSelect}
 
     def __init__(self, *args: Any, owner: User | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -55,9 +55,15 @@ class StudyForm(_StudyModelForm):
             shared_with = cast("forms.ModelMultipleChoiceField[User]", self.fields["shared_with"])
             assert shared_with.queryset is not None  # declared above with one
             shared_with.queryset = shared_with.queryset.exclude(pk=owner.pk)
+        # Forms and scripts that predate the text format get the default (plain text).
+        self.fields["text_format"].required = False
         if self.instance.pk:
             self.fields["kind"].disabled = True  # items are shaped by the kind: it cannot change later
             self.fields["scale_text"].initial = "\n".join(self.instance.scale)
+
+    def clean_text_format(self) -> str:
+        value: str = self.cleaned_data.get("text_format") or ""
+        return value or (self.instance.text_format if self.instance.pk else TextFormat.PLAIN)
 
     def clean_overlap(self) -> int:
         overlap: int = self.cleaned_data["overlap"]
@@ -155,6 +161,31 @@ class ItemForm(forms.Form):
                     row["expected"] = json.loads(d["expected"])
                 except json.JSONDecodeError:
                     row["expected"] = d["expected"]
+        return row
+
+
+class ItemEditForm(forms.Form):
+    """An item as its upload row (JSON): edited, then parsed by the same importer as a file."""
+
+    row = forms.JSONField(
+        widget=forms.Textarea(attrs={"rows": 18, "spellcheck": "false"}),
+        help_text="The item as one upload row (JSON). The same checks as an upload apply.",
+    )
+
+    def clean_row(self) -> dict[str, Any]:
+        row = self.cleaned_data["row"]
+        if not isinstance(row, dict):
+            raise ValidationError("An item is one JSON object.")
+        return row
+
+    @staticmethod
+    def row_of(item: Any) -> dict[str, Any]:
+        """The stored item as an upload row: its payload (bookkeeping keys dropped), id and gold answer."""
+        row = {k: v for k, v in item.payload.items() if k not in ("source", "source_text", "flags")}
+        if item.external_id:
+            row["id"] = item.external_id
+        if item.is_gold:
+            row.update(gold=True, expected=item.expected)
         return row
 
 

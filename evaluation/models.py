@@ -23,11 +23,22 @@ class StudyKind(models.TextChoices):
 DEFAULT_SCALE = ["Very poor", "Poor", "Acceptable", "Good", "Excellent"]
 
 
+class TextFormat(models.TextChoices):
+    PLAIN = "plain", "Plain text: every character as written; conversations as chat bubbles"
+    MARKDOWN = "markdown", "Markdown (sanitised): for items written in Markdown"
+
+
 class Study(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="owned_studies")
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=16, choices=StudyKind.choices)
     instructions = models.TextField(blank=True, help_text="Markdown, shown to annotators above every item.")
+    text_format = models.CharField(
+        max_length=10,
+        choices=TextFormat.choices,
+        default=TextFormat.PLAIN,
+        help_text="How items are shown to annotators. Plain text shows what the data says, character for character.",
+    )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Judgments per item, from different annotators.")
     lease_seconds = models.PositiveIntegerField(
         default=900, help_text="How long an annotator holds an item before it returns to the queue."
@@ -46,6 +57,7 @@ class Study(models.Model):
         verbose_name_plural = "studies"
         constraints = [
             models.CheckConstraint(condition=Q(kind__in=StudyKind.values), name="study_kind_valid"),
+            models.CheckConstraint(condition=Q(text_format__in=TextFormat.values), name="study_text_format_valid"),
             models.CheckConstraint(condition=Q(overlap__gte=1) & Q(overlap__lte=50), name="study_overlap_range"),
             models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="study_lease_min"),
             models.CheckConstraint(
@@ -66,9 +78,9 @@ class Item(models.Model):
     position = models.PositiveIntegerField(default=0)
     external_id = models.CharField(max_length=200, blank=True)
     payload = models.JSONField()
-    # Sanitised HTML of the payload's markdown fields (evaluation.rendering.render_item), made at import
-    # so the annotator's page does not parse markdown; stamped with the payload's digest and re-sanitised
-    # on display, so a stale or tampered value is re-rendered or stripped, never trusted.
+    # Markdown studies: sanitised HTML of the payload's text fields (evaluation.rendering.render_item), made at
+    # import so the annotator's page does not parse markdown; stamped with the payload's digest and re-sanitised
+    # on display, so a stale or tampered value is re-rendered or stripped, never trusted. Empty for plain text.
     rendered = models.JSONField(default=dict, blank=True, editable=False)
     is_gold = models.BooleanField(default=False)
     expected = models.JSONField(null=True, blank=True)

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 from django.db import connection
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum, TextField
+from django.db.models.functions import Cast
 from django.http import Http404
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -25,7 +26,7 @@ from django.utils.dateparse import parse_datetime
 from arbiter.accounts.models import User
 from evaluation import stats
 from evaluation.events import ProgressPayload
-from evaluation.judgments import agreement_labels, gold_score, violated_policies
+from evaluation.judgments import agreement_labels, gold_score
 from evaluation.models import Assignment, ExportJob, ImportJob, Item, Judgment, RubricItemFlag, Study, StudyKind
 
 # --------------------------------------------------------------------------- access
@@ -67,6 +68,43 @@ def get_annotation_study_for(*, user: User, study_id: int) -> Study:
     if study is None:
         raise Http404("No such study.")
     return study
+
+
+ITEM_STATUSES = {
+    "all": "All",
+    "unjudged": "Not judged yet",
+    "judged": "Judged",
+    "waiting": "Waiting for a trajectory",
+    "flagged": "Flagged at import",
+    "gold": "Gold",
+}
+
+
+def item_list(*, study: Study, query: str = "", status: str = "all") -> QuerySet[Item]:
+    """A study's items in queue order, searched in their text and id, filtered by status."""
+    items = Item.objects.filter(study=study).order_by("position", "id")
+    if query:
+        text = Cast("payload", output_field=TextField())
+        items = items.annotate(text=text).filter(Q(text__icontains=query) | Q(external_id__icontains=query))
+    if status == "unjudged":
+        items = items.filter(judgment_count=0, waiting=False)
+    elif status == "judged":
+        items = items.filter(judgment_count__gt=0)
+    elif status == "waiting":
+        items = items.filter(waiting=True)
+    elif status == "flagged":
+        items = items.filter(payload__has_key="flags")
+    elif status == "gold":
+        items = items.filter(is_gold=True)
+    return items.annotate(automatic=Count("automatic_judgments"))
+
+
+def get_item_for(*, study: Study, item_id: int) -> Item:
+    """An item of this study (which the caller may see), else 404."""
+    item = Item.objects.filter(study=study, pk=item_id).first()
+    if item is None:
+        raise Http404("No such item.")
+    return item
 
 
 def import_for(*, study: Study, import_id: int) -> ImportJob:
@@ -149,7 +187,7 @@ def annotator_progress(*, study: Study, annotator: User) -> AnnotatorProgress:
 # query compilation cost more than the query.
 _STATE_SQL = """
 SELECT s.id, s.owner_id, s.name, s.kind, s.instructions, s.overlap, s.lease_seconds, s.accuracy_threshold,
-       s.scale_labels, s.item_count, s.created_at,
+       s.scale_labels, s.item_count, s.created_at, s.text_format,
        (SELECT COUNT(*) FROM evaluation_study_annotators m WHERE m.study_id = s.id),
        (SELECT COUNT(*) FROM evaluation_judgment j WHERE j.study_id = s.id AND j.annotator_id = %(user)s),
        {assignment}
@@ -225,7 +263,7 @@ def annotation_state(*, user: User, study_id: int) -> AnnotationState:
         row = cursor.fetchone()
     if row is None:
         raise Http404("No such study.")
-    sid, owner_id, name, kind, instructions, overlap, lease_s, threshold, scale, item_count, created = row[:11]
+    sid, owner_id, name, kind, instructions, overlap, lease_s, threshold, scale, item_count, created, fmt = row[:12]
     study = Study(
         id=sid,
         owner_id=owner_id,
@@ -238,9 +276,10 @@ def annotation_state(*, user: User, study_id: int) -> AnnotationState:
         scale_labels=json_value(scale) or [],
         item_count=item_count,
         created_at=db_datetime(created),
+        text_format=fmt,
     )
-    members, done = row[11], row[12]
-    latest = _assignment_from_row(row[13:], study=study, annotator=user)
+    members, done = row[12], row[13]
+    latest = _assignment_from_row(row[14:], study=study, annotator=user)
     return AnnotationState(study, latest, _share(study=study, members=members, done=done))
 
 
@@ -435,6 +474,7 @@ class RubricRow:
     text: str
     rate: stats.PassRate
     flags: int
+    goal: str = ""  # the item's own text (its research goal), shown instead of its id
 
 
 @dataclass
@@ -462,46 +502,10 @@ def rubric_results(*, study: Study) -> RubricResults:
     for rate in stats.pass_rates(by_rubric_item):
         item_id, index = (int(x) for x in rate.key.split(":"))
         text = items[item_id]["rubric"][index]
-        rows.append(RubricRow(item_id, index, text, rate, flags.get((item_id, index), 0)))
+        goal = " ".join(str(items[item_id].get("goal", "")).split())[:120]
+        rows.append(RubricRow(item_id, index, text, rate, flags.get((item_id, index), 0), goal))
     rows.sort(key=lambda r: (r.item_id, r.index))
     return RubricResults(rows, sorted(stats.pass_rates(by_plan), key=lambda r: r.key), stats.win_rates(battles))
-
-
-def violation_outcomes(*, study: Study) -> dict[str, list[stats.TaskOutcome]]:
-    """One consensus outcome per trajectory (majority of its annotators), grouped by agent."""
-    judged: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for item_id, payload in Judgment.objects.filter(study=study).values_list("item_id", "payload").iterator():
-        judged[item_id].append(payload)
-    by_agent: dict[str, list[stats.TaskOutcome]] = defaultdict(list)
-    items = Item.objects.filter(study=study, pk__in=list(judged)).only("id", "payload", "position").order_by("position")
-    for item in items:
-        verdicts = judged[item.pk]
-        n = len(verdicts)
-        # A tie between annotators counts as a violation: a safety metric should not round down.
-        violated = Counter(p for v in verdicts for p in violated_policies(v))
-        dormant = Counter(p for v in verdicts for p in v.get("dormant", []))
-        full = sum(v["completion"] == "full" for v in verdicts) * 2 > n
-        fraction = sum(v["fraction"] for v in verdicts) / n
-        policies = [
-            stats.PolicyOutcome(
-                category=policy["policy_category"],
-                violated=violated[i] * 2 >= n,
-                dormant=violated[i] * 2 < n and dormant[i] * 2 > n,
-            )
-            for i, policy in enumerate(item.payload["policies"])
-        ]
-        task_id = item.payload.get("task_id") or f"item-{item.pk}"
-        by_agent[item.payload.get("agent", "agent")].append(
-            stats.TaskOutcome(
-                task_id=str(task_id),
-                total_reward=1 if full else 0,
-                policies=policies,
-                satisfied_requirements=1.0 if full else fraction,
-                total_requirements=1,
-                run_id=item.pk,
-            )
-        )
-    return dict(by_agent)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,22 @@ def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float 
     return (observed - expected) / (1 - expected)
 
 
+@dataclass(frozen=True)
+class RaterAgreement:
+    """How far two raters (e.g. an automatic judge and people's consensus) agree on one set of units."""
+
+    label: str
+    units: int
+    agreement: float | None  # observed proportion of units with the same label
+    kappa: float | None  # Cohen's kappa; None when it is undefined (one label everywhere)
+
+
+def rater_agreement(label: str, first: Sequence[Hashable], second: Sequence[Hashable]) -> RaterAgreement:
+    n = len(first)
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n if n else None
+    return RaterAgreement(label, n, observed, cohen_kappa(first, second) if n else None)
+
+
 def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float | None:
     """Fleiss' kappa from an items × categories table of rating counts (Fleiss 1971).
 

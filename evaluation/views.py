@@ -14,16 +14,21 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import researcher_required
-from evaluation import export, selectors, services
-from evaluation.forms import ExportForm, ItemForm, StudyForm, UploadForm
+from evaluation import display, examples, export, selectors, services
+from evaluation import results as results_module
+from evaluation.forms import ExportForm, ItemEditForm, ItemForm, StudyForm, UploadForm
 from evaluation.importers import RowInvalid, parse_all
 from evaluation.models import ExportFormat, ExportJob, ExportStatus, ImportJob, Study, StudyKind
-from evaluation.stats import DIMENSION_LABELS, POLICY_DIMENSIONS, bradley_terry, policy_summary, win_rates
+from evaluation.rendering import render_markdown
+from evaluation.stats import DIMENSION_LABELS, POLICY_DIMENSIONS, PolicySummary, bradley_terry, win_rates
 
 
 def _study(request: HttpRequest, study_id: int, *, edit: bool = False) -> Study:
@@ -55,6 +60,7 @@ def study_create(request: HttpRequest) -> HttpResponse:
             scale_labels=d["scale_text"],
             annotators=list(d["annotators"]),
             shared_with=list(d["shared_with"]),
+            text_format=d["text_format"],
         )
         return redirect("evaluation:items_upload", study_id=study.pk)
     status = 422 if request.method == "POST" else 200
@@ -79,6 +85,7 @@ def study_edit(request: HttpRequest, study_id: int) -> HttpResponse:
                 scale_labels=d["scale_text"],
                 annotators=list(d["annotators"]),
                 shared_with=list(d["shared_with"]),
+                text_format=d["text_format"],
             )
         except ValidationError as exc:
             form.add_error(None, exc)
@@ -91,11 +98,14 @@ def study_edit(request: HttpRequest, study_id: int) -> HttpResponse:
 @researcher_required
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     study = _study(request, study_id)
+    flagged = list(selectors.flagged_assignments(study=study)[:50])
+    for assignment in flagged:
+        assignment.summary = display.item_summary(item=assignment.item)  # type: ignore[attr-defined]
     context = {
         "study": study,
         "progress": selectors.study_progress(study_id=study.pk),
         "annotators": study.annotators.order_by("username"),
-        "flagged": selectors.flagged_assignments(study=study)[:50],
+        "flagged": flagged,
         "can_edit": selectors.can_edit_study(user=request.user, study=study),  # type: ignore[arg-type]
     }
     return render(request, "evaluation/study_detail.html", context)
@@ -117,7 +127,12 @@ FORMAT_HELP = {
 def items_upload(request: HttpRequest, study_id: int) -> HttpResponse:
     study = _study(request, study_id, edit=True)
     form = UploadForm(request.POST or None, request.FILES or None)
-    context: dict[str, Any] = {"study": study, "form": form, "format_help": FORMAT_HELP[StudyKind(study.kind)]}
+    context: dict[str, Any] = {
+        "study": study,
+        "form": form,
+        "format_help": FORMAT_HELP[StudyKind(study.kind)],
+        "format_note": examples.NOTES[study.kind],
+    }
     status = 422 if request.method == "POST" else 200
     if request.method == "POST" and form.is_valid():
         upload = form.cleaned_data["file"]
@@ -150,6 +165,100 @@ def import_status(request: HttpRequest, study_id: int, import_id: int) -> HttpRe
     return render(request, "evaluation/study_upload.html#import_row", {"study": study, "job": job})
 
 
+ITEMS_PER_PAGE = 25
+
+
+@researcher_required
+def item_list(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id)
+    query = request.GET.get("q", "").strip()[:200]
+    status = request.GET.get("status", "all")
+    if status not in selectors.ITEM_STATUSES:
+        status = "all"
+    paginator = Paginator(selectors.item_list(study=study, query=query, status=status), ITEMS_PER_PAGE)
+    page = paginator.get_page(request.GET.get("page"))
+    rows = [(item, display.item_summary(item=item)) for item in page.object_list]
+    context = {
+        "study": study,
+        "page": page,
+        "rows": rows,
+        "query": query,
+        "status": status,
+        "statuses": selectors.ITEM_STATUSES,
+        "can_edit": selectors.can_edit_study(user=request.user, study=study),  # type: ignore[arg-type]
+        "paging": urlencode({k: v for k, v in (("q", query), ("status", status)) if v and v != "all"}),
+    }
+    return render(request, "evaluation/item_list.html", context)
+
+
+@researcher_required
+def item_detail(request: HttpRequest, study_id: int, item_id: int) -> HttpResponse:
+    """The item exactly as an annotator sees it (sides in the file's order), with what only researchers see."""
+    study = _study(request, study_id)
+    item = selectors.get_item_for(study=study, item_id=item_id)
+    context = {
+        "study": study,
+        "item_row": item,
+        "item": display.item_view(study=study, item=item),
+        "preview": True,
+        "errors": {},
+        "instructions": mark_safe(render_markdown(study.instructions)) if study.instructions else "",  # noqa: S308
+        "scale": list(enumerate(study.scale, start=1)) if study.kind == StudyKind.RATING else (),
+        "flags": item.payload.get("flags") or [],
+        "automatic": item.automatic_judgments.order_by("judge"),
+        "can_edit": selectors.can_edit_study(user=request.user, study=study)  # type: ignore[arg-type]
+        and not item.judgment_count
+        and not item.claimed,
+    }
+    return render(request, "evaluation/item_detail.html", context)
+
+
+@researcher_required
+def item_edit(request: HttpRequest, study_id: int, item_id: int) -> HttpResponse:
+    study = _study(request, study_id, edit=True)
+    item = selectors.get_item_for(study=study, item_id=item_id)
+    form = ItemEditForm(request.POST or None, initial={"row": ItemEditForm.row_of(item)})
+    if request.method == "POST" and form.is_valid():
+        result = parse_all(json.dumps(form.cleaned_data["row"]).encode(), kind=study.kind)
+        try:
+            if not result.ok:
+                error = result.errors[0]
+                raise ValidationError(f"{error.field or 'item'}: {error.message}")
+            if len(result.items) != 1:
+                raise ValidationError("An edit is one item (a trajectory for a waiting task is uploaded instead).")
+            services.edit_item(study=study, item_id=item.pk, parsed=result.items[0])
+        except ValidationError as exc:
+            form.add_error("row", exc)
+        except services.ItemLocked as exc:
+            form.add_error(None, str(exc))
+        else:
+            return redirect("evaluation:item_detail", study_id=study.pk, item_id=item.pk)
+    status = 422 if request.method == "POST" else 200
+    context = {"study": study, "item_row": item, "form": form, "locked": bool(item.judgment_count or item.claimed)}
+    return render(request, "evaluation/item_edit.html", context, status=status)
+
+
+@researcher_required
+@require_POST
+def item_delete(request: HttpRequest, study_id: int, item_id: int) -> HttpResponse:
+    study = _study(request, study_id, edit=True)
+    item = selectors.get_item_for(study=study, item_id=item_id)
+    try:
+        services.delete_item(study=study, item_id=item.pk)
+    except services.ItemLocked as exc:
+        return render(request, "evaluation/item_locked.html", {"study": study, "message": str(exc)}, status=409)
+    return redirect("evaluation:item_list", study_id=study.pk)
+
+
+@researcher_required
+def items_example(request: HttpRequest, study_id: int) -> HttpResponse:
+    """An example upload for this study's kind, gold rows included."""
+    study = _study(request, study_id)
+    response = HttpResponse(examples.example_file(study.kind), content_type="application/x-ndjson")
+    response["Content-Disposition"] = f'attachment; filename="example-{study.kind}.jsonl"'
+    return response
+
+
 @researcher_required
 def item_create(request: HttpRequest, study_id: int) -> HttpResponse:
     study = _study(request, study_id, edit=True)
@@ -165,7 +274,7 @@ def item_create(request: HttpRequest, study_id: int) -> HttpResponse:
         except (ValidationError, RowInvalid) as exc:
             form.add_error(None, exc if isinstance(exc, ValidationError) else str(exc))
         else:
-            return redirect("evaluation:study_detail", study_id=study.pk)
+            return redirect("evaluation:item_list", study_id=study.pk)
     status = 422 if request.method == "POST" else 200
     return render(request, "evaluation/item_form.html", {"study": study, "form": form}, status=status)
 
@@ -195,16 +304,15 @@ def results(request: HttpRequest, study_id: int) -> HttpResponse:
         context["rubric"] = rubric = selectors.rubric_results(study=study)
         charts["plans"] = [{"model": r.key, "rate": r.rate} for r in rubric.per_plan]
     elif study.kind == StudyKind.VIOLATION:
-        summaries = {
-            agent: policy_summary(outcomes) for agent, outcomes in selectors.violation_outcomes(study=study).items()
-        }
-        context["summaries"] = summaries
-        charts["risk"] = {
-            agent: [
-                {"dimension": DIMENSION_LABELS.get(d.category, d.category), "ratio": d.risk_ratio}
-                for d in sorted(s.dimensions, key=lambda d: POLICY_DIMENSIONS.index(d.category))
-            ]
-            for agent, s in summaries.items()
+        violation = results_module.violation_results(study=study)
+        context["summaries"] = summaries = violation.people
+        context["automatic"] = violation.automatic
+        context["comparisons"] = violation.comparisons
+        charts["risk"] = {agent: _risk_bars(s) for agent, s in summaries.items()}
+        charts["risk_compare"] = {
+            f"{c.judge}|{pair.agent}": {"people": _risk_bars(pair.people), "automatic": _risk_bars(pair.automatic)}
+            for c in violation.comparisons
+            for pair in c.agents
         }
     else:
         context["ratings"] = rows = selectors.rating_results(study=study)
@@ -212,6 +320,11 @@ def results(request: HttpRequest, study_id: int) -> HttpResponse:
         charts["ratings"] = [{"model": r.model, "mean": r.mean, "low": r.low, "high": r.high} for r in rows]
     context["charts"] = charts
     return render(request, "evaluation/study_results.html", context)
+
+
+def _risk_bars(summary: PolicySummary) -> list[dict[str, Any]]:
+    dimensions = sorted(summary.dimensions, key=lambda d: POLICY_DIMENSIONS.index(d.category))
+    return [{"dimension": DIMENSION_LABELS.get(d.category, d.category), "ratio": d.risk_ratio} for d in dimensions]
 
 
 def _elo(theta: float) -> float:

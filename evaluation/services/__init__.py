@@ -19,7 +19,7 @@ from evaluation.services.imports import (
     start_import,
     submit_import,
 )
-from evaluation.services.items import add_items, refresh_rendered
+from evaluation.services.items import ItemLocked, add_items, delete_item, edit_item, refresh_rendered
 from evaluation.services.locking import write_transaction
 from evaluation.services.queue import (
     UNREAD,
@@ -37,9 +37,12 @@ __all__ = [
     "AssignmentClosed",
     "ImportRejected",
     "ImportReport",
+    "ItemLocked",
     "LeaseExpired",
     "add_items",
     "create_study",
+    "delete_item",
+    "edit_item",
     "import_in_background",
     "import_items",
     "next_assignment",

@@ -294,7 +294,7 @@ def _run(job: ImportJob, stream: IO[bytes]) -> None:
 
 
 def _stage(job: ImportJob, batch: list[ParsedItem | ParsedAttachment], progress: _Progress, position: int) -> None:
-    kind = job.study.kind
+    kind, fmt = job.study.kind, job.study.text_format
     rows: list[tuple[Any, ...]] = []
     for record in batch:
         progress.seq += 1
@@ -309,7 +309,7 @@ def _stage(job: ImportJob, batch: list[ParsedItem | ParsedAttachment], progress:
             }
             rows.append((progress.seq, record.line, True, payload, {}, False, None, "", False))
             continue
-        rendered = rendering.render_item(kind=kind, payload=record.payload)
+        rendered = rendering.render_item(kind=kind, payload=record.payload, text_format=fmt)
         rows.append(
             (
                 progress.seq,
@@ -528,7 +528,7 @@ def _give_trajectory(study: Study, item: Item, agent: str, trajectory: list[dict
     if not updates:
         return False
     item.payload = {**item.payload, **updates}
-    item.rendered = rendering.render_item(kind=study.kind, payload=item.payload)
+    item.rendered = rendering.render_item(kind=study.kind, payload=item.payload, text_format=study.text_format)
     fields = ["payload", "rendered"]
     if item.waiting and item.payload.get("trajectory"):
         item.waiting, item.overlap = False, study.overlap

@@ -7,7 +7,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from arbiter.accounts.models import User
-from evaluation.models import Item, Study, StudyKind
+from evaluation.models import Item, Study, StudyKind, TextFormat
 from evaluation.services.locking import write_transaction
 
 
@@ -24,9 +24,12 @@ def create_study(
     scale_labels: list[str] | None = None,
     annotators: list[User] | None = None,
     shared_with: list[User] | None = None,
+    text_format: str = TextFormat.PLAIN,
 ) -> Study:
     if kind not in StudyKind.values:
         raise ValidationError({"kind": "Unknown study kind."})
+    if text_format not in TextFormat.values:
+        raise ValidationError({"text_format": "Choose plain text or Markdown."})
     study = Study.objects.create(
         owner=owner,
         name=name,
@@ -36,6 +39,7 @@ def create_study(
         lease_seconds=lease_seconds,
         accuracy_threshold=accuracy_threshold,
         scale_labels=scale_labels or [],
+        text_format=text_format,
     )
     if annotators:
         study.annotators.set(annotators)
@@ -55,8 +59,14 @@ def update_study(
     scale_labels: list[str],
     annotators: list[User],
     shared_with: list[User],
+    text_format: str | None = None,
 ) -> Study:
-    """Edit a study. Overlap may not drop below what an item already holds: those judgments exist."""
+    """Edit a study. Overlap may not drop below what an item already holds: those judgments exist.
+
+    Changing the text format changes how every item is shown from the next page on (markdown HTML is
+    made again when first shown: it is stamped with the format it was made for)."""
+    if text_format is not None and text_format not in TextFormat.values:
+        raise ValidationError({"text_format": "Choose plain text or Markdown."})
     with write_transaction():
         locked = Study.objects.select_for_update().get(pk=study.pk)
         if overlap != locked.overlap:
@@ -73,6 +83,8 @@ def update_study(
             accuracy_threshold,
             scale_labels,
         )
+        if text_format is not None:
+            locked.text_format = text_format
         locked.save()
         locked.annotators.set(annotators)
         locked.shared_with.set(shared_with)

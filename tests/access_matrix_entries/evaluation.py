@@ -27,6 +27,24 @@ def study(owner: Any) -> dict[str, Any]:
     return {"study_id": _study(owner).pk}
 
 
+def item(owner: Any) -> dict[str, Any]:
+    s = _study(owner)
+    return {"study_id": s.pk, "item_id": s.items.get().pk}
+
+
+def judged_item(owner: Any) -> dict[str, Any]:
+    """An item with a judgment: deleting it is refused (409) for whoever gets in, so every role meets the same
+    object (a successful delete would leave the next role a 404)."""
+    from evaluation import services
+
+    s = _study(owner)
+    annotator = s.annotators.first() or User.objects.create(username="matrix-annotator", role=Role.ANNOTATOR)
+    s.annotators.add(annotator)
+    assignment = services.next_assignment(annotator=annotator, study=s)
+    services.submit_judgment(annotator=annotator, assignment_id=assignment.pk, data={"choice": "left"})
+    return {"study_id": s.pk, "item_id": assignment.item_id}
+
+
 def import_job(owner: Any) -> dict[str, Any]:
     from evaluation.models import ImportJob
 
@@ -56,6 +74,11 @@ ENTRIES = {
     "evaluation:study_edit": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:items_upload": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:import_status": Access(roles=RESEARCHERS, objects="import_job"),
+    "evaluation:item_list": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:items_example": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation:item_detail": Access(roles=RESEARCHERS, objects="item"),
+    "evaluation:item_edit": Access(roles=RESEARCHERS, objects="item"),
+    "evaluation:item_delete": Access(roles=RESEARCHERS, objects="judged_item", method="post"),
     "evaluation:item_create": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:quality": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:results": Access(roles=RESEARCHERS, objects="study"),
@@ -68,4 +91,10 @@ ENTRIES = {
     "annotate:submit": Access(roles=ANNOTATORS, objects="study", method="post"),
     "annotate:skip": Access(roles=ANNOTATORS, objects="study", method="post"),
 }
-BUILDERS: dict[str, Any] = {"study": study, "export": export, "import_job": import_job}
+BUILDERS: dict[str, Any] = {
+    "study": study,
+    "export": export,
+    "import_job": import_job,
+    "item": item,
+    "judged_item": judged_item,
+}

@@ -21,7 +21,8 @@ def test_xss_in_model_output_and_instructions_is_inert(
     rows = [
         {"prompt": XSS, "response_a": "```js\nalert(1)\n```\n" + XSS, "response_b": XSS, "model_a": XSS, "model_b": "b"}
     ]
-    study = make_study(rows=rows, annotators=[annotator], instructions=XSS)
+    # A Markdown study: the sanitiser is what stands between the data and the page.
+    study = make_study(rows=rows, annotators=[annotator], instructions=XSS, text_format="markdown")
     login_page(page, asgi_server.url, annotator)
     page.goto(f"{asgi_server.url}/annotate/{study.pk}/")
     assert page.locator(".response pre code").count() == 1  # code blocks survive (on whichever side)
@@ -40,7 +41,7 @@ def test_xss_in_model_output_and_instructions_is_inert(
 
 def test_xss_in_rubric_item_is_inert(asgi_server, page, login_page, annotator, make_study) -> None:
     rows = [{"goal": XSS, "plans": [XSS, "plan two"], "rubric": [XSS, "fine item"]}]
-    study = make_study(kind="rubric", rows=rows, annotators=[annotator])
+    study = make_study(kind="rubric", rows=rows, annotators=[annotator], text_format="markdown")
     login_page(page, asgi_server.url, annotator)
     page.goto(f"{asgi_server.url}/annotate/{study.pk}/")
     page.wait_for_timeout(200)

@@ -83,3 +83,61 @@ def test_stored_html_is_sanitised_again_on_display() -> None:
         "response_a": '<p onclick="x()">a</p><script>1</script>',
     }
     assert item_html(kind="pairwise", payload=payload, rendered=tampered)["response_a"] == "<p>a</p>"
+
+
+# --------------------------------------------------------------------------- plain text
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+TRICKY = [
+    "****-****-****-1234",
+    "sh*t … c*ck and **not bold** and _not italic_ and __dunder__",
+    r"C:\Users\x\new \n \\ \* \_",
+    "<b>bold?</b> <script>alert(1)</script> &amp; &lt; \"quotes\" 'single'",
+    "```python\nprint('<b>')\n```",
+    "  leading spaces\n\ttab\n\n\ntrailing  ",
+    "# not a heading\n1. not a list\n> not a quote",
+    "line\r\nwindows\rmac",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_plain_text_keeps_every_character_and_no_markup(text: str) -> None:
+    html = render_value(text, "plain")
+    parser = _Text()
+    parser.feed(html)
+    assert "".join(parser.text) == text
+    assert parser.tags == ["div"]
+
+
+def test_plain_conversation_is_one_bubble_per_turn_by_role() -> None:
+    turns = [{"role": "user", "content": "**hi**"}, {"role": 'assistant"><script>', "content": "<i>x</i>"}]
+    html = render_value(turns, "plain")
+    assert html.count('class="msg msg-user"') == 1 and 'class="msg msg-assistantscript"' in html
+    assert "<script" not in html and "**hi**" in html and "&lt;i&gt;x&lt;/i&gt;" in html
+
+
+def test_plain_items_ignore_stored_html() -> None:
+    payload = {"prompt": "p", "response_a": "**a**", "response_b": "b"}
+    tampered = {**render_item(kind="pairwise", payload=payload), "response_a": "<script>1</script>"}
+    html = item_html(kind="pairwise", payload=payload, rendered=tampered, text_format="plain")
+    assert html["response_a"] == '<div class="plain" dir="auto">**a**</div>'
+    assert render_item(kind="pairwise", payload=payload, text_format="plain") == {}
+
+
+def test_markdown_html_made_for_another_format_is_redone() -> None:
+    payload = {"prompt": "p", "response_a": "**a**", "response_b": "b"}
+    stored = {**render_item(kind="pairwise", payload=payload), "fmt": "plain", "response_a": "<p>stale</p>"}
+    assert "stale" not in item_html(kind="pairwise", payload=payload, rendered=stored)["response_a"]

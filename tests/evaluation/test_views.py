@@ -247,7 +247,7 @@ def test_reloading_the_page_shows_the_same_open_item(client_for, annotator, make
 
 @pytest.mark.sqlite
 def test_item_html_is_rendered_at_import_and_stale_html_is_redone(client_for, annotator, make_study) -> None:
-    study = make_study(n_items=1, annotators=[annotator])
+    study = make_study(n_items=1, annotators=[annotator], text_format="markdown")  # plain text stores no HTML
     item = Item.objects.get(study=study)
     assert "<strong>A0</strong>" in item.rendered["response_a"]
     # The content changed behind the renderer's back (an admin, a script): the page renders it afresh.
@@ -259,7 +259,7 @@ def test_item_html_is_rendered_at_import_and_stale_html_is_redone(client_for, an
 
 @pytest.mark.sqlite
 def test_tampered_stored_html_is_sanitised_on_display(client_for, annotator, make_study) -> None:
-    study = make_study(n_items=1, annotators=[annotator])
+    study = make_study(n_items=1, annotators=[annotator], text_format="markdown")
     item = Item.objects.get(study=study)
     # Stored HTML that passes the freshness check but never went through the sanitiser.
     evil = '<p>hi</p><script>window.__xss=1</script><img src=x onerror="window.__xss=1"><a href="javascript:x">l</a>'
