@@ -49,6 +49,7 @@ def _render_item(
         "assignment_id": assignment.pk,
         "item": display.item_view(study=study, item=assignment.item, swapped=assignment.swapped),
         "form": form,
+        "errors": form.errors if form is not None else {},  # shown next to their fields
         "progress": progress,
         "position": progress.done + 1,
         "percent": round(100 * progress.done / progress.total) if progress.total else 0,

@@ -120,6 +120,22 @@ def test_invalid_submit_rerenders_with_422(client_for, annotator, make_study) ->
 
 
 @pytest.mark.sqlite
+def test_refused_rubric_submit_names_the_missing_cell_next_to_it(client_for, annotator, make_study) -> None:
+    study = make_study(kind="rubric", n_items=1, annotators=[annotator])
+    client = client_for(annotator)
+    client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
+    assignment = Assignment.objects.get()
+    answers = {f"v_{p}_{i}": "satisfied" for p in range(2) for i in range(3) if (p, i) != (1, 2)}
+    response = _submit(client, study, {"assignment": assignment.pk, "preference": "tie", **answers})
+    html = response.content.decode()
+    assert response.status_code == 422
+    cell = html[html.index('name="v_1_2"') : html.index("</td>", html.index('name="v_1_2"'))]
+    assert 'class="field-error"' in cell and "This field is required." in cell
+    other = html[html.index('name="v_0_2"') : html.index("</td>", html.index('name="v_0_2"'))]
+    assert "field-error" not in other
+
+
+@pytest.mark.sqlite
 def test_annotator_cannot_submit_someone_elses_assignment(client_for, make_annotators, make_study) -> None:
     first, second = make_annotators(2)
     study = make_study(n_items=2, annotators=[first, second])
