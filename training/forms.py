@@ -84,7 +84,7 @@ FIELD_SECTIONS: dict[str, str] = {
     "variant": "variant",
     "gtpo_conflict_boost": "variant",
     "gtpo_entropy_threshold": "variant",
-    "gtpo_entropy_quantile": "variant",
+    "gtpo_entropy_penalty": "variant",
     "reward_funcs": "rewards",
     "reward_weights": "rewards",
     "reward_regex": "rewards",

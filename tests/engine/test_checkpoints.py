@@ -36,20 +36,23 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
         ),
         (
             # two passes per generation batch: checkpoint-3 falls between the passes over batch 2 (steps 3-4),
-            # so the resumed run must finish that batch, not sample a new one with the step-3 weights
+            # so the resumed run must finish that batch with its stored π_old, not sample a new one with the
+            # step-3 weights. "[0-4].*" splits every group of this tiny model's samples (checked below), so
+            # every step has a learning signal and step 4's ratio to π_old is far from 1.
             "grpo",
             {
-                "batch_size": 2,
-                "num_generations": 2,
+                "batch_size": 4,
+                "num_generations": 4,
                 "max_new_tokens": 3,
-                "learning_rate": 1e-2,
+                "learning_rate": 3e-2,
                 "num_iterations": 2,
                 "beta": 0.05,
                 "reward_funcs": ["regex"],
-                "reward_regex": "[0-9].*",
+                "reward_regex": "[0-4].*",
             },
         ),
     ],
+    ids=["sft", "grpo", "grpo-mid-batch"],
 )
 def test_resume_equals_uninterrupted_run(context_factory: Any, recipe: str, extra: dict[str, Any]) -> None:
     config = {"max_steps": 6, "save_steps": 3, "learning_rate": 3e-3, **extra}
@@ -67,8 +70,14 @@ def test_resume_equals_uninterrupted_run(context_factory: Any, recipe: str, extr
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert [s for s, _ in resumed.metrics] == [4, 5, 6]
-    for key in ("loss", "num_tokens", "reward", "kl"):
+    for key in ("loss", "num_tokens", "reward", "kl", "clip_ratio/region_mean"):
         assert straight.series(key)[3:] == resumed.series(key), key
+    if extra.get("num_iterations", 1) > 1:
+        # The case is only a test if the weights move: every step's groups disagree, and at step 4 (the pass
+        # that reads the stored π_old) the policy has moved enough for the clip to bind.
+        assert max(straight.series("frac_reward_zero_std")) < 1.0
+        assert straight.series("clip_ratio/region_mean")[3] > 0.1
+        assert any(not torch.equal(weights(checkpoint)[n], a[n]) for n in a)
 
 
 def test_checkpoint_folder_loads_with_transformers_and_as_next_model(context_factory: Any) -> None:

@@ -80,7 +80,13 @@ def test_clip_ratio_metrics_count_active_clips() -> None:
     metrics = losses.clip_ratio_metrics(
         ratio, torch.tensor([1.0, -1.0]), torch.ones(2, 2), epsilon_low=0.2, epsilon_high=0.2
     )
-    assert metrics == {"clip_ratio/low_mean": 0.25, "clip_ratio/high_mean": 0.25, "clip_ratio/region_mean": 0.5}
+    assert metrics == {
+        "clip_ratio/low_mean": 0.25,
+        "clip_ratio/high_mean": 0.25,
+        "clip_ratio/region_mean": 0.5,
+        "clip_ratio/low_min": 0.0,  # completion 0 has A > 0: no low clip there
+        "clip_ratio/high_max": 0.5,  # completion 0: one of its two tokens clipped high
+    }
 
 
 PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
@@ -104,42 +110,13 @@ def test_aggregation_matches_trl_loss_types(loss_type: str, expected: float) -> 
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_gtpo_conflict_mask_marks_tokens_shared_by_positive_and_negative() -> None:
-    # one group of 4: completions 0,1 positive, 2 negative, 3 zero advantage
-    ids = torch.tensor([[5, 6, 7], [5, 9, 8], [5, 6, 8], [4, 6, 7]])
-    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
-    adv = torch.tensor([1.0, 0.5, -1.0, 0.0])
-    conflict = losses.gtpo_conflict_mask(ids, mask, adv, group_size=4)
-    expected = torch.tensor(
-        [
-            [True, True, False],  # 5 and 6 also in negative completion 2 at positions 0 and 1
-            [True, False, False],  # 8 at position 2 is padding in completion 2: no conflict
-            [True, True, False],
-            [False, True, False],  # token 6 at position 1 is shared by a positive and a negative
-        ]
-    )
-    assert torch.equal(conflict, expected)
-
-
-def test_gtpo_weights_shield_negative_and_amplify_positive_conflicts() -> None:
-    conflict = torch.tensor([[True, False], [True, False]])
-    weights = losses.gtpo_token_weights(conflict, torch.tensor([1.0, -1.0]), boost=2.0)
-    assert weights.tolist() == [[2.0, 1.0], [0.0, 1.0]]
-
-
-def test_gtpo_entropy_filter_drops_high_entropy_completions() -> None:
-    keep = losses.gtpo_entropy_keep(torch.tensor([0.1, 2.0, 0.5]), threshold=0.5)
-    assert keep.tolist() == [1.0, 0.0, 1.0]
-
-
-def test_gtpo_relative_threshold_is_the_batch_quantile() -> None:
-    entropies = torch.tensor([3.0, 1.0, 5.0, 2.0, 4.0])
-    tau = losses.gtpo_relative_threshold(entropies, quantile=0.75)
-    assert tau == pytest.approx(4.0)  # linear interpolation: index 0.75 * 4 = 3 of the sorted values
-    assert losses.gtpo_entropy_keep(entropies, threshold=tau).tolist() == [1.0, 1.0, 0.0, 1.0, 1.0]
-    assert losses.gtpo_relative_threshold(entropies, quantile=1.0) == 5.0  # q = 1 keeps everything
-    flat = torch.full((4,), 3.3)  # a random-init model: every completion near ln|V|, nothing singled out
-    assert losses.gtpo_entropy_keep(flat, threshold=losses.gtpo_relative_threshold(flat, quantile=0.8)).all()
+def test_gtpo_shaped_advantages_filter_and_penalise_by_entropy() -> None:
+    adv = torch.tensor([1.0, 0.0, -1.0, 1.0])
+    entropy = torch.tensor([0.5, 0.3, 0.7, 0.71])
+    shaped, keep = losses.gtpo_shaped_advantages(adv, entropy, threshold=0.7, penalty=0.1)
+    # kept (H <= 0.7): A - 0.1 H, even where A = 0; dropped: 0
+    assert shaped.tolist() == pytest.approx([0.95, -0.03, -1.07, 0.0], rel=1e-6)
+    assert keep.tolist() == [1.0, 1.0, 1.0, 0.0]
 
 
 def test_guard_normalisation_centres_log_ratio_per_position() -> None:

@@ -191,3 +191,15 @@ def test_admin_cancel_action_goes_through_the_service(
     queued.refresh_from_db()
     assert queued.status == "cancelled"
     assert queued.transitions.get().note == f"cancelled by {admin_user.username}"
+
+
+def test_gtpo_with_a_kl_term_is_refused_on_the_beta_field(client_for: Any, researcher: User) -> None:
+    response = client_for(researcher).post(
+        "/runs/new/",
+        {"recipe": "grpo", "queue": "gpu", "cfg_variant": "gtpo", "cfg_scale_rewards": "none", "cfg_beta": "0.04"},
+    )
+    assert response.status_code == 422
+    errors = response.context["form"].errors
+    assert list(errors) == ["cfg_beta"]
+    assert "GTPO has no KL term" in errors["cfg_beta"][0]
+    assert not Run.objects.exists()

@@ -48,7 +48,7 @@ def test_grpo_form_groups_fields_under_research_headings(client_for: Any, resear
     expect = {
         "optim": ["max_steps", "batch_size", "learning_rate", "lr_scheduler", "warmup_steps", "weight_decay"],
         "generation": ["num_generations", "max_new_tokens", "temperature", "top_p"],
-        "variant": ["variant", "gtpo_conflict_boost", "gtpo_entropy_threshold", "gtpo_entropy_quantile"],
+        "variant": ["variant", "gtpo_conflict_boost", "gtpo_entropy_threshold", "gtpo_entropy_penalty"],
         "rewards": ["reward_funcs", "reward_weights", "reward_regex"],
         "hardware": ["device", "dtype", "num_threads", "gradient_checkpointing", "vllm_gpu_memory_utilization"],
     }
@@ -126,7 +126,9 @@ def _grpo_config(**changes: Any) -> dict[str, Any]:
 def test_run_config_marks_values_that_differ_from_the_recipe_defaults(
     client_for: Any, researcher: User, make_run: Any
 ) -> None:
-    run = make_run(researcher, recipe="grpo", config=_grpo_config(learning_rate=1e-6, variant="gtpo"))
+    run = make_run(
+        researcher, recipe="grpo", config=_grpo_config(learning_rate=1e-6, variant="gtpo", scale_rewards="none")
+    )
     html = client_for(researcher).get(f"/runs/{run.id}/").content.decode()
     rows = {key: cls for cls, key in re.findall(r'<tr class="(differs)?" data-key="([a-z0-9_]+)">', html)}
     assert rows["learning_rate"] == "differs" and rows["variant"] == "differs"

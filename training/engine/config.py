@@ -8,9 +8,10 @@ Configs are flat on purpose: a flat schema renders as a plain form, with no nest
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge"]
 
@@ -18,6 +19,15 @@ RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward
 def _default_rewards() -> list[RewardName]:
     """GRPO's default reward list (a typed factory: a lambda would be inferred as list[str])."""
     return ["numeric_answer"]
+
+
+def field_error(config: BaseModel, field: str, message: str) -> ValidationError:
+    """A validation error on one field of ``config`` (a model validator's own errors name no field; the launch
+    form puts this one next to the field it is about)."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("config_rule", message), loc=(field,), input=getattr(config, field)
+    )
+    return ValidationError.from_exception_data(type(config).__name__, [details])
 
 
 class BaseRecipeConfig(BaseModel):
@@ -174,30 +184,29 @@ class GRPOConfig(BaseRecipeConfig):
     variant: Literal["none", "gtpo", "grpo_guard"] = Field(
         "none",
         description=(
-            "gtpo: conflict-token protection and entropy filter (no reference model); "
-            "grpo_guard: ratio normalisation (an adaptation to language models of GRPO-Guard)."
+            "gtpo: its authors' method, as in their code (conflict tokens of the shared prefix and suffix, "
+            "per-completion normalisation by their count, entropy filter and penalty, no reference model; needs "
+            "beta = 0, num_iterations = 1, scale_rewards = none; sums its loss over completions, so loss_type "
+            "does not apply); grpo_guard: ratio normalisation (an adaptation to language models of GRPO-Guard)."
         ),
     )
     gtpo_conflict_boost: float = Field(
-        2.0, ge=1.0, le=10.0, description="GTPO: weight of conflict tokens in positive completions."
+        2.0, ge=1.0, le=10.0, description="GTPO: weight of conflict tokens in positive completions (their W_RAW)."
     )
     gtpo_entropy_threshold: float = Field(
-        0.0,
-        ge=0.0,
+        0.7,
+        gt=0.0,
         le=20.0,
         description=(
-            "GTPO: drop completions whose mean token entropy exceeds this many nats (the GTPO authors' code "
-            "uses 0.7 for pretrained LLMs); 0 = relative to the batch, see gtpo_entropy_quantile."
+            "GTPO: drop completions whose mean token entropy exceeds this many nats (their ENT_THRESHOLD, 0.7, "
+            "set for pretrained LLMs; a model far from converged sits near ln|V| and needs more)."
         ),
     )
-    gtpo_entropy_quantile: float = Field(
-        0.8,
-        gt=0.0,
-        le=1.0,
-        description=(
-            "GTPO without a fixed threshold: drop completions whose mean token entropy is above this quantile "
-            "of the batch's (0.8 drops the most uncertain ~20%); 1 keeps every completion."
-        ),
+    gtpo_entropy_penalty: float = Field(
+        0.1,
+        ge=0.0,
+        le=10.0,
+        description="GTPO: advantage of a kept completion minus this times its mean entropy (their ENT_SCALE).",
     )
     reward_funcs: list[RewardName] = Field(
         default_factory=_default_rewards,
@@ -220,6 +229,22 @@ class GRPOConfig(BaseRecipeConfig):
         0, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
     )
     sft_learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Learning rate of the warm-start steps.")
+
+    @model_validator(mode="after")
+    def _gtpo_is_its_authors_method(self) -> Self:
+        """Settings GTPO's definition excludes are refused, not silently ignored (each error names its field)."""
+        if self.variant == "gtpo":
+            if self.beta != 0:
+                raise field_error(self, "beta", "GTPO has no KL term and no reference model: set beta to 0.")
+            if self.num_iterations != 1:
+                raise field_error(
+                    self, "num_iterations", "GTPO takes one optimiser pass per generation batch: set it to 1."
+                )
+            if self.scale_rewards != "none":
+                raise field_error(
+                    self, "scale_rewards", "GTPO's advantages are r - mean(group), not scaled: set it to none."
+                )
+        return self
 
 
 class DemoGRPOConfig(GRPOConfig):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -153,76 +155,141 @@ def aggregate_token_loss(
 def clip_ratio_metrics(
     ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, epsilon_low: float, epsilon_high: float
 ) -> dict[str, float]:
-    """Fraction of tokens where clipping is active, in TRL's keys clip_ratio/{low_mean,high_mean,region_mean}.
+    """Where clipping is active, in TRL 1.16's keys and formulas (GRPOTrainer._compute_loss).
 
     Low: r < 1 - ε_low with A < 0; high: r > 1 + ε_high with A > 0 (where the clip stops the gradient).
+    clip_ratio/{low,high,region}_mean: fraction of the batch's real tokens; clip_ratio/low_min: the smallest
+    per-completion fraction of low-clipped tokens, clip_ratio/high_max: the largest of high-clipped ones
+    (completions with no tokens left out, as TRL's nanmin/nanmax do).
     """
     adv = advantages.unsqueeze(-1)
-    low = (ratio < 1.0 - epsilon_low) & (adv < 0)
-    high = (ratio > 1.0 + epsilon_high) & (adv > 0)
     valid = mask.bool()
+    low = (ratio < 1.0 - epsilon_low) & (adv < 0) & valid
+    high = (ratio > 1.0 + epsilon_high) & (adv > 0) & valid
     n = max(1, int(valid.sum()))
+    per_row = valid.sum(-1)
+    has_tokens = per_row > 0
+    low_rows = low.sum(-1)[has_tokens].float() / per_row[has_tokens]
+    high_rows = high.sum(-1)[has_tokens].float() / per_row[has_tokens]
     return {
-        "clip_ratio/low_mean": float((low & valid).sum()) / n,
-        "clip_ratio/high_mean": float((high & valid).sum()) / n,
-        "clip_ratio/region_mean": float(((low | high) & valid).sum()) / n,
+        "clip_ratio/low_mean": float(low.sum()) / n,
+        "clip_ratio/high_mean": float(high.sum()) / n,
+        "clip_ratio/region_mean": float((low | high).sum()) / n,
+        "clip_ratio/low_min": float(low_rows.min()) if low_rows.numel() else float("nan"),
+        "clip_ratio/high_max": float(high_rows.max()) if high_rows.numel() else float("nan"),
     }
 
 
-def gtpo_conflict_mask(
-    completion_ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *, group_size: int
-) -> torch.Tensor:
-    """GTPO conflict tokens (Simoni et al. 2025, "GTPO: Trajectory-Based Policy Optimization in LLMs").
+# GTPO as its authors define it. Reference: github.com/winstonsmith1897/GTPO, gtpo/gtpo_training.py at commit
+# 5d33811 (the code behind Simoni, Fontana, Rossolini, Saracino 2025, "GTPO: Trajectory-Based Policy Optimization in
+# Large Language Models", arXiv 2508.03772). Their constants: ENT_THRESHOLD = 0.7, ENT_SCALE = 0.1, W_RAW = 2.0,
+# EPS = 1e-6. tests/engine/test_gtpo_reference.py holds a transcription of their functions and checks these
+# against it on fixed tensors.
+GTPO_ENTROPY_EPS = 1e-6
 
-    Within a group, token o_it is a conflict token when the same token id sits at the same position t in at
-    least one positive-advantage completion and at least one negative-advantage completion of the group:
-    conflict_it = m_it ∧ ∃j: A_j > 0, o_jt = o_it, m_jt ∧ ∃k: A_k < 0, o_kt = o_it, m_kt.
-    Such tokens (often shared formatting) get opposite pushes from GRPO; GTPO protects them. Shape (B·G, T).
+
+@dataclass
+class GTPOConflicts:
+    """What ``gtpo_conflict_weights`` finds, per completion of a generation batch."""
+
+    weights: torch.Tensor  # (N, T) their delta: 0 / boost on conflict tokens of negative / positive completions, else 1
+    conflict: torch.Tensor  # (N, T) bool: conflict tokens (shared prefix or suffix run), False for zero-advantage rows
+    count: torch.Tensor  # (N,) their n_conflict per completion, at least 1 (clamped as their loss does)
+
+
+def gtpo_conflict_weights(
+    completion_ids: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, *, group_size: int, boost: float
+) -> GTPOConflicts:
+    """GTPO's conflict tokens and token weights: ``build_conflict_mask`` in the authors' gtpo/gtpo_training.py.
+
+    Within a group, take the completions with A ≠ 0. A token o_it "matches" when the same id sits at the same
+    position t in some positive-advantage completion and in some negative one (o_i itself counts).
+    - Forward: the conflict tokens are the leading run of matches from t = 0 (a shared prefix), not every match.
+    - Backward: the same with positions counted from each completion's end (a shared suffix: closing format).
+    - δ_it = w_fwd · w_bwd, each w = boost (W_RAW) on a conflict token of a positive completion, 0 on one of a
+      negative completion, 1 elsewhere (so a token in both runs of a positive completion weighs boost²).
+    - n_i, the count that normalises the completion's loss, is what their code counts: the union of the forward
+      run and the backward run *in the backward run's reversed coordinates* (index = distance from the end), so
+      n_i = max(prefix run, suffix run), not their sum. We follow the code; ``conflict`` holds the true tokens.
+    Completions with A = 0 keep δ = 1 and count no conflicts. Their code tells real tokens from padding by
+    ``ids != PAD_ID`` and ``mask.sum``; here the completion mask does both (the same under right padding).
     """
-    b, t = completion_ids.shape
-    ids = completion_ids.view(-1, group_size, t)
-    valid = mask.bool().view(-1, group_size, t)
-    adv = advantages.view(-1, group_size)
-    # same[g, i, j, t]: completions i and j of group g hold the same token at position t (both real tokens)
-    same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)
-    positive = (adv > 0).view(-1, 1, group_size, 1)
-    negative = (adv < 0).view(-1, 1, group_size, 1)
-    shared_with_pos = (same & positive).any(dim=2)
-    shared_with_neg = (same & negative).any(dim=2)
-    return (shared_with_pos & shared_with_neg & valid).view(b, t)
+    n, t = completion_ids.shape
+    valid = mask.bool()
+    lengths = valid.sum(1)
+    active = advantages != 0
+    positive = (advantages > 0).view(-1, 1, group_size, 1)
+    negative = (advantages < 0).view(-1, 1, group_size, 1)
+    steps = torch.arange(t, device=completion_ids.device).unsqueeze(0)
+
+    def leading_matches(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        # padding gets an id no token has: a real token never matches padding
+        grouped = torch.where(real, ids, torch.full_like(ids, -1)).view(-1, group_size, t)
+        same = grouped.unsqueeze(2) == grouped.unsqueeze(1)  # [g, i, j, t]: i and j hold the same id at t
+        matches = (same & positive).any(dim=2) & (same & negative).any(dim=2)
+        run = torch.cumprod(matches.view(n, t).to(torch.int32), dim=1).bool()  # the leading run only
+        return run & real
+
+    conflict_fwd = leading_matches(completion_ids, valid)
+    # Reverse each completion's real tokens in place (position s = distance from its last token).
+    rev_index = (lengths.unsqueeze(1) - 1 - steps).clamp(min=0)
+    rev_real = steps < lengths.unsqueeze(1)
+    conflict_bwd_rev = leading_matches(completion_ids.gather(1, rev_index), rev_real)
+    conflict_bwd = conflict_bwd_rev.gather(1, rev_index) & valid  # back to forward positions
+
+    pos_row = (advantages > 0).unsqueeze(1)
+
+    def run_weights(conflict: torch.Tensor) -> torch.Tensor:
+        on_conflict = torch.where(pos_row, torch.full_like(conflict, boost, dtype=torch.float32), 0.0)
+        return torch.where(conflict, on_conflict, torch.ones_like(on_conflict))
+
+    m = mask.to(torch.float32)
+    weights = run_weights(conflict_fwd) * run_weights(conflict_bwd) * m
+    conflict = (conflict_fwd | conflict_bwd) & valid & active.unsqueeze(1)
+    weights = torch.where(active.unsqueeze(1), weights, m)
+    counted = (conflict_fwd | conflict_bwd_rev) & valid & active.unsqueeze(1)  # their total_conflict, as written
+    count = counted.sum(1).clamp(min=1)
+    return GTPOConflicts(weights=weights, conflict=conflict, count=count)
 
 
-def gtpo_token_weights(conflict: torch.Tensor, advantages: torch.Tensor, *, boost: float) -> torch.Tensor:
-    """GTPO per-token weights: conflict tokens are shielded from negative updates and amplified in positive ones.
+def gtpo_token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy as GTPO's ``compute_completion_stats`` computes it: H = -Σ_v p_v log max(p_v, 1e-6).
 
-    w_it = 0 if conflict_it and A_i < 0;  w_it = boost if conflict_it and A_i > 0;  else 1.
+    The clamp is theirs (it differs from the exact entropy only through tokens below probability 1e-6).
+    (B, T, V) -> (B, T), without gradient: in their code the entropy only reshapes the advantage.
     """
-    adv = advantages.unsqueeze(-1).expand_as(conflict)
-    weights = torch.ones_like(conflict, dtype=torch.float32)
-    weights = torch.where(conflict & (adv < 0), torch.zeros_like(weights), weights)
-    return torch.where(conflict & (adv > 0), torch.full_like(weights, boost), weights)
+    with torch.no_grad():
+        probs = torch.softmax(logits.float(), dim=-1)
+        return -(probs * torch.log(probs.clamp_min(GTPO_ENTROPY_EPS))).sum(-1)
 
 
-def gtpo_entropy_keep(mean_entropy: torch.Tensor, *, threshold: float) -> torch.Tensor:
-    """GTPO's entropy filter (Simoni et al. 2025, "GTPO: Trajectory-Based Policy Optimization in LLMs").
+def gtpo_shaped_advantages(
+    advantages: torch.Tensor, mean_entropy: torch.Tensor, *, threshold: float, penalty: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GTPO's entropy filter and penalty (``UnslothEfficientGTPO.forward``, "entropy shaping" in their code).
 
-    H̄_i = (1/|o_i|) Σ_t H(π(· | q, o_i,<t)),   keep_i = [H̄_i <= τ]
-    High-entropy completions are the ones GTPO finds driving policy collapse; dropping them replaces the KL
-    term and lets GTPO run without a reference model. Returns a (B·G,) float mask of kept completions.
+    H̄_i = mean over o_i's tokens of the entropy;  A'_i = A_i - γ H̄_i if H̄_i <= τ, else 0
+    (τ = ENT_THRESHOLD = 0.7 nats, γ = ENT_SCALE = 0.1 in their code). A dropped completion contributes nothing;
+    a kept one, even with A_i = 0, is pushed down by its entropy. Their README writes the filter as δ_i with a
+    ln 2 threshold that also depends on the initial entropy; their code, followed here, uses the fixed τ.
+    Returns (A', kept mask as floats).
     """
-    return (mean_entropy <= threshold).float()
+    keep = mean_entropy <= threshold
+    shaped = torch.where(keep, advantages - penalty * mean_entropy, torch.zeros_like(advantages))
+    return shaped, keep.float()
 
 
-def gtpo_relative_threshold(mean_entropy: torch.Tensor, *, quantile: float) -> float:
-    """τ = Q_q({H̄_j}): the q-quantile (linear interpolation) of the batch's completion entropies.
+def gtpo_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, conflicts: GTPOConflicts) -> torch.Tensor:
+    """GTPO's reduction (``gtpo_compute_loss`` then the sum over completions in ``UnslothEfficientGTPO``):
 
-    Our default in place of a fixed τ. The GTPO authors' code uses τ = 0.7 nats, a value for pretrained LLMs
-    whose typical completion entropy lies far below the maximum ln|V|. A randomly initialised or warm-starting
-    model sits near ln|V| on every completion, where a fixed τ (or one like ln|V| / 2) drops the whole batch
-    and GTPO silently stops learning. A quantile always keeps the more certain completions and drops the most
-    uncertain ~(1 - q) of them (none when all entropies are equal); q = 1 (the maximum) keeps all.
+    L = Σ_i (1 / n_i) (1 / |o_i|) Σ_t δ_it ℓ_it
+    with ℓ_it = -r_it A'_i (r = exp(log π - sg(log π)) = 1 in value: one pass per generation batch), δ and n from
+    ``gtpo_conflict_weights``. A sum over the batch's completions, as their code computes it (their README's
+    formula writes a mean over the G completions of a group: a constant factor Adam absorbs).
     """
-    return float(torch.quantile(mean_entropy.detach().float(), quantile))
+    m = mask.to(per_token_loss.dtype)
+    per_completion = (per_token_loss * conflicts.weights * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+    return (per_completion / conflicts.count.to(per_token_loss.dtype)).sum()
 
 
 def guard_normalised_log_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

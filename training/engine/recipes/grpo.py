@@ -30,10 +30,10 @@ from training.engine.losses import (
     clip_ratio_metrics,
     clipped_token_loss,
     group_advantages,
-    gtpo_conflict_mask,
-    gtpo_entropy_keep,
-    gtpo_relative_threshold,
-    gtpo_token_weights,
+    gtpo_conflict_weights,
+    gtpo_loss,
+    gtpo_shaped_advantages,
+    gtpo_token_entropy,
     guard_normalised_log_ratio,
     k3_kl,
     sft_loss,
@@ -128,7 +128,7 @@ class GRPORecipe(Recipe):
         policy.train()
         self.policy = policy
         self.model = wrap_ddp(policy, ctx.dist)
-        self.use_kl = config.beta > 0 and config.variant != "gtpo"  # GTPO replaces the KL term by its filter
+        self.use_kl = config.beta > 0  # the config refuses beta > 0 with GTPO, which has no KL term
         self.ref = None
         if self.use_kl:
             ref_path = config.ref_model_name_or_path or config.model_name_or_path
@@ -139,6 +139,9 @@ class GRPORecipe(Recipe):
         self.backend_name = choose_backend(config.rollout_backend)
         self.rollout = self._rollout_backend()
         self.batch: GenerationBatch | None = None
+        # Skip autograd for rows whose gradient is exactly zero (see _policy_logps); the bench turns it off
+        # to time the full pass, as TRL runs it.
+        self.zero_advantage_shortcut = True
         self.tokens_seen = 0.0
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
@@ -261,11 +264,9 @@ class GRPORecipe(Recipe):
         if self.ref is not None:
             batch.ref_logps = self._logps(self.ref, batch)[0]
         lengths_f = lengths.float()
-        grouped = rewards.view(-1, g)
         batch.metrics = {
             "reward": float(rewards.mean()),
-            "reward_std": float(grouped.std(dim=1).mean()),
-            "frac_reward_zero_std": float((grouped.std(dim=1) < 1e-6).float().mean()),
+            **reward_spread_metrics(rewards, group_size=g, scale=config.scale_rewards),
             "completions/mean_length": float(lengths_f.mean()),
             "completions/min_length": float(lengths_f.min()),
             "completions/max_length": float(lengths_f.max()),
@@ -278,7 +279,8 @@ class GRPORecipe(Recipe):
         return batch
 
     def _logps(self, model: torch.nn.Module, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and entropies of the completion tokens (logits divided by the temperature, as TRL).
+        """Per-token log-probs and entropies of the completion tokens (logits divided by the temperature, as TRL;
+        for GTPO undivided, with its authors' entropy, as their code does).
 
         Only the T + 1 last positions go through the LM head (the prompt's logits are never used); the very
         last one predicts past the batch and is dropped.
@@ -290,21 +292,33 @@ class GRPORecipe(Recipe):
             position_ids=positions(batch.attention_mask),
             logits_to_keep=t + 1,
         ).logits
-        logits = logits[:, :-1] / self.config.temperature
         targets = batch.completion_ids.masked_fill(batch.completion_mask == 0, -100)
+        if self.config.variant == "gtpo":
+            # The GTPO authors score untempered logits and take their own entropy form (losses.gtpo_token_entropy).
+            logits = logits[:, :-1]
+            return token_logprobs_and_entropy(logits, targets)[0], gtpo_token_entropy(logits)
+        logits = logits[:, :-1] / self.config.temperature
         return token_logprobs_and_entropy(logits, targets)
 
     def _policy_logps(self, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``_logps`` of the whole batch under the policy, with autograd only where a gradient can arise.
 
-        Without a KL term, a completion whose advantage is exactly 0 adds 0 to every variant's token loss
-        (ℓ = -min(r·0, clip(r)·0), GTPO weights and GRPO-Guard's centring multiply or shift inside it) and
-        so nothing to the gradient. Such rows (every row of a group whose rewards tie, often most of a batch)
-        get a forward pass without autograd, for the entropies, ratios and filters that still read them;
-        only the others pay for backward. Loss, gradient and metrics are those of the full-batch pass.
+        Without a KL term, a completion whose advantage is exactly 0 adds 0 to the token loss (ℓ = -min(r·0,
+        clip(r)·0); GRPO-Guard's centring shifts inside it) and so nothing to the gradient. Such rows (every
+        row of a group whose rewards tie, often most of a batch) get a forward pass without autograd, for the
+        entropies and ratios that still read them; only the others pay for backward. Loss, gradient and
+        metrics are those of the full-batch pass. Not for GTPO with an entropy penalty: there a kept
+        completion with A = 0 still gets A' = -γ H̄ (losses.gtpo_shaped_advantages), known only after the pass.
         """
         idle = batch.advantages == 0
-        if batch.ref_logps is not None or not bool(idle.any()) or bool(idle.all()):
+        gtpo_moves_idle = self.config.variant == "gtpo" and self.config.gtpo_entropy_penalty > 0
+        if (
+            not self.zero_advantage_shortcut
+            or gtpo_moves_idle
+            or batch.ref_logps is not None
+            or not bool(idle.any())
+            or bool(idle.all())
+        ):
             return self._logps(self.model, batch)
         active, rest = (~idle).nonzero().squeeze(1), idle.nonzero().squeeze(1)
         logps_active, entropy_active = self._logps(self.model, batch.rows(active))
@@ -323,6 +337,8 @@ class GRPORecipe(Recipe):
             batch.old_logps = logps.detach()
         old = batch.old_logps if batch.old_logps is not None else logps.detach()
         metrics = dict(batch.metrics)
+        if config.variant == "gtpo":
+            return self._gtpo_step(batch, logps, entropy, metrics)
         log_ratio = guard_normalised_log_ratio(logps, old, mask) if config.variant == "grpo_guard" else None
         per_token, ratio = clipped_token_loss(
             logps,
@@ -332,8 +348,6 @@ class GRPORecipe(Recipe):
             epsilon_high=config.epsilon_high,
             log_ratio=log_ratio,
         )
-        if config.variant == "gtpo":
-            per_token, mask = self._gtpo(batch, per_token, entropy, mask, metrics)
         if batch.ref_logps is not None:
             kl = k3_kl(logps, batch.ref_logps)
             per_token = per_token + config.beta * kl
@@ -365,27 +379,64 @@ class GRPORecipe(Recipe):
         metrics["num_tokens"] = self.tokens_seen
         return metrics
 
-    def _gtpo(
-        self,
-        batch: GenerationBatch,
-        per_token: torch.Tensor,
-        entropy: torch.Tensor,
-        mask: torch.Tensor,
-        metrics: dict[str, float],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """GTPO's conflict-token weights and entropy filter: the weighted token losses and the kept-token mask."""
-        config = self.config
-        conflict = gtpo_conflict_mask(
-            batch.completion_ids, batch.completion_mask, batch.advantages, group_size=config.num_generations
-        )
-        per_token = per_token * gtpo_token_weights(conflict, batch.advantages, boost=config.gtpo_conflict_boost)
+    def _gtpo_step(
+        self, batch: GenerationBatch, logps: torch.Tensor, entropy: torch.Tensor, metrics: dict[str, float]
+    ) -> dict[str, float]:
+        """GTPO as its authors' code computes it (losses.gtpo_*): entropy-shaped advantages, conflict-token
+        weights, per-completion normalisation, summed over completions. One pass per batch: r = 1 in value."""
+        config, mask = self.config, batch.completion_mask.float()
         seq_entropy = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        threshold = config.gtpo_entropy_threshold or gtpo_relative_threshold(
-            seq_entropy, quantile=config.gtpo_entropy_quantile
+        shaped, keep = gtpo_shaped_advantages(
+            batch.advantages,
+            seq_entropy,
+            threshold=config.gtpo_entropy_threshold,
+            penalty=config.gtpo_entropy_penalty,
         )
-        keep = gtpo_entropy_keep(seq_entropy, threshold=threshold)
-        metrics["gtpo/conflict_frac"] = float((conflict.float() * mask).sum() / mask.sum().clamp(min=1.0))
-        metrics["gtpo/kept_frac"] = float(keep.mean())
-        metrics["gtpo/filtered_ratio"] = 1.0 - float(keep.mean())
-        metrics["gtpo/entropy_threshold"] = threshold
-        return per_token, mask * keep[:, None]
+        conflicts = gtpo_conflict_weights(
+            batch.completion_ids,
+            batch.completion_mask,
+            batch.advantages,
+            group_size=config.num_generations,
+            boost=config.gtpo_conflict_boost,
+        )
+        ratio = torch.exp(logps - logps.detach())
+        per_token = -ratio * shaped.unsqueeze(-1)
+        loss = gtpo_loss(per_token, mask, conflicts)
+        torch.autograd.backward(loss)
+        kept = float(keep.mean())
+        if kept == 0.0 and self.ctx.dist.is_main:
+            print(  # noqa: T201 - stdout is the run's log
+                f"GTPO dropped every completion: mean entropies {float(seq_entropy.min()):.3g}-"
+                f"{float(seq_entropy.max()):.3g} nats exceed gtpo_entropy_threshold={config.gtpo_entropy_threshold}",
+                flush=True,
+            )
+        metrics.update(
+            {
+                "loss": float(loss.detach()),
+                "entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1.0)),
+                "num_tokens": self.tokens_seen,
+                "gtpo/conflict_frac": float((conflicts.conflict.float() * mask).sum() / mask.sum().clamp(min=1.0)),
+                "gtpo/kept_frac": kept,
+                "gtpo/filtered_ratio": 1.0 - kept,
+            }
+        )
+        return metrics
+
+
+def reward_spread_metrics(rewards: torch.Tensor, *, group_size: int, scale: str) -> dict[str, float]:
+    """TRL 1.16's reward_std and frac_reward_zero_std (GRPOTrainer._generate_and_score_completions).
+
+    reward_std is the std of every reward in the batch (unbiased, TRL's nanstd), not a mean of group stds.
+    frac_reward_zero_std is the share of completions whose advantage scale is 0 (torch.isclose to 0): with
+    scale_rewards group or none, the group's std (so the share of groups whose rewards tie); with batch, the
+    batch's std (0 or 1).
+    """
+    if scale == "batch":
+        std = rewards.std().expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+    else:
+        std = rewards.view(-1, group_size).std(dim=1).repeat_interleave(group_size)
+    zero = torch.isclose(std, torch.zeros_like(std))
+    return {
+        "reward_std": float(rewards.std()) if rewards.numel() > 1 else float("nan"),
+        "frac_reward_zero_std": float(zero.float().mean()),
+    }
