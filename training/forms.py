@@ -38,6 +38,7 @@ SECTIONS: dict[str, SectionInfo] = {
     "variant": SectionInfo("Variant (GTPO / GRPO-Guard)", collapsed=True),
     "rewards": SectionInfo("Rewards"),
     "warm_start": SectionInfo("Warm start (SFT before RL)"),
+    "eval": SectionInfo("Evaluation (held-out data)", collapsed=True),
     "demo": SectionInfo("Demo"),
     "other": SectionInfo("Other settings"),
     "checkpoints": SectionInfo("Checkpoints & logging", collapsed=True),
@@ -93,6 +94,10 @@ FIELD_SECTIONS: dict[str, str] = {
     "sft_warmup_steps": "warm_start",
     "sft_learning_rate": "warm_start",
     "label_noise": "warm_start",
+    "eval_steps": "eval",
+    "eval_dataset_path": "eval",
+    "eval_fraction": "eval",
+    "eval_max_examples": "eval",
     "step_delay_s": "demo",
     "save_steps": "checkpoints",
     "logging_steps": "checkpoints",
@@ -136,6 +141,10 @@ FIELD_LABELS: dict[str, str] = {
     "dtype": "Dtype",
     "vllm_gpu_memory_utilization": "vLLM GPU memory fraction",
     "center_rewards_coefficient": "Reward centring coefficient",
+    "eval_steps": "Evaluate every (steps)",
+    "eval_dataset_path": "Eval dataset path",
+    "eval_fraction": "Held-out fraction",
+    "eval_max_examples": "Max eval examples",
 }
 
 # Words written their own way in a label derived from a field name.

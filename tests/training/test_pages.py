@@ -203,3 +203,13 @@ def test_gtpo_with_a_kl_term_is_refused_on_the_beta_field(client_for: Any, resea
     assert list(errors) == ["cfg_beta"]
     assert "GTPO has no KL term" in errors["cfg_beta"][0]
     assert not Run.objects.exists()
+
+
+def test_evaluation_without_held_out_data_is_refused_on_its_field(client_for: Any, researcher: User) -> None:
+    client = client_for(researcher)
+    page = client.get("/runs/new/", {"recipe": "sft"}).content.decode()
+    assert "Evaluation (held-out data)" in page and 'name="cfg_eval_fraction"' in page
+    response = client.post("/runs/new/", {"recipe": "sft", "queue": "gpu", "cfg_eval_steps": "50"})
+    assert response.status_code == 422
+    assert list(response.context["form"].errors) == ["cfg_eval_steps"]
+    assert not Run.objects.exists()

@@ -73,6 +73,39 @@ class BaseRecipeConfig(BaseModel):
     tiny_hidden_size: int = Field(128, ge=8, le=4096, description="Hidden size of the 'tiny' model.")
     tiny_num_layers: int = Field(4, ge=1, le=64, description="Decoder layers of the 'tiny' model.")
     tiny_num_heads: int = Field(4, ge=1, le=64, description="Attention heads of the 'tiny' model.")
+    eval_steps: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="Evaluate on held-out examples every this many steps (and at the last); 0 = no evaluation.",
+    )
+    eval_dataset_path: str = Field(
+        "",
+        max_length=1000,
+        description="Held-out examples in the training data's format; empty: hold out eval_fraction of it instead.",
+    )
+    eval_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of the training data held out for evaluation (a seeded split, never trained on).",
+    )
+    eval_max_examples: int = Field(
+        256, ge=1, le=1_000_000, description="Evaluate on at most this many held-out examples (the first ones)."
+    )
+
+    @model_validator(mode="after")
+    def _evaluation_is_complete(self) -> Self:
+        """Evaluation needs both a schedule and held-out data; half of it is refused rather than ignored."""
+        has_data = bool(self.eval_dataset_path) or self.eval_fraction > 0
+        if self.eval_steps and not has_data:
+            raise field_error(self, "eval_steps", "Evaluation needs an eval dataset path or an eval fraction above 0.")
+        if has_data and not self.eval_steps:
+            field = "eval_dataset_path" if self.eval_dataset_path else "eval_fraction"
+            raise field_error(self, field, "Held-out data is only used with eval_steps above 0: set how often.")
+        if self.eval_dataset_path and self.eval_fraction > 0:
+            raise field_error(self, "eval_fraction", "Give an eval dataset path or an eval fraction, not both.")
+        return self
 
 
 class DemoConfig(BaseRecipeConfig):

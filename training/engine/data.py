@@ -222,3 +222,21 @@ def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)  # noqa: S311 - seeded data order
     return tuple(order)
+
+
+def split_held_out(examples: Sequence[Example], *, fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, held out): a seeded share ``fraction`` of the distinct examples set aside, never trained on.
+
+    The split is over distinct examples, so a row repeated in the data (short demo words, duplicated
+    prompts) lies wholly on one side: no held-out example is also a training one. Held out: one copy each.
+    A pure function of (examples, fraction, seed), so a resumed run holds out the same rows; the draw has its
+    own random stream, independent of the data order of ``step_batch``.
+    """
+    distinct = list(dict.fromkeys(examples))
+    if fraction <= 0 or len(distinct) < 2:
+        return list(examples), []
+    count = min(len(distinct) - 1, max(1, round(fraction * len(distinct))))
+    order = list(range(len(distinct)))
+    random.Random(f"arbiter-eval-split:{seed}").shuffle(order)  # noqa: S311 - seeded data split
+    chosen = {distinct[i] for i in order[:count]}
+    return [e for e in examples if e not in chosen], [e for e in distinct if e in chosen]

@@ -6,7 +6,7 @@ import math
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training.engine import checkpoints
 from training.engine.config import BaseRecipeConfig
-from training.engine.data import Example, Renderer, render_plain
+from training.engine.data import DatasetKind, Example, Renderer, load_dataset, render_plain, split_held_out
 from training.engine.demo_tasks import task_texts
 from training.engine.distributed import DistInfo, unwrap
 from training.engine.modeling import TINY, load_tokenizer, resolve_device
@@ -54,9 +54,26 @@ class RunContext:
         """A line in the run's log (rank 0 only)."""
         _say(self, line)
 
-    def tokenizer_for(self, examples: list[Example]) -> PreTrainedTokenizerBase:
-        """The policy's tokenizer; for 'tiny' one trained on these examples' text."""
-        return load_tokenizer(self.policy_path, texts=task_texts(examples))
+    def tokenizer_for(self, examples: list[Example], *, kind: DatasetKind | None = None) -> PreTrainedTokenizerBase:
+        """The policy's tokenizer; for 'tiny' one trained on these examples' text (and the eval file's, given
+        its ``kind``: a held-out file's characters must be in the vocabulary too)."""
+        texts = task_texts(examples)
+        if kind is not None and self.config.eval_dataset_path and self.policy_path == TINY:
+            texts += task_texts(load_dataset(self.config.eval_dataset_path, kind=kind))
+        return load_tokenizer(self.policy_path, texts=texts)
+
+    def held_out(
+        self, examples: Sequence[Example], *, kind: DatasetKind, render: Renderer = render_plain
+    ) -> tuple[list[Example], list[Example]]:
+        """(train, eval) examples: the eval file, or a seeded ``eval_fraction`` of ``examples``; capped at
+        ``eval_max_examples``. Without evaluation configured, every example trains and none is held out."""
+        config = self.config
+        if config.eval_dataset_path:
+            held = load_dataset(config.eval_dataset_path, kind=kind, render=render)
+            train = list(examples)
+        else:
+            train, held = split_held_out(examples, fraction=config.eval_fraction, seed=self.spec.seed)
+        return train, held[: config.eval_max_examples]
 
 
 def chat_renderer(tokenizer: PreTrainedTokenizerBase) -> Renderer:
@@ -83,6 +100,30 @@ class Recipe(ABC):
     @abstractmethod
     def train_step(self, step: int) -> dict[str, float]:
         """Forward and backward for one optimiser step (the loop clips, steps and zeroes)."""
+
+    eval_examples: Sequence[Example] = ()  # held-out examples (RunContext.held_out); empty: no evaluation
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Metrics on ``eval_examples`` with the current weights, keys without the ``eval/`` prefix (the loop
+        adds it). Called in eval mode, without autograd, with its own seeded random stream."""
+        return {}
+
+    def eval_shards(self) -> Iterator[list[Example]]:
+        """This rank's share of the held-out examples, in batches of ``batch_size``."""
+        ctx = self.ctx
+        mine = list(self.eval_examples)[ctx.dist.rank :: ctx.dist.world_size]
+        size = ctx.config.batch_size
+        for start in range(0, len(mine), size):
+            yield mine[start : start + size]
+
+    def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
+        """Sums over every rank's share (the identity on one process)."""
+        if not self.ctx.dist.enabled:
+            return sums
+        keys = sorted(sums)
+        total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(total)
+        return dict(zip(keys, total.tolist(), strict=True))
 
     def after_update(self, step: int) -> None:
         """Called after each optimiser step (GRPO pushes weights into its rollout engine here)."""
@@ -168,6 +209,8 @@ def run_training(recipe: Recipe) -> Path | None:
                 f"{k}={v:.4g}" for k, v in metrics.items() if "/" not in k or k.startswith(("rewards/", "sft/"))
             )
             _say(ctx, f"step {step}/{config.max_steps} {shown}")
+        if config.eval_steps and recipe.eval_examples and (step % config.eval_steps == 0 or step == config.max_steps):
+            _evaluate(recipe, step)
         if step % config.save_steps == 0 or step == config.max_steps:
             _checkpoint(recipe, step, optimizer, scheduler)
     if not ctx.dist.is_main:
@@ -176,6 +219,31 @@ def run_training(recipe: Recipe) -> Path | None:
     checkpoints.save_model_folder(final, model=recipe.saved_model(), tokenizer=recipe.tokenizer)
     _say(ctx, f"final model written to {final}")
     return final
+
+
+def _evaluate(recipe: Recipe, step: int) -> None:
+    """Run the recipe's evaluation and report it as eval/* at this step.
+
+    Eval mode (no dropout), no autograd, and a random stream of its own, seeded from (seed, step): sampling
+    held-out completions neither depends on nor disturbs the training stream, so a resumed run evaluates
+    and trains exactly as an uninterrupted one.
+    """
+    ctx = recipe.ctx
+    model = unwrap(recipe.model)
+    model.train(False)
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(ctx.spec.seed * 1_000_003 + step + 7_777_777)
+            began = time.perf_counter()
+            found = recipe.evaluate(step)
+            found["runtime"] = time.perf_counter() - began
+    finally:
+        model.train(True)
+    metrics = {f"eval/{k}": v for k, v in found.items()}
+    if ctx.dist.is_main:
+        ctx.reporter.log(metrics, step)
+        _say(ctx, f"eval {step}/{ctx.config.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 def _checkpoint(

@@ -13,6 +13,7 @@ finishes it exactly as the uninterrupted run would instead of sampling a new one
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import cast
@@ -40,8 +41,9 @@ from training.engine.losses import (
 )
 from training.engine.modeling import TINY, frozen, load_causal_lm
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
+from training.engine.rewards import RewardBreakdown
 from training.engine.rewards.registry import build_reward
-from training.engine.rollout import RolloutBackend, choose_backend
+from training.engine.rollout import Rollout, RolloutBackend, choose_backend
 from training.engine.rollout.hf import HFRollout
 
 
@@ -118,10 +120,15 @@ class GRPORecipe(Recipe):
         super().__init__(ctx)
         self.config = config = cast(GRPOConfig, ctx.config)
         self.prompts, self.warm_data = self._data(config)
-        self.tokenizer = ctx.tokenizer_for([*self.prompts, *self.warm_data])
+        self.tokenizer = ctx.tokenizer_for([*self.prompts, *self.warm_data], kind="prompt")
+        render = chat_renderer(self.tokenizer)
         if config.dataset_path and getattr(self.tokenizer, "chat_template", None):
-            render = chat_renderer(self.tokenizer)
             self.prompts = cast(list[PromptExample], load_dataset(config.dataset_path, kind="prompt", render=render))
+        train, held = ctx.held_out(self.prompts, kind="prompt", render=render)
+        self.prompts, self.eval_examples = cast(list[PromptExample], train), held
+        if held:  # the warm start must not teach the held-out prompts' answers either
+            held_prompts = {e.prompt for e in cast(list[PromptExample], held)}
+            self.warm_data = [w for w in self.warm_data if w.prompt not in held_prompts]
         policy = load_causal_lm(
             ctx.policy_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
         )
@@ -239,20 +246,11 @@ class GRPORecipe(Recipe):
                 world_size=self.ctx.dist.world_size,
             ),
         )
-        prompt_rows = [encode_prompt(self.tokenizer, e.prompt)[-self.config.max_length :] for e in examples]
-        rollout = self.rollout.generate(
-            prompt_rows, n=g, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
-        )
+        prompt_rows, rollout, scored = self._sample_and_score(examples)
         device = self.ctx.device
         completion_ids = rollout.completion_ids.to(device)
         completion_mask = rollout.completion_mask.to(device)
         lengths = completion_mask.sum(1)
-        texts = self.tokenizer.batch_decode(
-            [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)],
-            skip_special_tokens=True,
-        )
-        repeated = [e for e in examples for _ in range(g)]
-        scored = self.reward(texts, repeated)
         rewards = scored.total
         advantages = group_advantages(rewards, group_size=g, scale=config.scale_rewards).to(device)
         prompt_ids, prompt_mask = pad_left(prompt_rows, pad_id=self.pad_id)
@@ -277,6 +275,68 @@ class GRPORecipe(Recipe):
             batch.metrics[f"rewards/{name}/std"] = float(values.std()) if values.numel() > 1 else 0.0
         self.tokens_seen += float(attention_mask.sum()) * self.ctx.dist.world_size
         return batch
+
+    def _sample_and_score(self, examples: list[PromptExample]) -> tuple[list[list[int]], Rollout, RewardBreakdown]:
+        """G completions per prompt from the rollout backend, decoded and scored by the reward functions."""
+        config = self.config
+        prompt_rows = [encode_prompt(self.tokenizer, e.prompt)[-config.max_length :] for e in examples]
+        rollout = self.rollout.generate(
+            prompt_rows,
+            n=config.num_generations,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
+        lengths = rollout.completion_mask.sum(1)
+        texts = self.tokenizer.batch_decode(
+            [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths.tolist(), strict=True)],
+            skip_special_tokens=True,
+        )
+        repeated = [e for e in examples for _ in range(config.num_generations)]
+        return prompt_rows, rollout, self.reward(texts, repeated)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out prompts, G samples each (the training sampler and settings), scored by the same reward
+        functions: TRL's reward metrics (reward, reward_std, rewards/<func>/mean|std) and completion lengths.
+        The weights are not touched; with vLLM, the engine already holds them (synced after each step)."""
+        sums: dict[str, float] = {}
+
+        def add(key: str, values: torch.Tensor) -> None:
+            values = values.double().cpu()
+            sums[f"{key}|n"] = sums.get(f"{key}|n", 0.0) + values.numel()
+            sums[f"{key}|s"] = sums.get(f"{key}|s", 0.0) + float(values.sum())
+            sums[f"{key}|ss"] = sums.get(f"{key}|ss", 0.0) + float((values * values).sum())
+
+        g = self.config.num_generations
+        for shard in self.eval_shards():
+            _, rollout, scored = self._sample_and_score(cast(list[PromptExample], shard))
+            add("reward", scored.total)
+            for name, values in scored.per_func.items():
+                add(f"rewards/{name}", values)
+            add("completions/length", rollout.completion_mask.sum(1).float())
+            tied = scored.total.view(-1, g).std(dim=1) if g > 1 else torch.zeros(len(shard))
+            add("zero_std", torch.isclose(tied, torch.zeros_like(tied)).float())
+        total = self.reduce_sums(sums) if sums else {}
+
+        def mean(key: str) -> float:
+            return total[f"{key}|s"] / max(total[f"{key}|n"], 1.0)
+
+        def std(key: str) -> float:  # unbiased, as TRL's nanstd
+            n, s, ss = total[f"{key}|n"], total[f"{key}|s"], total[f"{key}|ss"]
+            return math.sqrt(max(ss - s * s / n, 0.0) / (n - 1)) if n > 1 else float("nan")
+
+        if not total:
+            return {}
+        metrics = {
+            "reward": mean("reward"),
+            "reward_std": std("reward"),
+            "frac_reward_zero_std": mean("zero_std"),
+            "completions/mean_length": mean("completions/length"),
+        }
+        for key in sorted(k.removesuffix("|n") for k in total if k.startswith("rewards/") and k.endswith("|n")):
+            metrics[f"{key}/mean"] = mean(key)
+            metrics[f"{key}/std"] = std(key)
+        return metrics
 
     def _logps(self, model: torch.nn.Module, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs and entropies of the completion tokens (logits divided by the temperature, as TRL;

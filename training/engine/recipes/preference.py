@@ -10,7 +10,7 @@ from training.engine.batching import IGNORE, TokenBatch, token_logprobs
 from training.engine.config import DPOConfig, RewardModelConfig, SequenceDataConfig
 from training.engine.data import PreferenceExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_preferences
-from training.engine.distributed import wrap_ddp
+from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import bradley_terry_loss, dpo_loss
 from training.engine.modeling import frozen, load_causal_lm, load_sequence_classifier
 from training.engine.pairs import (
@@ -35,24 +35,48 @@ def _preference_data(ctx: RunContext) -> list[PreferenceExample]:
 class _PairRecipe(Recipe):
     def _load_data(self, ctx: RunContext) -> None:
         examples = _preference_data(ctx)
-        self.tokenizer = ctx.tokenizer_for(list(examples))
+        self.tokenizer = ctx.tokenizer_for(list(examples), kind="preference")
+        render = chat_renderer(self.tokenizer)
         if ctx.config.dataset_path and getattr(self.tokenizer, "chat_template", None):
-            render = chat_renderer(self.tokenizer)
             examples = cast(
                 list[PreferenceExample],
                 load_dataset(ctx.config.dataset_path, kind="preference", render=render),
             )
-        # Tokenised and truncated once, before the first step: the counts are logged (and mostly unusable
-        # data stops the run) now, and no step spends time in the tokenizer.
+        train, held = ctx.held_out(examples, kind="preference", render=render)
+        self.eval_examples = held
+        self.pairs = self._encode(ctx, cast(list[PreferenceExample], train))
+        self.eval_pairs = self._encode(ctx, cast(list[PreferenceExample], held), what="held-out") if held else []
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+
+    def _encode(self, ctx: RunContext, examples: list[PreferenceExample], *, what: str = "") -> list[EncodedPair]:
+        """Tokenised and truncated once, before the first step: the counts are logged (and mostly unusable
+        data stops the run) now, and no step spends time in the tokenizer."""
         limits = Truncation(*cast(SequenceDataConfig, ctx.config).truncation_limits())
         triples = [(e.prompt, e.chosen, e.rejected) for e in examples]
         encoded, report = encode_preferences(self.tokenizer, triples, limits)
-        ctx.say(report.summary(limits))
+        ctx.say(f"{what} pairs: {report.summary(limits)}" if what else report.summary(limits))
         check_usable(report, limits)
         if report.dropped_indices:
-            ctx.say(f"left out {len(report.dropped_indices)} unusable pairs; training on {report.usable}")
-        self.pairs = [pair for pair in encoded if pair is not None]
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+            ctx.say(f"left out {len(report.dropped_indices)} unusable {what} pairs; using {report.usable}")
+        return [pair for pair in encoded if pair is not None]
+
+    def _pair_values(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        """Per held-out pair (B,): the loss term and the training metrics."""
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The training metrics on the held-out pairs, each averaged over pairs."""
+        mine = self.eval_pairs[self.ctx.dist.rank :: self.ctx.dist.world_size]
+        size = self.ctx.config.batch_size
+        sums: dict[str, float] = {"pairs": 0.0}
+        for start in range(0, len(mine), size):
+            chunk = mine[start : start + size]
+            for key, values in self._pair_values(chunk).items():
+                sums[key] = sums.get(key, 0.0) + float(values.sum())
+            sums["pairs"] += len(chunk)
+        total = self.reduce_sums(sums)
+        n = max(total.pop("pairs"), 1.0)
+        return {key: value / n for key, value in total.items()}
 
     def _step_pairs(self, step: int) -> tuple[list[EncodedPair], list[int]]:
         """This rank's pairs of one optimiser step, and their indices."""
@@ -79,6 +103,20 @@ class RewardModelRecipe(_PairRecipe):
         )
         model.train()
         self.model = wrap_ddp(model, ctx.dist)
+
+    def _pair_values(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        b = len(pairs)
+        tokens = plain_pair_batch(pairs, pad_id=self.pad_id, completion_only=False).to(self.ctx.device)
+        rewards = unwrap(self.model)(input_ids=tokens.input_ids).logits[:, 0].float()
+        chosen, rejected = rewards[:b], rewards[b:]
+        loss = bradley_terry_loss(chosen, rejected, center_coefficient=self.config.center_rewards_coefficient)
+        return {
+            "loss": loss.expand(b),  # a batch mean repeated per pair: its sum is the batch's share of the mean
+            "accuracy": (chosen > rejected).float(),
+            "margin": chosen - rejected,
+            "rewards/chosen": chosen,
+            "rewards/rejected": rejected,
+        }
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of the Bradley-Terry loss; logs accuracy (r_w > r_l) and margin (mean r_w - r_l)."""
@@ -121,6 +159,35 @@ class DPORecipe(_PairRecipe):
         self.ref_cache = torch.full((len(self.pairs), 2), float("nan"))
         # One row per pair with the prompt computed once needs a 4-D mask: SDPA takes one, FlashAttention not.
         self.shared_prompt = supports_shared_prompt(policy) and supports_shared_prompt(self.ref)
+
+    def _pair_values(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        b = len(pairs)
+        policy = unwrap(self.model)
+        if self.shared_prompt:
+            shared = shared_prompt_batch(pairs, pad_id=self.pad_id).to(self.ctx.device)
+            chosen, rejected = shared_prompt_logps(policy, shared)
+            ref_chosen, ref_rejected = shared_prompt_logps(self.ref, shared)
+        else:
+            plain = plain_pair_batch(pairs, pad_id=self.pad_id).to(self.ctx.device)
+            both, ref_both = _sequence_logps(policy, plain), _sequence_logps(self.ref, plain)
+            chosen, rejected, ref_chosen, ref_rejected = both[:b], both[b:], ref_both[:b], ref_both[b:]
+        loss, chosen_r, rejected_r = dpo_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=self.config.beta,
+            label_smoothing=self.config.label_smoothing,
+        )
+        return {
+            "loss": loss.expand(b),  # a batch mean repeated per pair: its sum is the batch's share of the mean
+            "rewards/chosen": chosen_r,
+            "rewards/rejected": rejected_r,
+            "rewards/accuracies": (chosen_r > rejected_r).float(),
+            "rewards/margins": chosen_r - rejected_r,
+            "logps/chosen": chosen,
+            "logps/rejected": rejected,
+        }
 
     def train_step(self, step: int) -> dict[str, float]:
         """One batch of the DPO loss with TRL's metric names."""

@@ -7,11 +7,11 @@ from typing import cast
 
 import torch
 
-from training.engine.batching import EncodedRow, encode_supervised, pad_rows
+from training.engine.batching import EncodedRow, TokenBatch, encode_supervised, pad_rows
 from training.engine.config import DemoConfig, SequenceDataConfig, SFTConfig
 from training.engine.data import SupervisedExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_supervised
-from training.engine.distributed import wrap_ddp
+from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import sft_loss
 from training.engine.modeling import load_causal_lm
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
@@ -25,22 +25,25 @@ class SFTRecipe(Recipe):
         super().__init__(ctx)
         self.config = cast(SFTConfig, ctx.config)
         examples = self._examples(ctx)
-        self.tokenizer = ctx.tokenizer_for(list(examples))
+        self.tokenizer = ctx.tokenizer_for(list(examples), kind="supervised")
+        render = chat_renderer(self.tokenizer)
         if ctx.config.dataset_path:  # re-read with the chat template, now that the tokenizer is known
-            render = chat_renderer(self.tokenizer)
             examples = cast(
                 list[SupervisedExample],
                 load_dataset(ctx.config.dataset_path, kind="supervised", render=render),
             )
-        self.examples = examples
-        self.rows = self._encode(ctx, examples)
+        train, held = ctx.held_out(examples, kind="supervised", render=render)
+        self.examples = cast(list[SupervisedExample], train)
+        self.eval_examples = held
+        self.rows = self._encode(ctx, self.examples)
+        self.eval_rows = self._encode(ctx, cast(list[SupervisedExample], held), what="held-out") if held else []
         policy = load_causal_lm(
             ctx.policy_path, config=ctx.config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
         )
         policy.train()
         self.model = wrap_ddp(policy, ctx.dist)
 
-    def _encode(self, ctx: RunContext, examples: list[SupervisedExample]) -> list[EncodedRow]:
+    def _encode(self, ctx: RunContext, examples: list[SupervisedExample], *, what: str = "") -> list[EncodedRow]:
         """Tokenise and truncate the dataset once; log what truncation did and stop on mostly unusable data."""
         config = ctx.config
         if isinstance(config, SequenceDataConfig):
@@ -48,7 +51,7 @@ class SFTRecipe(Recipe):
         else:  # the demo's short built-in data: one cap, nothing to size
             limits = Truncation(config.max_length, max(1, config.max_length // 2))
         rows, report = encode_supervised(self.tokenizer, [(e.prompt, e.completion) for e in examples], limits)
-        ctx.say(report.summary(limits))
+        ctx.say(f"{what} examples: {report.summary(limits)}" if what else report.summary(limits))
         check_usable(report, limits)
         if report.dropped_indices:
             ctx.say(f"left out {len(report.dropped_indices)} unusable examples; training on {report.usable}")
@@ -69,18 +72,36 @@ class SFTRecipe(Recipe):
             rank=self.ctx.dist.rank,
             world_size=self.ctx.dist.world_size,
         )
-        completion_only = getattr(self.config, "completion_only_loss", True)
-        tokens = pad_rows(
-            [self.rows[i] for i in indices],
-            pad_id=int(self.tokenizer.pad_token_id or 0),
-            completion_only=completion_only,
-        ).to(self.ctx.device)
+        tokens = self._tokens([self.rows[i] for i in indices])
         # Right-padded rows under causal attention need no mask (see preference._sequence_logps).
         logits = self.model(input_ids=tokens.input_ids).logits
         loss, accuracy = sft_loss(logits, tokens.labels)
         torch.autograd.backward(loss)
         n_tokens = int((tokens.labels[:, 1:] != -100).sum())
         return {"loss": float(loss.detach()), "mean_token_accuracy": accuracy, "num_tokens": float(n_tokens)}
+
+    def _tokens(self, rows: list[EncodedRow]) -> TokenBatch:
+        completion_only = getattr(self.config, "completion_only_loss", True)
+        return pad_rows(rows, pad_id=int(self.tokenizer.pad_token_id or 0), completion_only=completion_only).to(
+            self.ctx.device
+        )
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out cross-entropy and token accuracy, averaged over every held-out completion token."""
+        model = unwrap(self.model)
+        mine = self.eval_rows[self.ctx.dist.rank :: self.ctx.dist.world_size]
+        size = self.ctx.config.batch_size
+        sums = {"loss": 0.0, "correct": 0.0, "tokens": 0.0}
+        for start in range(0, len(mine), size):
+            tokens = self._tokens(mine[start : start + size])
+            loss, accuracy = sft_loss(model(input_ids=tokens.input_ids).logits, tokens.labels)
+            n = float((tokens.labels[:, 1:] != -100).sum())
+            sums["loss"] += float(loss) * n
+            sums["correct"] += accuracy * n
+            sums["tokens"] += n
+        total = self.reduce_sums(sums)
+        n = max(total["tokens"], 1.0)
+        return {"loss": total["loss"] / n, "mean_token_accuracy": total["correct"] / n, "num_tokens": total["tokens"]}
 
 
 class DemoRecipe(SFTRecipe):
