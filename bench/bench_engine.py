@@ -4,6 +4,11 @@ Run: .venv/bin/pip install -r requirements/bench.txt && .venv/bin/python bench/b
 Fixed config: a ~1M-parameter Llama built from a config, a character tokenizer trained on the task, fp32 on
 CPU with 2 threads; GRPO 8 prompts x 4 generations x 24 new tokens, no KL (TRL's default beta=0, loss dapo);
 DPO 16 pairs per step with an explicit frozen reference (TRL cannot build one from a config-built model).
+
+Our GRPO is timed twice: as TRL runs it (backward through every completion) and with its zero-advantage
+shortcut (rows whose advantage is 0 carry no gradient and skip autograd; recipes/grpo.py _policy_logps).
+The shortcut's gain depends on the data: the table prints the share of groups whose rewards tie (zero reward
+std, TRL's frac_reward_zero_std) seen by each engine, the share of rows the shortcut could skip.
 """
 
 from __future__ import annotations
@@ -70,15 +75,20 @@ def build_model_folder(root: Path) -> Path:
     return folder
 
 
-def ours(recipe: str, folder: Path, root: Path, steps: int, config: dict[str, Any]) -> list[dict[str, float]]:
+def ours(
+    recipe: str, folder: Path, root: Path, steps: int, config: dict[str, Any], *, shortcut: bool = True
+) -> list[dict[str, float]]:
     spec = RunSpec(
         recipe=recipe,
         config={"model_name_or_path": str(folder), "max_steps": steps, "save_steps": 10_000, **config},
-        output_dir=str(root / f"ours-{recipe}"),
+        output_dir=str(root / f"ours-{recipe}-{'shortcut' if shortcut else 'full'}"),
     )
     timings = Timings()
     ctx = RunContext.create(spec=spec, reporter=timings, dist=DistInfo())
-    run_training(build_recipe(ctx))
+    built = build_recipe(ctx)
+    if hasattr(built, "zero_advantage_shortcut"):
+        built.zero_advantage_shortcut = shortcut
+    run_training(built)
     return timings.rows
 
 
@@ -98,7 +108,7 @@ class StepClock:
         self.cpu_times.append(time.process_time() - self._cpu)
 
 
-def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float]]:
+def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float], list[float]]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -143,8 +153,10 @@ def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[fl
         callbacks=[callback()],
     )
     trainer.train()
-    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
-    return clock.times, lengths
+    history = trainer.state.log_history
+    lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
+    zero_std = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
+    return clock.times, lengths, zero_std
 
 
 def trl_dpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float]]:
@@ -200,10 +212,14 @@ def main() -> None:
     warm, n = 3, args.steps
     # Each round runs every engine once; a shared machine's load bursts then fall on both engines alike,
     # and the medians below pool the measured steps of all rounds.
-    our_grpo_t: list[float] = []
+    our_grpo_t: list[float] = []  # full backward, as TRL
+    our_short_t: list[float] = []  # zero-advantage rows skip autograd
     our_lengths: list[float] = []
+    our_short_lengths: list[float] = []
+    our_zero: list[float] = []
     trl_grpo_t: list[float] = []
     trl_lengths: list[float] = []
+    trl_zero: list[float] = []
     our_dpo_t: list[float] = []
     trl_dpo_t: list[float] = []
     our_dpo_cpu: list[float] = []
@@ -224,12 +240,17 @@ def main() -> None:
         for index in range(args.rounds):
             run_root = root / f"round-{index}"
             if args.only in ("all", "grpo"):
-                rows = ours("grpo", folder, run_root, warm + n, grpo_cfg)[warm:]
+                rows = ours("grpo", folder, run_root, warm + n, grpo_cfg, shortcut=False)[warm:]
                 our_grpo_t += [r["step_time"] for r in rows]
                 our_lengths += [r["completions/mean_length"] for r in rows]
-                times, lengths = trl_grpo(folder, run_root, warm + n)
+                our_zero += [r["frac_reward_zero_std"] for r in rows]
+                rows = ours("grpo", folder, run_root, warm + n, grpo_cfg, shortcut=True)[warm:]
+                our_short_t += [r["step_time"] for r in rows]
+                our_short_lengths += [r["completions/mean_length"] for r in rows]
+                times, lengths, zero_std = trl_grpo(folder, run_root, warm + n)
                 trl_grpo_t += times[warm:]
                 trl_lengths += lengths[warm:]
+                trl_zero += zero_std[warm:]
             if args.only in ("all", "dpo"):
                 rows = ours("dpo", folder, run_root, warm + n, dpo_cfg)[warm:]
                 our_dpo_t += [r["step_time"] for r in rows]
@@ -240,19 +261,34 @@ def main() -> None:
     median = statistics.median
     print()
     heading = f"measure (median, {args.rounds} x {n} steps)"
-    print(f"{heading:<38}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
-    table = []
+    print(f"{heading:<40}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
+    table: list[tuple[str, float, float, float | None]] = []
     if our_grpo_t:
-        our_grpo, trl_grpo_s = median(our_grpo_t), median(trl_grpo_t)
+        our_grpo, our_short, trl_grpo_s = median(our_grpo_t), median(our_short_t), median(trl_grpo_t)
         our_tokens = statistics.mean(our_lengths) * PROMPTS * GENERATIONS
+        short_tokens = statistics.mean(our_short_lengths) * PROMPTS * GENERATIONS
         trl_tokens = statistics.mean(trl_lengths) * PROMPTS * GENERATIONS
         table += [
-            ("GRPO step time (s)", our_grpo, trl_grpo_s, our_grpo / trl_grpo_s),
+            ("GRPO step time (s), full backward", our_grpo, trl_grpo_s, our_grpo / trl_grpo_s),
+            ("GRPO step time (s), zero-adv shortcut", our_short, trl_grpo_s, our_short / trl_grpo_s),
             (
-                "GRPO generated tokens/s",
+                "GRPO tokens/s, full backward",
                 our_tokens / our_grpo,
                 trl_tokens / trl_grpo_s,
                 (our_tokens / our_grpo) / (trl_tokens / trl_grpo_s),
+            ),
+            (
+                "GRPO tokens/s, zero-adv shortcut",
+                short_tokens / our_short,
+                trl_tokens / trl_grpo_s,
+                (short_tokens / our_short) / (trl_tokens / trl_grpo_s),
+            ),
+            # The share of groups whose rewards tie: the rows the shortcut may skip (TRL's frac_reward_zero_std).
+            (
+                "GRPO groups with zero reward std (%)",
+                100 * statistics.mean(our_zero),
+                100 * statistics.mean(trl_zero),
+                None,
             ),
         ]
     if our_dpo_t:
@@ -268,11 +304,13 @@ def main() -> None:
             ),
         ]
     for name, a, b, ratio in table:
-        print(f"{name:<38}{a:>12.4g}{b:>12.4g}{ratio:>8.2f}")
+        shown = f"{ratio:>8.2f}" if ratio is not None else f"{'':>8}"
+        print(f"{name:<40}{a:>12.4g}{b:>12.4g}{shown}")
     if our_grpo_t:
+        rows_per_step = PROMPTS * GENERATIONS
         print(
-            f"mean completion length: Arbiter {our_tokens / (PROMPTS * GENERATIONS):.1f}, "
-            f"TRL {trl_tokens / (PROMPTS * GENERATIONS):.1f} tokens"
+            f"mean completion length: Arbiter {our_tokens / rows_per_step:.1f} (full), "
+            f"{short_tokens / rows_per_step:.1f} (shortcut), TRL {trl_tokens / rows_per_step:.1f} tokens"
         )
 
 
