@@ -60,8 +60,15 @@ def database_from_url(url: str, *, base_dir: Path, pool_max_size: int = 0) -> di
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(path),
-            # WAL + a busy timeout: the embedded web process and worker write concurrently.
-            "OPTIONS": {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+            # WAL + a busy timeout: the embedded web process and worker write concurrently. Every
+            # transaction takes the write lock at BEGIN (IMMEDIATE): a deferred one that reads, then
+            # writes, fails at once with "database is locked" when another writer committed in
+            # between (no busy wait applies to that upgrade); taken at BEGIN, writers queue instead.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
         }
     if parsed.scheme in {"postgres", "postgresql", "pgsql"}:
         options: dict[str, object] = {k: v[-1] for k, v in parse_qs(parsed.query).items()}

@@ -1,10 +1,11 @@
-"""Arbiter's Python SDK: log a training run's metrics, logs and checkpoints to an Arbiter server.
+"""Arbiter's Python SDK: log a training run's metrics, logs and checkpoints; read runs back; drive studies.
 
-Stdlib only (psutil optional): importing it never pulls in Django, torch or the training engine.
+Stdlib only (psutil and pandas optional): importing it never pulls in Django, torch or the engine.
 
     run = arbiter_client.init(name="my-exp", config={"lr": 1e-4})   # ARBITER_URL, ARBITER_API_KEY
     run.log({"loss": 0.3}, step=10)
     run.finish()
+    arbiter_client.Api().run(run.id).history(["loss"])               # rows (a DataFrame with pandas)
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._http import ArbiterError, Connection, TransientError
+from ._http import ArbiterError, Connection, ServerError, TransientError, Unreachable
+from .api import Api, RunRef
 from .run import Run
 
-__all__ = ["ArbiterError", "Run", "TransientError", "attach", "init"]
+__all__ = [
+    "Api",
+    "ArbiterError",
+    "Run",
+    "RunRef",
+    "ServerError",
+    "TransientError",
+    "Unreachable",
+    "attach",
+    "init",
+]
 
 
 def init(
@@ -47,6 +59,7 @@ def init(
         token=answer["token"],
         owns_status=True,
         page_url=answer.get("url"),
+        api_key=api_key,
         **options,
     )
 

@@ -147,19 +147,18 @@ def pct(values: list[float], q: float) -> float:
 
 # --- (a) ingest ------------------------------------------------------------------------------
 def encode_batches(*, keys: int, steps: int, batch: int, t0: float) -> list[bytes]:
-    """The bodies arbiter_client's sender would post for these points (its own encoder)."""
+    """The bodies arbiter_client's sender would post for these points (its own encoder: binary blocks)."""
+    from arbiter_client._columns import MetricBuffer, blocks_body
     from arbiter_client._http import encode_body
-    from arbiter_client._sender import series_body
 
-    bodies, points = [], []
+    bodies, buffer = [], MetricBuffer()
+    names = tuple(f"train/k{k}" for k in range(keys))
     for step in range(steps):
-        for k in range(keys):
-            points.append((f"train/k{k}", step, ((step * 7919 + k) % 1000) / 1000, t0 + step * 0.01))
-            if len(points) == batch:
-                bodies.append(encode_body(series_body(points)))
-                points = []
-    if points:
-        bodies.append(encode_body(series_body(points)))
+        buffer.add_row(names, step, t0 + step * 0.01, tuple(((step * 7919 + k) % 1000) / 1000 for k in range(keys)))
+        if buffer.points >= batch:
+            bodies.append(encode_body(blocks_body(buffer.take()), compress=False))
+    if buffer.points:
+        bodies.append(encode_body(blocks_body(buffer.take()), compress=False))
     return bodies
 
 
@@ -172,7 +171,7 @@ def send_all(url: str, run_id: int, token: str, bodies: list[bytes], parallel: i
     conns = [Connection(url, token, timeout=120) for _ in range(parallel)]
 
     def post(body: bytes, conn: Connection) -> None:
-        answer = conn.request("POST", f"/api/runs/{run_id}/metrics/", body=body)
+        answer = conn.exchange("POST", f"/api/runs/{run_id}/metrics/", body=body, compressed=False).json()
         assert answer["written"] > 0, answer
 
     with ThreadPoolExecutor(parallel) as pool:

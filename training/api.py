@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections
+from django.db import OperationalError, close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -25,8 +26,9 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from arbiter.db import busy_is_503, busy_response
 from training import payloads, selectors
-from training.models import ACTIVE_STATUSES, ApiToken, Run, hash_token
+from training.models import ACTIVE_STATUSES, ApiToken, Run, RunStatus, hash_token
 from training.openapi import openapi_document
 from training.services import ingest, runs
 
@@ -76,14 +78,22 @@ def run_for_token(*, run_id: int, token: str) -> Run:
     more (401, RFC 6750's answer to an expired token). The engine and the SDK send everything before
     the end is recorded: the supervisor records it after the engine process has exited (the engine
     flushes before exiting), and the SDK sends its status call after every point and line it holds.
+
+    One exception: a script's run (recipe "external") that the sweep marked lost keeps its token. Lost
+    was the platform's guess from a silent heartbeat (a laptop asleep, a network cut); the script's
+    next report revives the run (runs.external_heartbeat), as W&B revives a run it had marked crashed.
     """
     if not token.startswith("arb_r_"):
         raise ApiError(401, "a run token is required (Authorization: Bearer arb_r_…)")
-    run = Run.objects.filter(id=run_id).only("id", "token_hash", "recipe", "status", "event_seq").first()
+    run = (
+        Run.objects.filter(id=run_id)
+        .only("id", "token_hash", "recipe", "status", "event_seq", "heartbeat_at", "cancel_requested_at", "owner_id")
+        .first()
+    )
     # compare_digest: the comparison takes the same time wherever the first difference is.
     if run is None or not run.token_hash or not hmac.compare_digest(run.token_hash, hash_token(token)):
         raise ApiError(401, "invalid run token")
-    if run.status not in ACTIVE_STATUSES:
+    if run.status not in ACTIVE_STATUSES and not (run.is_external and run.status == RunStatus.LOST):
         raise ApiError(401, f"run token expired: run #{run.id} has ended ({run.status})")
     return run
 
@@ -121,7 +131,17 @@ def _ingest(kind: str, run_id: int, request: HttpRequest) -> dict[str, Any]:
     run = run_for_token(run_id=run_id, token=_bearer(request))  # before reading the body: refuse strangers cheaply
     body = _json_body(request)
     now = time.time()
+    if run.is_external:
+        # Any report from a script is a sign of life (a script that only logs metrics stays running);
+        # the SDK calls /heartbeat/ when it has had nothing else to send.
+        run = runs.external_heartbeat(run=run, explicit=kind == "heartbeat")
     try:
+        if kind == "heartbeat":
+            return {
+                "status": run.status,
+                "heartbeat_timeout_s": settings.RUN_HEARTBEAT_TIMEOUT,
+                "cancel_requested": run.cancel_requested_at is not None,
+            }
         if kind == "metrics":
             r = ingest.record_metrics(run=run, batch=payloads.parse_metrics(body, now=now))
             return {"received": r.received, "written": r.written, "seq": r.seq}
@@ -174,6 +194,8 @@ def _ingest_view(
             return JsonResponse(await _ingest_in_thread(kind, run_id, request))
         except ApiError as exc:
             return exc.response()
+        except OperationalError as exc:  # the transaction rolled back: nothing of the batch was written
+            return busy_response(exc)
 
     view.__name__ = f"ingest_{kind}"
     return view
@@ -182,6 +204,7 @@ def _ingest_view(
 # --- run creation (user API key) ---------------------------------------------------------------
 @csrf_exempt
 @require_http_methods(["POST"])
+@busy_is_503
 def run_create(request: HttpRequest) -> JsonResponse:
     user = user_for_api_key(_bearer(request))
     if user is None:
@@ -220,6 +243,7 @@ ID_RANGE = {"lo": 0, "hi": 2**63 - 1}
 
 
 @require_GET
+@busy_is_503
 def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
     """Backlog head for the live page: sequence number first, then status and the series it has."""
     try:
@@ -248,6 +272,7 @@ def _key_param(request: HttpRequest) -> str:
 
 
 @require_GET
+@busy_is_503
 def run_series(request: HttpRequest, run_id: int) -> JsonResponse:
     """`?key=loss[&start=&end=][&buckets=]`: min/max per bucket; raw points once zoomed in far enough."""
     try:
@@ -267,6 +292,7 @@ def run_series(request: HttpRequest, run_id: int) -> JsonResponse:
 
 
 @require_GET
+@busy_is_503
 def run_log_lines(request: HttpRequest, run_id: int) -> JsonResponse:
     try:
         run = _readable_run(request, run_id)
@@ -276,11 +302,64 @@ def run_log_lines(request: HttpRequest, run_id: int) -> JsonResponse:
     return JsonResponse({"lines": selectors.log_tail(run_id=run.id, after_id=after)})
 
 
+def _keys_param(request: HttpRequest) -> list[str] | None:
+    """`keys=a,b` and/or repeated `key=`; None (every series) when neither is given."""
+    names = [k for raw in request.GET.getlist("keys") for k in raw.split(",") if k] + request.GET.getlist("key")
+    if not names and "keys" not in request.GET and "key" not in request.GET:
+        return None
+    for name in names:
+        if not payloads.KEY_RE.fullmatch(name):
+            raise ApiError(
+                400, f"{name[:50]!r} is not a metric name (1-200 letters, digits, spaces or _.:/@%+-)", "keys"
+            )
+    if len(names) > 1000:
+        raise ApiError(400, "at most 1000 keys per call", "keys")
+    return names
+
+
+@require_GET
+@busy_is_503
+def run_history(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Every point of the run's series in one call: `?keys=a,b&start=&end=&format=json|csv|parquet`."""
+    from training import history  # pyarrow: loaded by the first history request, not by every worker
+
+    try:
+        run = _readable_run(request, run_id)
+        fmt = request.GET.get("format", "json")
+        if fmt not in history.FORMATS:
+            raise ApiError(400, f"format must be one of {sorted(history.FORMATS)}", "format")
+        keys = _keys_param(request)
+        start = _int_param(request, "start", **STEP_RANGE)
+        end = _int_param(request, "end", **STEP_RANGE)
+        try:
+            series = selectors.run_history(run_id=run.id, keys=keys, start=start, end=end)
+        except selectors.HistoryTooLarge as exc:
+            raise ApiError(
+                413,
+                f"{exc.points:,} points is more than {selectors.MAX_HISTORY_POINTS:,} per call: "
+                "ask for fewer keys or a step range (start, end)",
+                "keys",
+            ) from None
+    except ApiError as exc:
+        return exc.response()
+    if fmt == "csv":
+        body = history.as_csv(series)
+    elif fmt == "parquet":
+        body = history.as_parquet(series)
+    else:
+        body = history.as_json(run_id=run.id, series=series, start=start, end=end)
+    response = HttpResponse(body, content_type=history.FORMATS[fmt])
+    if fmt != "json":
+        response["Content-Disposition"] = f'attachment; filename="run-{run.id}-history.{fmt}"'
+    return response
+
+
 # POST ingests with the run token; GET reads what the page and scripts chart.
 run_metrics = _ingest_view("metrics", read=run_series)
 run_logs = _ingest_view("logs", read=run_log_lines)
 run_system = _ingest_view("system")
 run_checkpoints = _ingest_view("checkpoints")
+run_heartbeat = _ingest_view("heartbeat")
 run_status = _ingest_view("status", read=run_state)
 
 

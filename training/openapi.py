@@ -19,6 +19,7 @@ from training.payloads import (
     STREAMS,
     SYSTEM_FIELDS,
 )
+from training.selectors import MAX_HISTORY_POINTS
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -48,6 +49,7 @@ _ERRORS = {
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEP - 1}
 TIME = {"type": "number", "minimum": 0, "exclusiveMaximum": MAX_TIME, "description": "unix seconds"}
+FORMAT = {"enum": ["json", "csv", "parquet"], "default": "json"}
 STEP_QUERY = {"type": "integer", "minimum": -MAX_STEP, "maximum": MAX_STEP}
 KEY = {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$"}
 
@@ -129,8 +131,45 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         },
                     },
                 },
+                "MetricBlock": {
+                    "type": "object",
+                    "required": ["keys", "steps", "values"],
+                    "description": (
+                        "Rows that share one key set, as packed little-endian numbers in base64: nothing is "
+                        "formatted as text, and every float arrives bit for bit. What arbiter_client sends."
+                    ),
+                    "properties": {
+                        "keys": {"type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": True, "items": KEY},
+                        "steps": {
+                            "type": "string",
+                            "format": "byte",
+                            "description": "int64 per row, each in [0, 2^62)",
+                        },
+                        "values": {
+                            "type": "string",
+                            "format": "byte",
+                            "description": "float64, row-major: len(steps) × len(keys), finite",
+                        },
+                        "times": {
+                            "type": "string",
+                            "format": "byte",
+                            "description": "float64 unix seconds per row; default: time of receipt",
+                        },
+                    },
+                },
                 "MetricBatch": {
                     "oneOf": [
+                        {
+                            "type": "object",
+                            "required": ["blocks"],
+                            "properties": {
+                                "blocks": {
+                                    "type": "array",
+                                    "items": _ref("MetricBlock"),
+                                    "description": f"binary columns, at most {MAX_POINTS} points (the SDK's shape)",
+                                }
+                            },
+                        },
                         {
                             "type": "object",
                             "required": ["series"],
@@ -138,7 +177,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                                 "series": {
                                     "type": "array",
                                     "items": _ref("MetricSeries"),
-                                    "description": f"columnar, at most {MAX_POINTS} points in all (the SDK's shape)",
+                                    "description": f"columnar JSON, at most {MAX_POINTS} points in all",
                                 }
                             },
                         },
@@ -286,6 +325,39 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         },
                     },
                 },
+                "Empty": {"type": "object"},
+                "Heartbeat": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string"},
+                        "heartbeat_timeout_s": {
+                            "type": "integer",
+                            "description": "silence after which a running run is marked lost",
+                        },
+                        "cancel_requested": {"type": "boolean"},
+                    },
+                },
+                "History": {
+                    "type": "object",
+                    "properties": {
+                        "run": {"type": "integer"},
+                        "start": {"type": ["integer", "null"]},
+                        "end": {"type": ["integer", "null"]},
+                        "total": {"type": "integer"},
+                        "series": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "key": {"type": "string"},
+                                    "steps": {"type": "array", "items": {"type": "integer"}},
+                                    "values": {"type": "array", "items": number},
+                                    "times": {"type": "array", "items": number},
+                                },
+                            },
+                        },
+                    },
+                },
                 "LogLines": {
                     "type": "object",
                     "properties": {
@@ -336,6 +408,56 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         },
                     ],
                     "responses": {"200": _ok("Series"), "404": _ok("Error", "No such run.")},
+                },
+            },
+            "/api/runs/{run_id}/history/": {
+                "parameters": [RUN_ID],
+                "get": {
+                    "summary": "Every point of the run's series in one call (columnar JSON, CSV or Parquet)",
+                    "description": (
+                        "JSON: one {key, steps, values, times} per series. CSV and Parquet: one row per point, "
+                        f"columns key, step, value, time. At most {MAX_HISTORY_POINTS:,} points per call (413)."
+                    ),
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "parameters": [
+                        {
+                            "name": "keys",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "comma-separated metric names; default: every series",
+                        },
+                        {"name": "start", "in": "query", "schema": STEP_QUERY},
+                        {"name": "end", "in": "query", "schema": STEP_QUERY},
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"enum": ["json", "csv", "parquet"], "default": "json"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {"schema": _ref("History")},
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        "400": _ok("Error", "A bad parameter (`field` names it)."),
+                        "404": _ok("Error", "No such run (or not yours)."),
+                        "413": _ok("Error", "Too many points for one call: ask for fewer keys or a step range."),
+                    },
+                },
+            },
+            "/api/runs/{run_id}/heartbeat/": {
+                "parameters": [RUN_ID],
+                "post": {
+                    **_ingest("A script's sign of life (runs created through POST /api/runs/)", "Empty", "Heartbeat"),
+                    "description": (
+                        "A run created by a script is marked lost after RUN_HEARTBEAT_TIMEOUT seconds without a "
+                        "report; any report counts, this one is for quiet periods. A lost run that reports again "
+                        "is running again."
+                    ),
                 },
             },
             "/api/runs/{run_id}/logs/": {

@@ -6,10 +6,14 @@ bad field (`points[17].value`), so a bad batch is refused whole and nothing of i
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
+
+import numpy as np
 
 MAX_POINTS = 50_000
 MAX_LINES = 10_000
@@ -53,6 +57,38 @@ class MetricBatch:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def columns(self) -> ColumnBatch:
+        """The same points as numpy columns (what the writer works on)."""
+        if self.runs is not None:  # the columnar body: one lookup per series, not per point
+            names = list(dict.fromkeys(k for k, _ in self.runs))
+            index = {name: i for i, name in enumerate(names)}
+            keys = np.repeat(np.array([index[k] for k, _ in self.runs], dtype=np.int64), [c for _, c in self.runs])
+        else:
+            names = list(dict.fromkeys(self.keys))
+            index = {name: i for i, name in enumerate(names)}
+            keys = np.fromiter(map(index.__getitem__, self.keys), dtype=np.int64, count=len(self.keys))
+        return ColumnBatch(
+            names,
+            keys,
+            np.array(self.steps, dtype=np.int64),
+            np.array(self.values, dtype=np.float64),
+            np.array(self.times, dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnBatch:
+    """Points as numpy columns: point i is (names[keys[i]], steps[i], values[i], times[i])."""
+
+    names: list[str]
+    keys: np.ndarray  # int64 index into names
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64, finite
+    times: np.ndarray  # float64, unix seconds
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
 
 @dataclass(frozen=True, slots=True)
 class LogBatch:
@@ -77,17 +113,23 @@ def _list_field(body: Any, name: str, limit: int) -> list[Any]:
     return items
 
 
-def parse_metrics(body: Any, *, now: float) -> MetricBatch:
-    """Either body shape; `series` is what arbiter_client sends (~3x cheaper to encode and parse).
+def parse_metrics(body: Any, *, now: float) -> MetricBatch | ColumnBatch:
+    """Any of three body shapes (exactly one of `blocks`, `series`, `points`):
 
-    - columnar: `{"series": [{"key": str, "steps": [int ≥ 0], "values": [finite number],
+    - binary blocks (what arbiter_client sends; no number is formatted or parsed as text):
+      `{"blocks": [{"keys": [str], "steps": base64 int64 LE, "values": base64 float64 LE (row-major,
+      len(steps) × len(keys)), "times": base64 float64 LE (one per step)?}]}`;
+    - columnar JSON: `{"series": [{"key": str, "steps": [int ≥ 0], "values": [finite number],
       "times": [unix seconds]?}]}` (the lists of one series are equally long);
     - one object per point: `{"points": [{"key": str, "step": int ≥ 0, "value": finite number,
       "time": unix seconds?}]}`.
     """
-    if isinstance(body, dict) and "series" in body:
-        if "points" in body:
-            raise PayloadError("body", "send either points or series, not both")
+    shapes = [name for name in ("blocks", "series", "points") if isinstance(body, dict) and name in body]
+    if len(shapes) > 1:
+        raise PayloadError("body", f"send one of blocks, series or points, not {' and '.join(shapes)}")
+    if shapes == ["blocks"]:
+        return _parse_blocks(_list_field(body, "blocks", MAX_POINTS), now=now)
+    if shapes == ["series"]:
         return _parse_series(_list_field(body, "series", MAX_POINTS), now=now)
     items = _list_field(body, "points", MAX_POINTS)
     fast = _parse_metrics_fast(items, now=now)
@@ -132,6 +174,71 @@ def _parse_series(items: list[Any], *, now: float) -> MetricBatch:
         times += t if set(map(type, t)) == {float} else map(float, t)
         runs.append((key, len(s)))
     return MetricBatch(keys, steps, values, times, tuple(runs))
+
+
+MAX_BLOCK_KEYS = 1000
+
+
+def _parse_blocks(items: list[Any], *, now: float) -> ColumnBatch:
+    names: dict[str, int] = {}
+    keys: list[np.ndarray] = []
+    steps: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    total = 0
+    for i, item in enumerate(items):
+        where = f"blocks[{i}]"
+        if not isinstance(item, dict):
+            raise PayloadError(where, "must be an object")
+        block_keys = item.get("keys")
+        if not isinstance(block_keys, list) or not 0 < len(block_keys) <= MAX_BLOCK_KEYS:
+            raise PayloadError(f"{where}.keys", f"must be a list of 1-{MAX_BLOCK_KEYS} metric names")
+        for j, key in enumerate(block_keys):
+            if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+                raise PayloadError(f"{where}.keys[{j}]", "must be 1-200 letters, digits, spaces or _.:/@%+-")
+        if len(set(block_keys)) != len(block_keys):
+            raise PayloadError(f"{where}.keys", "must not repeat a name")
+        s = _packed(item.get("steps"), "<i8", f"{where}.steps")
+        v = _packed(item.get("values"), "<f8", f"{where}.values")
+        width = len(block_keys)
+        if len(v) != len(s) * width:
+            raise PayloadError(f"{where}.values", f"must hold len(steps) × len(keys) = {len(s) * width} numbers")
+        total += len(v)
+        if total > MAX_POINTS:
+            raise PayloadError("blocks", f"at most {MAX_POINTS} points per batch")
+        if "times" in item:
+            t = _packed(item["times"], "<f8", f"{where}.times")
+            if len(t) != len(s):
+                raise PayloadError(f"{where}.times", f"must hold one time per step ({len(s)})")
+        else:
+            t = np.full(len(s), now, dtype=np.float64)
+        if len(s) and (bad := np.flatnonzero((s < 0) | (s >= MAX_STEP))).size:
+            raise PayloadError(f"{where}.steps[{bad[0]}]", f"must be an integer in [0, {MAX_STEP})")
+        if len(v) and not np.isfinite(v).all():
+            raise PayloadError(f"{where}.values[{np.flatnonzero(~np.isfinite(v))[0]}]", "must be a finite number")
+        if len(t) and (bad := np.flatnonzero(~((t >= 0) & (t < MAX_TIME)))).size:
+            raise PayloadError(f"{where}.times[{bad[0]}]", "must be unix seconds")
+        index = np.array([names.setdefault(k, len(names)) for k in block_keys], dtype=np.int64)
+        keys.append(np.tile(index, len(s)))
+        steps.append(np.repeat(s, width))
+        times.append(np.repeat(t, width))
+        values.append(v)
+    if not keys:
+        return ColumnBatch([], *(np.empty(0, dtype=d) for d in (np.int64, np.int64, np.float64, np.float64)))
+    return ColumnBatch(list(names), *(np.concatenate(c) for c in (keys, steps, values, times)))
+
+
+def _packed(raw: Any, dtype: str, field: str) -> np.ndarray:
+    """A base64 string of packed little-endian numbers, as a numpy array (a copy: it is written to)."""
+    if not isinstance(raw, str):
+        raise PayloadError(field, "must be a base64 string of packed little-endian numbers")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadError(field, "is not valid base64") from None
+    if len(data) % 8:
+        raise PayloadError(field, "must hold a whole number of 8-byte numbers")
+    return np.frombuffer(data, dtype=dtype).astype(dtype[1:], copy=True)
 
 
 # Whole-column checks with C-level builtins (~10x faster than a per-item loop); on failure the

@@ -38,6 +38,8 @@ ENTRIES = {
     "training_api:run_state": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_metrics": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_logs": Access(roles=RESEARCHERS, objects="run"),
+    "training_api:run_history": Access(roles=RESEARCHERS, objects="run"),
+    "training_api:run_heartbeat": Access(auth="token", objects="run", method="post"),
     "training_api:run_status": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_system": Access(auth="token", objects="run", method="post"),
     "training_api:run_checkpoints": Access(auth="token", objects="run", method="post"),

@@ -168,11 +168,26 @@ def test_embedded_mode_on_sqlite_stores_merges_and_reads_chunks(tmp_path: Any) -
     assert out.stdout.split() == ["2000", "0", "1", "2001", "2000", "5.0", "2001", "True", "True"]
 
 
-def test_client_columnar_body_round_trips_through_the_parser() -> None:
-    from arbiter_client._sender import series_body
+def test_client_blocks_body_round_trips_through_the_parser_bit_for_bit() -> None:
+    from arbiter_client._columns import MetricBuffer, blocks_body
 
-    points = [("b", 1, 0.5, 10.0), ("a", 1, 1.5, 10.0), ("b", 2, 0.25, 11.0), ("a", 2, 1.25, 11.0)]
-    body = series_body(points)
-    assert [s["key"] for s in body["series"]] == ["b", "a"]  # keys once each, in first-seen order
-    batch = parse_metrics(json.loads(json.dumps(body)), now=0.0)
-    assert sorted(zip(batch.keys, batch.steps, batch.values, batch.times, strict=True)) == sorted(points)
+    buffer = MetricBuffer()
+    tricky = (0.1, 1e-310, -0.0, 2.0**60 + 1, 5e-324, 1.7976931348623157e308)  # subnormals, -0, huge
+    buffer.add_row(("b", "a"), 1, 10.0, (0.5, tricky[0]))
+    buffer.add_row(("b", "a"), 2, 11.0, (tricky[1], tricky[2]))
+    buffer.add_row(("c",), 7, 12.5, (tricky[3],))
+    buffer.add_row(("b", "a"), 3, 13.0, (tricky[4], tricky[5]))
+    body = json.loads(json.dumps(blocks_body(buffer.take())))
+    assert [b["keys"] for b in body["blocks"]] == [["b", "a"], ["c"]]  # one block per key set, rows kept together
+    cols = parse_metrics(body, now=0.0)
+    got = sorted(
+        (cols.names[k], s, v.hex(), t)
+        for k, s, v, t in zip(
+            cols.keys.tolist(), cols.steps.tolist(), cols.values.tolist(), cols.times.tolist(), strict=True
+        )
+    )
+    sent = [
+        ("b", 1, 0.5, 10.0), ("a", 1, tricky[0], 10.0), ("b", 2, tricky[1], 11.0), ("a", 2, tricky[2], 11.0),
+        ("c", 7, tricky[3], 12.5), ("b", 3, tricky[4], 13.0), ("a", 3, tricky[5], 13.0),
+    ]  # fmt: skip
+    assert got == sorted((k, s, v.hex(), t) for k, s, v, t in sent)  # .hex(): bit for bit, -0.0 included

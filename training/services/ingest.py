@@ -31,7 +31,7 @@ from django.db import IntegrityError, connection, transaction
 
 from training import events
 from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run
-from training.payloads import LogBatch, MetricBatch, PayloadError
+from training.payloads import ColumnBatch, LogBatch, MetricBatch, PayloadError
 from training.services.runs import bump_seq
 
 logger = logging.getLogger(__name__)
@@ -192,30 +192,20 @@ def key_ids(names: set[str]) -> dict[str, int]:
     return found
 
 
-def sorted_points(*, batch: MetricBatch) -> tuple[list[str], Points]:
-    """The batch as numpy columns sorted by (key, step); of repeated (key, step) the first sent is kept.
+def sorted_points(*, batch: ColumnBatch) -> tuple[list[str], Points]:
+    """The batch sorted by (key, step); of repeated (key, step) the first sent is kept.
 
     Keys are numbered by their place in the returned sorted names (`with_key_ids` swaps in the
     database ids later): the sort happens before the run is locked, so concurrent batches of
     one run overlap this work instead of queueing for it.
     """
     n = len(batch)
-    if batch.runs is not None:  # the columnar body: one lookup per series, not per point
-        names = sorted({k for k, _ in batch.runs})
-        index = {name: i for i, name in enumerate(names)}
-        keys = np.repeat(np.array([index[k] for k, _ in batch.runs], dtype=np.int64), [c for _, c in batch.runs])
-    else:
-        names = sorted(set(batch.keys))
-        index = {name: i for i, name in enumerate(names)}
-        keys = np.fromiter(map(index.__getitem__, batch.keys), dtype=np.int64, count=n)
-    steps = np.array(batch.steps, dtype=np.int64)
+    names = sorted(batch.names)
+    rank = {name: i for i, name in enumerate(names)}
+    keys = np.array([rank[name] for name in batch.names], dtype=np.int64)[batch.keys]
+    steps = batch.steps
     order = np.lexsort((steps, keys))  # stable: among equal (key, step), input order survives
-    pts = Points(
-        keys[order],
-        steps[order],
-        np.array(batch.values, dtype=np.float64)[order],
-        np.array(batch.times, dtype=np.float64)[order],
-    )
+    pts = Points(keys[order], steps[order], batch.values[order], batch.times[order])
     if n > 1:
         first = np.empty(n, dtype=bool)
         first[0] = True
@@ -350,7 +340,7 @@ def summaries(pts: Points, coarsest: Extremes) -> tuple[Extremes, np.ndarray]:
     return whole, last
 
 
-def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
+def record_metrics(*, run: Run, batch: MetricBatch | ColumnBatch) -> IngestResult:
     """Store a validated batch idempotently on (run, key, step); announce it after commit.
 
     Refused whole (PayloadError on `key`) when it would give the run more than RUN_MAX_METRIC_KEYS
@@ -358,16 +348,17 @@ def record_metrics(*, run: Run, batch: MetricBatch) -> IngestResult:
     """
     if not len(batch):
         return IngestResult(0, 0, run.event_seq)
-    names, pts = sorted_points(batch=batch)
+    cols = batch.columns() if isinstance(batch, MetricBatch) else batch
+    names, pts = sorted_points(batch=cols)
     try:
-        return _record_metrics(run=run, batch=batch, names=names, pts=pts)
+        return _record_metrics(run=run, cols=cols, names=names, pts=pts)
     except IntegrityError:
         # prune_unused_metric_keys deleted a name between this batch's lookup and its commit (the
         # summary's foreign key is checked at commit): the whole batch rolled back; look up again.
-        return _record_metrics(run=run, batch=batch, names=names, pts=pts)
+        return _record_metrics(run=run, cols=cols, names=names, pts=pts)
 
 
-def _record_metrics(*, run: Run, batch: MetricBatch, names: list[str], pts: Points) -> IngestResult:
+def _record_metrics(*, run: Run, cols: ColumnBatch, names: list[str], pts: Points) -> IngestResult:
     with transaction.atomic():
         if connection.vendor == "postgresql":
             seq, ids, known = _lock_run_pg(run_id=run.id, names=names)
@@ -378,11 +369,25 @@ def _record_metrics(*, run: Run, batch: MetricBatch, names: list[str], pts: Poin
             check_key_budget(run_id=run.id, names=names)
             ids = key_ids(set(names))
             written = _write_metrics_portable(run=run, pts=with_key_ids(pts, names, ids))
-        delta = events.metrics_delta(
-            run_id=run.id, seq=seq, keys=batch.keys, steps=batch.steps, values=batch.values, times=batch.times
-        )
+        delta = _live_delta(run_id=run.id, seq=seq, cols=cols)
         transaction.on_commit(lambda: events.broadcast(delta))
-    return IngestResult(len(batch), written, seq)
+    return IngestResult(len(cols), written, seq)
+
+
+def _live_delta(*, run_id: int, seq: int, cols: ColumnBatch) -> events.RunDelta:
+    if len(cols) > events.MAX_LIVE_POINTS_PER_BATCH:
+        # A bulk upload: pages re-read these charts (see events.metrics_delta); no per-point work here.
+        delta = events.empty_delta(run_id=run_id, seq=seq)
+        delta["resync"] = sorted(set(cols.names))
+        return delta
+    return events.metrics_delta(
+        run_id=run_id,
+        seq=seq,
+        keys=[cols.names[i] for i in cols.keys.tolist()],
+        steps=cols.steps.tolist(),
+        values=cols.values.tolist(),
+        times=cols.times.tolist(),
+    )
 
 
 def array_literal(numbers: Any) -> str:

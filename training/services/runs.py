@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 from pydantic import ValidationError as PydanticValidationError
 
@@ -88,11 +87,14 @@ def status_info(run: Run) -> events.StatusInfo:
     }
 
 
-def _transition(*, run_id: int, to: str, note: str = "", **fields: Any) -> Run | None:
+def _transition(
+    *, run_id: int, to: str, note: str = "", allowed: frozenset[str] | None = None, **fields: Any
+) -> Run | None:
     """Move a run to `to` if its current status allows it; record the transition; announce it after commit."""
     now = timezone.now()
     with transaction.atomic():
-        changed = Run.objects.filter(id=run_id, status__in=ALLOWED_FROM[to]).update(status=to, **fields)
+        allowed = ALLOWED_FROM[to] if allowed is None else allowed
+        changed = Run.objects.filter(id=run_id, status__in=allowed).update(status=to, **fields)
         if not changed:
             return None
         RunTransition.objects.create(run_id=run_id, status=to, at=now, note=note[:300])
@@ -222,15 +224,43 @@ def set_status_from_client(*, run: Run, status: str, exit_code: int | None) -> R
     return run
 
 
+HEARTBEAT_STAMP_S = 5.0  # a script's reports stamp its heartbeat at most this often (one UPDATE)
+
+
+def external_heartbeat(*, run: Run, explicit: bool = False) -> Run:
+    """A script's sign of life (any report, or an explicit beat): stamp it.
+
+    A run the sweep marked lost while its script was silent (a laptop asleep, a network outage)
+    is running again when the script speaks: "lost" was the platform's guess, and the script's
+    own report is better evidence (W&B does the same with runs it had marked crashed).
+    """
+    now = timezone.now()
+    if run.status == RunStatus.LOST:
+        revived = _transition(
+            run_id=run.id,
+            to=RunStatus.RUNNING,
+            allowed=frozenset({RunStatus.LOST}),
+            note="the script reported again",
+            heartbeat_at=now,
+            finished_at=None,
+        )
+        return revived or run
+    stale = run.heartbeat_at is None or (now - run.heartbeat_at).total_seconds() >= HEARTBEAT_STAMP_S
+    if run.status == RunStatus.RUNNING and (explicit or stale):
+        Run.objects.filter(id=run.id, status=RunStatus.RUNNING).update(heartbeat_at=now)
+        run.heartbeat_at = now
+    return run
+
+
 def mark_lost_runs(*, timeout_s: int | None = None) -> list[int]:
-    """Supervised runs whose heartbeat stopped (worker killed, machine gone) become lost."""
+    """Running runs whose heartbeat stopped become lost.
+
+    Supervised runs: their worker was killed or the machine is gone. Runs created by scripts
+    (`arbiter_client.init`): the script stopped reporting without saying how it ended.
+    """
     timeout_s = timeout_s if timeout_s is not None else settings.RUN_HEARTBEAT_TIMEOUT
     cutoff = timezone.now() - timedelta(seconds=timeout_s)
-    stale = list(
-        Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff)
-        .filter(~Q(recipe=EXTERNAL_RECIPE))
-        .values_list("id", flat=True)
-    )
+    stale = list(Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).values_list("id", flat=True))
     lost = []
     for run_id in stale:
         if _transition(
