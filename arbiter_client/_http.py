@@ -138,13 +138,14 @@ class Connection:
         body: bytes | None = None,
         compressed: bool = True,
         accept: str = "application/json",
+        content_type: str = "application/json",
     ) -> Response:
         """Like `request`, but returns the raw answer (for CSV or Parquet downloads)."""
         if body is None and payload is not None:
             body = encode_body(payload, compress=compressed)
         headers = {"Authorization": f"Bearer {self._token}", "Accept": accept}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
             if compressed:
                 headers["Content-Encoding"] = "gzip"
         with self._lock:

@@ -3,19 +3,29 @@
     api = arbiter_client.Api("http://arbiter:8000", "arb_u_…")   # or ARBITER_URL / ARBITER_API_KEY
     api.run(12).history(["loss", "reward"])                        # a pandas DataFrame if pandas is installed
 
+    study = api.create_study(name="A vs B", kind="pairwise", overlap=3, annotators=["anna", "ben"])
+    study.upload_items("outputs.jsonl")      # or a list of dicts; ImportRejected names each bad row
+    study.progress()                          # {"judgments": 120, "target": 300, "percent": 40.0, ...}
+    study.wait_until_complete()
+    study.results()                           # win rates, Bradley–Terry ratings, ... with 95% intervals
+    study.export("reward").download("train.jsonl")
+
 Every call raises ArbiterError for a refusal (4xx: its `status` and the server's message, which
 names the bad field) and TransientError when the server cannot be reached or fails.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from ._http import Connection
+from ._http import ArbiterError, Connection
 
 
 class Api:
@@ -44,6 +54,41 @@ class Api:
 
     def run(self, run_id: int) -> RunRef:
         return RunRef(self, int(run_id))
+
+    # --- studies ---------------------------------------------------------------------------
+    def create_study(
+        self,
+        *,
+        name: str,
+        kind: str,
+        instructions: str = "",
+        overlap: int = 1,
+        annotators: Iterable[str] = (),
+        shared_with: Iterable[str] = (),
+        **settings: Any,
+    ) -> Study:
+        """A new study (kind: pairwise, rubric, violation or rating); annotators and researchers by username.
+
+        Other settings as the form names them: lease_seconds, accuracy_threshold, scale_labels
+        (rating studies), text_format ("plain" or "markdown").
+        """
+        body = {
+            "name": name,
+            "kind": kind,
+            "instructions": instructions,
+            "overlap": overlap,
+            "annotators": list(annotators),
+            "shared_with": list(shared_with),
+            **settings,
+        }
+        return Study(self, self.post("/api/studies/", body))
+
+    def study(self, study_id: int) -> Study:
+        return Study(self, self.get(f"/api/studies/{int(study_id)}/"))
+
+    def studies(self) -> list[Study]:
+        """The studies this user may see (their own, those shared with them; every study for an admin)."""
+        return [Study(self, data) for data in self.get("/api/studies/")["studies"]]
 
     def close(self) -> None:
         self._conn.close()
@@ -158,3 +203,189 @@ def _frame(series: Iterable[dict[str, Any]]) -> Any:
     values.insert(0, "time", times)
     values.index.name = "step"
     return values.sort_index().reset_index()
+
+
+class ImportRejected(ArbiterError):
+    """The server refused an upload; nothing was imported. `errors`: the first rows at fault."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(status, body)
+        data = json.loads(body) if body else {}
+        self.message: str = data.get("error", "")
+        self.errors: list[dict[str, Any]] = data.get("errors", [])  # {line, field, message}
+        self.error_count: int = data.get("error_count", len(self.errors))
+        self.valid_count: int = data.get("valid_count", 0)
+
+    def __str__(self) -> str:
+        rows = "; ".join(f"line {e['line']} {e['field'] or ''}: {e['message']}" for e in self.errors[:5])
+        return f"{self.message}" + (f" ({rows}{'; …' if self.error_count > 5 else ''})" if rows else "")
+
+
+class Study:
+    """A human study on the server: items in, annotators assigned, progress and results out, exports."""
+
+    def __init__(self, api: Api, data: Mapping[str, Any]) -> None:
+        self.api = api
+        self.data = dict(data)
+        self.id: int = int(data["id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.data["kind"])
+
+    def __repr__(self) -> str:
+        return f"<Study {self.id} {self.kind} {self.name!r}>"
+
+    def refresh(self) -> Study:
+        self.data = self.api.get(f"/api/studies/{self.id}/")
+        return self
+
+    def upload_items(
+        self,
+        source: str | os.PathLike[str] | bytes | Iterable[Mapping[str, Any]],
+        *,
+        import_valid_rows: bool = False,
+        flag_unsplittable: bool = False,
+        filename: str | None = None,
+        wait: bool = True,
+        timeout: float = 3600.0,
+    ) -> dict[str, Any]:
+        """Import items from a file (JSONL, JSON array, CSV, Parquet: the upload form's formats), bytes, or rows.
+
+        Returns the import report ({"created": n, ...}). A file the server reads in the background
+        (a large one) is waited for, unless wait=False (then the report says "status": "queued").
+        Raises ImportRejected, naming the line and field of each bad row, when nothing was imported.
+        """
+        if isinstance(source, bytes):
+            data, name = source, filename or "items.jsonl"
+        elif isinstance(source, str | os.PathLike):
+            path = Path(source)
+            data, name = path.read_bytes(), filename or path.name
+        else:
+            data = b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in source)
+            name = filename or "items.jsonl"
+        query = _query(
+            {
+                "filename": name,
+                "import_valid_rows": "true" if import_valid_rows else None,
+                "flag_unsplittable": "true" if flag_unsplittable else None,
+            }
+        )
+        try:
+            report: dict[str, Any] = self.api._conn.exchange(
+                "POST",
+                f"/api/studies/{self.id}/items/{query}",
+                body=gzip.compress(data, compresslevel=1),
+                content_type="application/octet-stream",
+            ).json()
+        except ArbiterError as exc:
+            if exc.status == 422:
+                raise ImportRejected(exc.status, exc.body) from None
+            raise
+        if wait and report.get("status") in {"queued", "running"}:
+            report = self._wait_import(int(report["id"]), timeout)
+        return report
+
+    def _wait_import(self, import_id: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            report: dict[str, Any] = self.api.get(f"/api/studies/{self.id}/imports/{import_id}/")
+            if report["status"] == "rejected":
+                raise ImportRejected(422, json.dumps(report))
+            if report["status"] == "failed":
+                raise ArbiterError(500, json.dumps({"error": report.get("error") or "the import failed"}))
+            if report["status"] == "done":
+                return report
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"import {import_id} still {report['status']} after {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def items(self, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """A page of the study's items as stored (payload, gold flag, judgments so far)."""
+        page: list[dict[str, Any]] = self.api.get(f"/api/studies/{self.id}/items/", offset=offset, limit=limit)["items"]
+        return page
+
+    def assign(self, annotators: Iterable[str]) -> list[str]:
+        """Add annotators (usernames) to the study; returns everyone assigned now."""
+        return self._annotators({"add": list(annotators)})
+
+    def unassign(self, annotators: Iterable[str]) -> list[str]:
+        """Take annotators off the study (their judgments stay); returns everyone assigned now."""
+        return self._annotators({"remove": list(annotators)})
+
+    def annotators(self) -> list[str]:
+        names: list[str] = self.api.get(f"/api/studies/{self.id}/annotators/")["annotators"]
+        return names
+
+    def _annotators(self, body: dict[str, list[str]]) -> list[str]:
+        names: list[str] = self.api.post(f"/api/studies/{self.id}/annotators/", body)["annotators"]
+        return names
+
+    def progress(self) -> dict[str, Any]:
+        """Items, judgments given and wanted (items × overlap), open leases, percent done."""
+        result: dict[str, Any] = self.api.get(f"/api/studies/{self.id}/progress/")
+        return result
+
+    def wait_until_complete(self, *, timeout: float = 86_400.0, poll: float = 10.0) -> dict[str, Any]:
+        """Poll progress until every item has its `overlap` judgments; returns the last progress."""
+        deadline = time.monotonic() + timeout
+        while True:
+            progress = self.progress()
+            if progress["target"] and progress["judgments"] >= progress["target"]:
+                return progress
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"study {self.id}: {progress['judgments']} of {progress['target']} judgments")
+            time.sleep(poll)
+
+    def results(self) -> dict[str, Any]:
+        """Everything the results page shows, as data, every proportion with its 95% interval; plus quality."""
+        result: dict[str, Any] = self.api.get(f"/api/studies/{self.id}/results/")
+        return result
+
+    def export(self, format: str = "reward", *, keep_ties: bool = False, **options: Any) -> Export:
+        """Start an export: "reward" (a versioned dataset a recipe trains on), "judgments_jsonl" or "judgments_csv"."""
+        body = {"format": format, "keep_ties": keep_ties, **options}
+        return Export(self, self.api.post(f"/api/studies/{self.id}/exports/", body))
+
+    def exports(self) -> list[Export]:
+        return [Export(self, e) for e in self.api.get(f"/api/studies/{self.id}/exports/")["exports"]]
+
+
+class Export:
+    """An export job: poll it, then download its file."""
+
+    def __init__(self, study: Study, data: Mapping[str, Any]) -> None:
+        self.study = study
+        self.data = dict(data)
+        self.id: int = int(data["id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    def __repr__(self) -> str:
+        return f"<Export {self.id} of study {self.study.id}: {self.status}>"
+
+    def refresh(self) -> Export:
+        self.data = self.study.api.get(f"/api/studies/{self.study.id}/exports/{self.id}/")
+        return self
+
+    def wait(self, *, timeout: float = 3600.0, poll: float = 0.5) -> Export:
+        """Until the export is done; ArbiterError if it failed, TimeoutError if it is still running."""
+        deadline = time.monotonic() + timeout
+        while self.refresh().status not in {"done", "failed"}:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"export {self.id} still {self.status} after {timeout:.0f} s")
+            time.sleep(poll)
+        if self.status == "failed":
+            raise ArbiterError(500, json.dumps({"error": self.data.get("error") or "the export failed"}))
+        return self
+
+    def download(self, path: str | os.PathLike[str], *, timeout: float = 3600.0) -> Path:
+        """Wait for the export, then write its file to `path`."""
+        self.wait(timeout=timeout)
+        return self.study.api.download(f"/api/studies/{self.study.id}/exports/{self.id}/download/", path)

@@ -208,8 +208,9 @@ class Run:
             return self._all_delivered()
         self._finished = True
         # The end must be the last report: the server refuses the run's token once it is recorded,
-        # so no system sample may be queued behind the status call.
+        # so no system sample or heartbeat may follow the status call.
         self._sender.system_sampler = None
+        self._sender.heartbeat_interval = 0.0
         if self.owns_status:
             status = "succeeded" if exit_code == 0 else "failed"
             # A barrier: it goes last, once everything logged before it is delivered or given up,

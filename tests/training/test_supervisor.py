@@ -55,7 +55,7 @@ def test_a_run_is_claimed_once(researcher: User, make_run: Any) -> None:
     assert run.worker == "w1"
 
 
-def test_sweep_marks_only_supervised_runs_with_a_stale_heartbeat(researcher: User, make_run: Any) -> None:
+def test_sweep_marks_runs_with_a_stale_heartbeat_lost_script_runs_included(researcher: User, make_run: Any) -> None:
     from datetime import timedelta
 
     from django.utils import timezone
@@ -64,9 +64,10 @@ def test_sweep_marks_only_supervised_runs_with_a_stale_heartbeat(researcher: Use
     stale = make_run(researcher, status="running", started_at=old, heartbeat_at=old)
     fresh = make_run(researcher, status="running", started_at=old, heartbeat_at=timezone.now())
     external = make_run(researcher, status="running", recipe="external", started_at=old, heartbeat_at=old)
-    assert runs.mark_lost_runs(timeout_s=60) == [stale.id]
+    # A script's run (arbiter_client.init) keeps its own heartbeat: silent for too long, it is lost too.
+    assert sorted(runs.mark_lost_runs(timeout_s=60)) == sorted([stale.id, external.id])
     assert {r.id: r.status for r in (stale, fresh, external) if not r.refresh_from_db()} == {
         stale.id: "lost",
         fresh.id: "running",
-        external.id: "running",
+        external.id: "lost",
     }
