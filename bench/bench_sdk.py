@@ -75,7 +75,7 @@ def null_server(port: int) -> None:
 
     def serve(conn: socket.socket) -> None:
         f = conn.makefile("rb")
-        while line := f.readline():
+        while f.readline():  # the request line
             length = 0
             while (header := f.readline()) not in (b"\r\n", b""):
                 if header.lower().startswith(b"content-length:"):
