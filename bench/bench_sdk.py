@@ -244,9 +244,7 @@ def bench_history(url: str, api_key: str, run_id: int) -> list[tuple[str, str]]:
         for _ in range(20):
             t = time.perf_counter()
             series = selectors.run_history(run_id=run_id, keys=[key])
-            body = (
-                history.as_json(run_id=run_id, series=series, start=None, end=None) if fn is None else fn(series)
-            )
+            body = history.as_json(run_id=run_id, series=series, start=None, end=None) if fn is None else fn(series)
             server.append(time.perf_counter() - t)
             t = time.perf_counter()
             with tempfile.NamedTemporaryFile() as out:
