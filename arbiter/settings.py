@@ -142,7 +142,9 @@ else:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # capacity bounds each socket's queue: group_send drops to a full channel (a socket is a hint).
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 30},
+            # socket_timeout: channels_redis blocks on BZPOPMIN for up to 5 s, and redis-py 8 gives up on
+            # a read after 5 s by default: the race ended the consumer of every socket idle for 5 s.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 200, "expiry": 30},
         }
     }
     CELERY_BROKER_URL = REDIS_URL

@@ -249,6 +249,7 @@ def run_compare(request: AuthedHttpRequest) -> HttpResponse:
         "show_all": show_all,
         "runs_param": ",".join(str(r.id) for r in chosen),
         "keys": selectors.summary_keys(runs=chosen) if chosen else [],
+        "trace_names": [f"#{r.id} {r.name}" for r in chosen],
     }
     if getattr(request, "htmx", False) and request.GET.get("part") == "diff":
         return render(request, "training/run_compare.html#config-diff", context)

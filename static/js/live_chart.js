@@ -2,6 +2,7 @@
 // buffered deltas newer than the backlog and every delta after that (appended with extendTraces,
 // never redrawn). The socket is a hint: a gap in `seq`, a "resync" key or a reconnect re-reads.
 /* global Plotly, htmx */
+import { plotlyText } from "./plotly_text.js";
 
 const root = document.getElementById("live-run");
 const runId = root.dataset.runId;
@@ -167,7 +168,7 @@ function layout(key) {
     if (range) { xaxis.range = range; xaxis.autorange = false; }
   }
   return {
-    title: { text: key, font: { size: 12 }, x: 0.01, xanchor: "left", y: 0.97 },
+    title: { text: plotlyText(key), font: { size: 12 }, x: 0.01, xanchor: "left", y: 0.97 },
     margin: { l: 48, r: 12, t: 26, b: view.x === "time" ? 40 : 28 }, height: CHART_HEIGHT,
     showlegend: false, hovermode: "x unified", xaxis,
     yaxis,

@@ -1,10 +1,12 @@
 // Compare runs: overlay one metric of several runs (each downsampled by the server), by step or by
 // time since each run's first point, with EMA smoothing and log scale.
 /* global Plotly */
+import { plotlyText } from "./plotly_text.js";
 
 const chart = document.getElementById("compare-chart");
 const ids = chart.dataset.runs.split(",");
-const names = chart.dataset.names.split("|");
+// Names come as JSON (a name may hold any character, `|` and `,` included), escaped for Plotly.
+const names = JSON.parse(document.getElementById("compare-names").textContent).map(plotlyText);
 const keySel = document.getElementById("compare-key");
 const xSel = document.getElementById("compare-x");
 const smooth = document.getElementById("compare-smoothing");
@@ -51,7 +53,8 @@ async function draw() {
     const custom = pts.map((p) => (byTime ? `step ${p[0]}` : fmtElapsed(p[2] - t0)));
     const color = COLORS[i % COLORS.length];
     const mode = pts.length < FEW_POINTS ? "lines+markers" : "lines";
-    const hover = `${names[i]}: %{y:.4g} <span style="color:#888">(%{customdata})</span><extra></extra>`;
+    // The name through %{fullData.name}, never pasted into the template (where %{…} is a placeholder).
+    const hover = `%{fullData.name}: %{y:.4g} <span style="color:#888">(%{customdata})</span><extra></extra>`;
     if (alpha) {
       traces.push({ x, y, mode, name: names[i], legendgroup: names[i], showlegend: false, hoverinfo: "skip",
         line: { color, width: 1 }, opacity: 0.25, marker: { size: 4 } });
@@ -63,7 +66,7 @@ async function draw() {
     }
   });
   Plotly.react(chart, traces, {
-    title: { text: key, font: { size: 14 }, x: 0, xanchor: "left" },
+    title: { text: plotlyText(key), font: { size: 14 }, x: 0, xanchor: "left" },
     height: 440, margin: { l: 60, r: 20, t: 40, b: 90 },
     hovermode: "x unified",
     legend: { orientation: "h", y: -0.22, x: 0, font: { size: 12 } },

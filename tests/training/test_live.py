@@ -79,3 +79,19 @@ async def test_admin_may_watch_any_run(researcher: User, admin_user: User) -> No
     comm, connected = await _connect(run, admin_user)
     assert connected
     await comm.disconnect()
+
+
+async def test_an_idle_socket_stays_open_past_the_channel_layers_blocking_read(researcher: User) -> None:
+    """channels_redis waits on BZPOPMIN for brpop_timeout (5 s); a Redis client whose read timeout is not
+    longer than that (redis-py 8's default is 5 s) ends the consumer of every socket idle that long."""
+    import asyncio
+
+    run, _ = await sync_to_async(runs.create_external_run)(owner=researcher, name="idle", config={})
+    comm, connected = await _connect(run, researcher)
+    assert connected
+    await asyncio.sleep(12)
+    batch = MetricBatch(["loss"], [1], [0.5], [1.0])
+    await sync_to_async(ingest.record_metrics)(run=run, batch=batch)
+    delta = await comm.receive_json_from(timeout=5)
+    assert delta["metrics"]["loss"] == [[1, 0.5, 1.0]]
+    await comm.disconnect()
