@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "arbiter",
     "training",
     "evaluation",
+    "loop",
 ]
 
 MIDDLEWARE = [
@@ -178,6 +179,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {"task": "training.sweep_lost_runs", "schedule": 30.0},
     "release-expired-leases": {"task": "evaluation.release_expired_leases", "schedule": 60.0},
     "prune-metric-keys": {"task": "training.prune_metric_keys", "schedule": 3600.0},
+    "sweep-stale-sample-jobs": {"task": "loop.sweep_stale_sample_jobs", "schedule": 60.0},
 }
 # Distinct metric names one run may log; a batch past it is refused whole with a 400 naming `key`.
 RUN_MAX_METRIC_KEYS = env_int("RUN_MAX_METRIC_KEYS", 1000)

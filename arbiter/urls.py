@@ -1,4 +1,4 @@
-"""Top-level URL map: accounts, dashboard, the training and evaluation apps, their APIs, admin."""
+"""Top-level URL map: accounts, dashboard, the training, evaluation and loop apps, their APIs, admin."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ urlpatterns = [
     path("accounts/", include("arbiter.accounts.urls")),
     path("runs/", include("training.urls")),
     path("api/studies/", include("evaluation.api_urls")),
+    path("api/", include("loop.api_urls")),
     path("api/", include("training.api_urls")),
     path("studies/", include("evaluation.urls")),
     path("annotate/", include("evaluation.annotate_urls")),
+    path("", include("loop.urls")),
     path("admin/", admin.site.urls),
 ]

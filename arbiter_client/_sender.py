@@ -56,6 +56,7 @@ class Request:
     points: int = 0
     lines: int = 0
     barrier: bool = False  # sent only after everything queued before it is settled (the final status)
+    optional: bool = False  # a 404/405 means an older server without this endpoint: give it up, keep reporting
     attempts: int = 0
     not_before: float = 0.0
 
@@ -181,15 +182,21 @@ class Sender(threading.Thread):
                 self._cond.notify()
             self._logs.append(record)
 
-    def add_call(self, path: str, payload: dict[str, Any], *, label: str, barrier: bool = False) -> None:
-        """A small request (checkpoint, status) sent after what was logged before it was handed over."""
+    def add_call(
+        self, path: str, payload: dict[str, Any], *, label: str, barrier: bool = False, optional: bool = False
+    ) -> None:
+        """A small request (checkpoint, status, table) sent after what was logged before it was handed over.
+
+        `optional`: refused with 404/405 (a server too old to know the endpoint), it is given up alone instead
+        of stopping the run's reporting (what a 404 means for the run's own endpoints).
+        """
         with self._cond:
             if self._disabled is not None:
                 self.report.failed_calls += 1
                 self._keep_failure(f"{label}: not sent ({self._disabled})")
                 return
             self._seal(force=True)  # what came before goes into the queue ahead of it
-            self._enqueue(Request(0, path, encode_body(payload), True, label, barrier=barrier))
+            self._enqueue(Request(0, path, encode_body(payload), True, label, barrier=barrier, optional=optional))
             self._cond.notify()
 
     def pending(self) -> dict[str, int]:
@@ -432,6 +439,9 @@ class Sender(threading.Thread):
             bisect.insort(self._queue, req)
             kind = "server busy" if outcome.busy else "server error"
             self._warn(f"{kind}:{outcome.status}", f"{kind} on {req.label} ({outcome}); retrying")
+            return
+        if req.optional and isinstance(outcome, ArbiterError) and outcome.status in {404, 405}:
+            self._give_up(req, f"the server does not know {req.path} ({outcome})")
             return
         if isinstance(outcome, ArbiterError) and outcome.status in {401, 403, 404}:
             self._disable(f"the server refused run {self.run_id}'s token: {outcome}", req)

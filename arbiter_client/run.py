@@ -194,6 +194,17 @@ class Run:
             label=f"checkpoint at step {step}",
         )
 
+    def log_table(self, name: str, step: int, columns: list[str], rows: list[list[object]]) -> None:
+        """Record a small table at `step` (prompts, completions, rewards), shown on the run page like W&B Tables.
+
+        Cells are strings or numbers; a table is at most 256 rows x 32 columns. Keyed on (name, step):
+        a re-sent table changes nothing.
+        """
+        body = {"name": str(name), "step": int(step), "columns": [str(c) for c in columns], "rows": rows}
+        self._sender.add_call(
+            f"/api/runs/{self.id}/tables/", body, label=f"table {name!r} at step {step}", optional=True
+        )
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Block until everything logged so far is delivered or given up; False on timeout."""
         return self._sender.flush(timeout)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,8 +25,9 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, ProtectedError
 from django.utils import timezone
 
 from arbiter.accounts.models import User
@@ -217,16 +219,53 @@ def run_export(*, export_id: int) -> ExportJob | None:
     if job is None:
         return None
     try:
-        path, rows = _write(job)
+        path, rows, sha256 = _write(job)
     except Exception as exc:
         ExportJob.objects.filter(pk=job.pk).update(
             status=ExportStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
         )
         raise
     job.path, job.rows, job.done, job.status = str(path), rows, job.total, ExportStatus.DONE
-    job.finished_at = timezone.now()
-    job.save(update_fields=["path", "rows", "done", "status", "finished_at"])
+    job.sha256, job.finished_at = sha256, timezone.now()
+    job.save(update_fields=["path", "rows", "done", "status", "sha256", "finished_at"])
     return job
+
+
+def delete_export(*, job: ExportJob) -> None:
+    """Delete an export and its file(s). Refused, naming the runs, when a run trained on it.
+
+    The refusal is the database's: the link from a run to the export it trained on (loop.RunInput) is a
+    PROTECT foreign key, so no path (this one, the admin, a study's deletion) can remove a used export.
+    """
+    if job.status in {ExportStatus.QUEUED, ExportStatus.RUNNING}:
+        raise ValidationError("This export is still being written; delete it once it has finished.")
+    label = f"v{job.version}" if job.version else f"#{job.pk}"
+    try:
+        with transaction.atomic():
+            job.delete()
+    except ProtectedError as exc:
+        run_ids = sorted({int(r) for r in (getattr(o, "run_id", None) for o in exc.protected_objects) if r})
+        runs = ", ".join(f"#{r}" for r in run_ids)
+        raise ValidationError(
+            f"Export {label} cannot be deleted: run {runs} trained on it, and lineage keeps the data a run "
+            "learned from. Delete those runs first."
+        ) from None
+    _remove_files(job)
+
+
+def _remove_files(job: ExportJob) -> None:
+    if not job.path:
+        return
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    path = Path(job.path).resolve()
+    if root not in path.parents:
+        return  # never delete outside the artifact root, whatever the row says
+    # A reward export's version folder holds its file and manifest; judgment exports are single files.
+    target = path.parent if job.format == ExportFormat.REWARD and path.parent.name == f"v{job.version}" else path
+    if target.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        target.unlink(missing_ok=True)
 
 
 def export_dir(job: ExportJob) -> Path:
@@ -236,7 +275,8 @@ def export_dir(job: ExportJob) -> Path:
     return root / "exports" / f"study-{job.study_id}"
 
 
-def _write(job: ExportJob) -> tuple[Path, int]:
+def _write(job: ExportJob) -> tuple[Path, int, str]:
+    """Write the job's file; its path, row count and SHA-256."""
     folder = export_dir(job)
     folder.mkdir(parents=True, exist_ok=True)
     study = job.study
@@ -258,7 +298,7 @@ def _write(job: ExportJob) -> tuple[Path, int]:
                 writer.writerow(_csv_row(record))
                 rows += 1
                 tick()
-        return path, rows
+        return path, rows, _file_sha256(path)
     if job.format == ExportFormat.JUDGMENTS_JSONL:
         path = folder / f"judgments-{job.pk}.jsonl"
         source: Iterator[dict[str, Any]] = judgment_records(study)
@@ -287,7 +327,15 @@ def _write(job: ExportJob) -> tuple[Path, int]:
             "columns": _columns(study.kind),
         }
         (folder / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-    return path, rows
+    return path, rows, digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _columns(kind: str) -> list[str]:

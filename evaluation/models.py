@@ -318,6 +318,8 @@ class ExportJob(models.Model):
     done = models.PositiveIntegerField(default=0)
     rows = models.PositiveIntegerField(default=0)
     path = models.CharField(max_length=500, blank=True)  # relative to ARTIFACT_ROOT
+    # SHA-256 of the exported file: the dataset version a run trained on is named by it in the lineage.
+    sha256 = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -26,4 +26,5 @@ urlpatterns = [
     path("<int:study_id>/export/", views.export_page, name="export"),
     path("<int:study_id>/export/<int:export_id>/", views.export_status, name="export_status"),
     path("<int:study_id>/export/<int:export_id>/download/", views.export_download, name="export_download"),
+    path("<int:study_id>/export/<int:export_id>/delete/", views.export_delete, name="export_delete"),
 ]

@@ -361,6 +361,22 @@ def export_page(request: HttpRequest, study_id: int) -> HttpResponse:
 
 
 @researcher_required
+def export_delete(request: HttpRequest, study_id: int, export_id: int) -> HttpResponse:
+    """POST: delete an export; a refusal (a run trained on it) re-renders the page with the reason (409)."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    study = _study(request, study_id, edit=True)
+    job = selectors.export_for(study=study, export_id=export_id)
+    try:
+        export.delete_export(job=job)
+    except ValidationError as exc:
+        jobs = [(j, _train_link(j)) for j in study.exports.select_related("study")[:20]]
+        context = {"study": study, "form": ExportForm(), "jobs": jobs, "delete_error": " ".join(exc.messages)}
+        return render(request, "evaluation/study_export.html", context, status=409)
+    return redirect("evaluation:export", study_id=study.pk)
+
+
+@researcher_required
 def export_status(request: HttpRequest, study_id: int, export_id: int) -> HttpResponse:
     study = _study(request, study_id)
     job = selectors.export_for(study=study, export_id=export_id)

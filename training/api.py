@@ -155,6 +155,10 @@ def _ingest(kind: str, run_id: int, request: HttpRequest) -> dict[str, Any]:
             step, path = payloads.parse_checkpoint(body)
             ckpt = ingest.record_checkpoint(run=run, step=step, path=path)
             return {"step": ckpt.step, "path": ckpt.path}
+        if kind == "tables":
+            table = payloads.parse_table(body)
+            written = ingest.record_table(run=run, batch=table)
+            return {"name": table.name, "step": table.step, "rows": len(table.rows), "written": int(written)}
         if kind == "status":
             status, exit_code = payloads.parse_status(body)
             run = runs.set_status_from_client(run=Run.objects.get(id=run.id), status=status, exit_code=exit_code)
@@ -163,6 +167,8 @@ def _ingest(kind: str, run_id: int, request: HttpRequest) -> dict[str, Any]:
         raise ApiError(400, exc.message, exc.field) from None
     except ValidationError as exc:
         raise ApiError(409, "; ".join(exc.messages)) from None
+    except ingest.TableLimit as exc:
+        raise ApiError(409, str(exc)) from None
     raise ApiError(404, "unknown endpoint")
 
 
@@ -354,12 +360,35 @@ def run_history(request: HttpRequest, run_id: int) -> HttpResponse:
     return response
 
 
+@require_GET
+@busy_is_503
+def run_table_list(request: HttpRequest, run_id: int) -> JsonResponse:
+    """`?name=samples`: the steps that have a table; `&step=N`: that table's columns and rows."""
+    try:
+        run = _readable_run(request, run_id)
+        name = request.GET.get("name", "samples")
+        if not payloads.TABLE_NAME_RE.fullmatch(name):
+            raise ApiError(400, "name must be 1-64 letters, digits, spaces or _.:/@%+-", "name")
+        step = _int_param(request, "step", lo=0, hi=payloads.MAX_STEP - 1)
+    except ApiError as exc:
+        return exc.response()
+    if step is None:
+        return JsonResponse(
+            {"name": name, "names": selectors.table_names(run=run), "steps": selectors.table_steps(run=run, name=name)}
+        )
+    table = selectors.table_at(run=run, name=name, step=step)
+    if table is None:
+        return ApiError(404, f"no table {name!r} at step {step}", "step").response()
+    return JsonResponse({"name": table.name, "step": table.step, "columns": table.columns, "rows": table.rows})
+
+
 # POST ingests with the run token; GET reads what the page and scripts chart.
 run_metrics = _ingest_view("metrics", read=run_series)
 run_logs = _ingest_view("logs", read=run_log_lines)
 run_system = _ingest_view("system")
 run_checkpoints = _ingest_view("checkpoints")
 run_heartbeat = _ingest_view("heartbeat")
+run_tables = _ingest_view("tables", read=run_table_list)
 run_status = _ingest_view("status", read=run_state)
 
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("runs/<int:run_id>/logs/", api.run_logs, name="run_logs"),
     path("runs/<int:run_id>/system/", api.run_system, name="run_system"),
     path("runs/<int:run_id>/checkpoints/", api.run_checkpoints, name="run_checkpoints"),
+    path("runs/<int:run_id>/tables/", api.run_tables, name="run_tables"),
     path("runs/<int:run_id>/status/", api.run_status, name="run_status"),
     path("runs/<int:run_id>/heartbeat/", api.run_heartbeat, name="run_heartbeat"),
     path("openapi.json", api.openapi_json, name="openapi"),

@@ -101,6 +101,9 @@ FIELD_SECTIONS: dict[str, str] = {
     "step_delay_s": "demo",
     "save_steps": "checkpoints",
     "logging_steps": "checkpoints",
+    "sample_table_steps": "checkpoints",
+    "sample_table_rows": "checkpoints",
+    "sample_table_max_new_tokens": "checkpoints",
     "device": "hardware",
     "dtype": "hardware",
     "num_threads": "hardware",
@@ -145,6 +148,9 @@ FIELD_LABELS: dict[str, str] = {
     "eval_dataset_path": "Eval dataset path",
     "eval_fraction": "Held-out fraction",
     "eval_max_examples": "Max eval examples",
+    "sample_table_steps": "Samples table every (steps)",
+    "sample_table_rows": "Samples table rows",
+    "sample_table_max_new_tokens": "Samples table: max new tokens",
 }
 
 # Words written their own way in a label derived from a field name.

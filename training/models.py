@@ -1,4 +1,4 @@
-"""Training runs and what they report: status history, metric chunks and their rollups, logs, checkpoints, API keys.
+"""Training runs and what they report: status history, metric chunks and rollups, logs, checkpoints, tables, API keys.
 
 Metric storage is shaped for millions of points per run and thousands of runs in PostgreSQL:
 - MetricChunk holds up to CHUNK_STEPS consecutive steps of one series in one row, as packed
@@ -247,6 +247,28 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"step {self.step}: {self.path}"
+
+
+class RunTable(models.Model):
+    """A small table a run logged at a step (prompts, completions, rewards): the run page's Samples.
+
+    Keyed on (run, name, step) like metric points: a re-sent table changes nothing (the first one wins).
+    Cells are model outputs, untrusted: the page shows them as escaped plain text.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tables")
+    name = models.CharField(max_length=64)
+    step = models.BigIntegerField()
+    columns = models.JSONField()
+    rows = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "name", "step"]
+        constraints = [models.UniqueConstraint(fields=["run", "name", "step"], name="runtable_once_per_step")]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ step {self.step} ({len(self.rows)} rows)"
 
 
 class ApiToken(models.Model):

@@ -8,11 +8,15 @@ from django.conf import settings
 
 from training.payloads import (
     INT32,
+    MAX_CELL_CHARS,
     MAX_LINES,
     MAX_NAME,
     MAX_PATH,
     MAX_POINTS,
     MAX_STEP,
+    MAX_TABLE_CHARS,
+    MAX_TABLE_COLUMNS,
+    MAX_TABLE_ROWS,
     MAX_TAG,
     MAX_TAGS,
     MAX_TIME,
@@ -244,6 +248,83 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                             "pattern": "^/[^\u0000]*$",
                             "maxLength": MAX_PATH,
                             "description": "absolute",
+                        },
+                    },
+                },
+                "Table": {
+                    "type": "object",
+                    "required": ["step", "columns", "rows"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,64}$", "default": "samples"},
+                        "step": STEP,
+                        "columns": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_TABLE_COLUMNS,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 100},
+                            "description": "distinct names; `prompt` and `completion` let a row be sent to a study",
+                        },
+                        "rows": {
+                            "type": "array",
+                            "maxItems": MAX_TABLE_ROWS,
+                            "items": {
+                                "type": "array",
+                                "items": {
+                                    "type": ["string", "number", "boolean", "null"],
+                                    "maxLength": MAX_CELL_CHARS,
+                                },
+                                "description": "one cell per column",
+                            },
+                        },
+                    },
+                    "description": (
+                        f"A small table logged at a step (prompts, completions, rewards); at most {MAX_TABLE_CHARS} "
+                        "characters of text. Keyed on (run, name, step): a re-sent table is not written again."
+                    ),
+                },
+                "TableAnswer": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "step": {"type": "integer"},
+                        "rows": {"type": "integer"},
+                        "written": {"type": "integer", "description": "1 if stored now, 0 for a re-sent table"},
+                    },
+                },
+                "TableSteps": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "names": {"type": "array", "items": {"type": "string"}},
+                        "steps": {"type": "array", "items": {"type": "integer"}},
+                    },
+                },
+                "Lineage": {
+                    "type": "object",
+                    "description": (
+                        "Links between studies, export versions (with SHA-256), runs, checkpoints and the studies "
+                        "that judged them; only what the reader may see."
+                    ),
+                },
+                "Leaderboard": {
+                    "type": "object",
+                    "properties": {
+                        "method": {"type": "string"},
+                        "standings": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "policy": {"type": "object"},
+                                    "rating": number,
+                                    "low": number,
+                                    "high": number,
+                                    "wins": {"type": "integer"},
+                                    "losses": {"type": "integer"},
+                                    "ties": {"type": "integer"},
+                                    "studies": {"type": "integer"},
+                                },
+                            },
                         },
                     },
                 },
@@ -483,6 +564,66 @@ def openapi_document(*, server: str) -> dict[str, Any]:
             "/api/runs/{run_id}/checkpoints/": {
                 "parameters": [RUN_ID],
                 "post": _ingest("Announce a checkpoint folder", "Checkpoint", "Checkpoint"),
+            },
+            "/api/runs/{run_id}/tables/": {
+                "parameters": [RUN_ID],
+                "post": {
+                    **_ingest("Log a small table (prompts, completions, rewards) at a step", "Table", "TableAnswer"),
+                    "responses": {
+                        "200": _ok("TableAnswer"),
+                        **_ERRORS,
+                        "409": _ok("Error", "The run already stores its maximum number of tables."),
+                    },
+                },
+                "get": {
+                    "summary": "Steps with a table (`?name=`), or one table (`&step=`: columns and rows)",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "pattern": r"^[A-Za-z0-9_.:/@%+\- ]{1,64}$",
+                                "default": "samples",
+                            },
+                        },
+                        {"name": "step", "in": "query", "schema": STEP},
+                    ],
+                    "responses": {
+                        "200": _ok("TableSteps"),
+                        "400": _ok("Error", "A bad name or step."),
+                        "404": _ok("Error", "No such run or table."),
+                    },
+                },
+            },
+            "/api/lineage/runs/{run_id}/": {
+                "parameters": [RUN_ID],
+                "get": {
+                    "summary": "A run's lineage: exports it trained on, its checkpoints, the studies that judged them",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "responses": {"200": _ok("Lineage"), "404": _ok("Error", "No such run (or not yours).")},
+                },
+            },
+            "/api/lineage/studies/{study_id}/": {
+                "parameters": [{"name": "study_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {
+                    "summary": "A study's lineage: who wrote its items, its export versions and the runs they trained",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "responses": {"200": _ok("Lineage"), "404": _ok("Error", "No such study (or not yours).")},
+                },
+            },
+            "/api/leaderboard/": {
+                "get": {
+                    "summary": "Bradley–Terry ratings of every judged checkpoint and model (`?run=` for one run's)",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "parameters": [{"name": "run", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
+                    "responses": {
+                        "200": _ok("Leaderboard"),
+                        "400": _ok("Error", "run is not a run id."),
+                        "404": _ok("Error", "No such run."),
+                    },
+                },
             },
             "/api/runs/{run_id}/status/": {
                 "parameters": [RUN_ID],

@@ -25,6 +25,12 @@ MAX_TAG = 50
 MAX_TAGS = 100
 MAX_PATH = 1000
 MAX_CONFIG_DEPTH = 32
+# A samples table: small by design (a handful of prompts every N steps), bounded per request and per run.
+MAX_TABLE_ROWS = 256
+MAX_TABLE_COLUMNS = 32
+MAX_CELL_CHARS = 10_000
+MAX_TABLE_CHARS = 2_000_000
+TABLE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/@%+\- ]{1,64}$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@%+\- ]{1,200}$")
 STREAMS = frozenset({"stdout", "stderr", "client"})
 CLIENT_STATUSES = frozenset({"running", "succeeded", "failed", "cancelled"})
@@ -387,6 +393,54 @@ def parse_system(body: Any, *, now: float) -> MetricBatch:
             batch.values.append(float(s[name]))
             batch.times.append(float(t))
     return batch
+
+
+@dataclass(frozen=True, slots=True)
+class TableBatch:
+    name: str
+    step: int
+    columns: list[str]
+    rows: list[list[str | float | int | bool | None]]
+
+
+def parse_table(body: Any) -> TableBatch:
+    """`{"name": str, "step": int ≥ 0, "columns": [str], "rows": [[cell, ...]]}`; a cell is a string, a finite
+    number, a boolean or null, and every row has one cell per column."""
+    if not isinstance(body, dict):
+        raise PayloadError("body", "must be a JSON object")
+    name, step, columns = body.get("name", "samples"), body.get("step"), body.get("columns")
+    if not isinstance(name, str) or not TABLE_NAME_RE.fullmatch(name):
+        raise PayloadError("name", "must be 1-64 letters, digits, spaces or _.:/@%+-")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < MAX_STEP:
+        raise PayloadError("step", "must be an integer ≥ 0")
+    if not isinstance(columns, list) or not 1 <= len(columns) <= MAX_TABLE_COLUMNS:
+        raise PayloadError("columns", f"must be a list of 1-{MAX_TABLE_COLUMNS} names")
+    for i, c in enumerate(columns):
+        if not isinstance(c, str) or not 0 < len(c) <= 100 or "\x00" in c:
+            raise PayloadError(f"columns[{i}]", "must be a name of 1-100 characters (no NUL)")
+    if len(set(columns)) != len(columns):
+        raise PayloadError("columns", "names must be distinct")
+    rows = _list_field(body, "rows", MAX_TABLE_ROWS)
+    out: list[list[str | float | int | bool | None]] = []
+    size = 0
+    for r, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise PayloadError(f"rows[{r}]", f"must be a list of {len(columns)} cells (one per column)")
+        cells: list[str | float | int | bool | None] = []
+        for c, cell in enumerate(row):
+            if isinstance(cell, str):
+                if len(cell) > MAX_CELL_CHARS:
+                    raise PayloadError(f"rows[{r}][{c}]", f"at most {MAX_CELL_CHARS} characters")
+                size += len(cell)
+                cells.append(cell.replace("\x00", ""))  # PostgreSQL text cannot hold NUL
+            elif cell is None or isinstance(cell, bool) or (_is_number(cell) and math.isfinite(cell)):
+                cells.append(cell)
+            else:
+                raise PayloadError(f"rows[{r}][{c}]", "must be a string, a finite number, a boolean or null")
+        out.append(cells)
+    if size > MAX_TABLE_CHARS:
+        raise PayloadError("rows", f"at most {MAX_TABLE_CHARS} characters of text per table")
+    return TableBatch(name, step, [str(c) for c in columns], out)
 
 
 def parse_status(body: Any) -> tuple[str, int | None]:

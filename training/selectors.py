@@ -17,7 +17,17 @@ from django.http import Http404
 
 from arbiter.accounts.models import User
 from training.downsample import Bucket, Point, merge_buckets, minmax_points
-from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run, RunStatus
+from training.models import (
+    CHUNK_STEPS,
+    Checkpoint,
+    LogLine,
+    MetricChunk,
+    MetricKey,
+    MetricSummary,
+    Run,
+    RunStatus,
+    RunTable,
+)
 from training.services.ingest import FLOAT_DTYPE, ROLLUP_WIDTHS, STEP_DTYPE
 
 DEFAULT_BUCKETS = 1000
@@ -297,6 +307,22 @@ def log_tail(*, run_id: int, after_id: int = 0, limit: int = 500) -> list[list[A
     else:
         rows = list(qs.order_by("-id").values_list("id", "stream", "text", "time")[:limit])[::-1]
     return [list(r) for r in rows]
+
+
+def table_names(*, run: Run) -> list[str]:
+    """Names of the tables a run logged ("samples" for the recipes' own)."""
+    return sorted(set(RunTable.objects.filter(run=run).values_list("name", flat=True)))
+
+
+def table_steps(*, run: Run, name: str) -> list[int]:
+    """Steps at which the run logged table `name`, in order."""
+    return list(RunTable.objects.filter(run=run, name=name).order_by("step").values_list("step", flat=True))
+
+
+def table_at(*, run: Run, name: str, step: int | None = None) -> RunTable | None:
+    """Table `name` at `step` (the latest one when step is None)."""
+    qs = RunTable.objects.filter(run=run, name=name)
+    return qs.filter(step=step).first() if step is not None else qs.order_by("-step").first()
 
 
 def config_diff(*, runs: list[Run]) -> list[dict[str, Any]]:

@@ -185,6 +185,27 @@ def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
 
 
 @researcher_required
+def run_samples(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    """The run page's Samples card: a logged table (`?name=`, `?step=`; the latest by default) as plain text."""
+    run = selectors.get_run_for(user=request.user, run_id=run_id)
+    names = selectors.table_names(run=run)
+    name = request.GET.get("name") or ("samples" if "samples" in names or not names else names[0])
+    raw_step = request.GET.get("step", "")
+    step = int(raw_step) if raw_step.isdigit() and len(raw_step) < 19 else None
+    table = selectors.table_at(run=run, name=name, step=step)
+    context = {
+        "run": run,
+        "names": names,
+        "name": name,
+        "steps": selectors.table_steps(run=run, name=name),
+        "table": table,
+        "pinned": step is not None,  # a step the reader picked: stop following the latest
+        "sendable": bool(table and {"prompt", "completion"} <= set(table.columns)),
+    }
+    return render(request, "training/run_samples.html", context)
+
+
+@researcher_required
 def run_panel(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     """Status, duration and actions; polled by htmx while the run is active (works without websockets)."""
     run = selectors.get_run_for(user=request.user, run_id=run_id)

@@ -67,6 +67,18 @@ def export(owner: Any) -> dict[str, Any]:
     return {"study_id": s.pk, "export_id": job.pk}
 
 
+def used_export(owner: Any) -> dict[str, Any]:
+    """A finished export that a run trained on: deleting it is refused (409) for everyone let in."""
+    from training.models import Run
+
+    kwargs = export(owner)
+    from evaluation.models import ExportJob
+
+    job = ExportJob.objects.get(pk=kwargs["export_id"])
+    Run.objects.create(owner=owner, name="matrix", recipe="dpo", config={"dataset_path": job.path}, status="succeeded")
+    return kwargs
+
+
 ENTRIES = {
     "evaluation:study_list": Access(roles=RESEARCHERS),
     "evaluation:study_create": Access(roles=RESEARCHERS),
@@ -85,6 +97,8 @@ ENTRIES = {
     "evaluation:export": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:export_status": Access(roles=RESEARCHERS, objects="export"),
     "evaluation:export_download": Access(roles=RESEARCHERS, objects="export"),
+    # Only the owner (and admins) delete; a shared study's reader is refused (403), others get 404.
+    "evaluation:export_delete": Access(roles=RESEARCHERS, objects="used_export", method="post"),
     "evaluation_api:progress": Access(roles=RESEARCHERS, objects="study"),
     "annotate:queue": Access(roles=ANNOTATORS),
     "annotate:next": Access(roles=ANNOTATORS, objects="study"),
@@ -97,4 +111,5 @@ BUILDERS: dict[str, Any] = {
     "import_job": import_job,
     "item": item,
     "judged_item": judged_item,
+    "used_export": used_export,
 }

@@ -14,6 +14,16 @@ def _run(owner: Any) -> dict[str, Any]:
     return {"run_id": run.id}
 
 
+def _run_with_table(owner: Any) -> dict[str, Any]:
+    from training.models import RunTable
+
+    kwargs = _run(owner)
+    RunTable.objects.create(
+        run_id=kwargs["run_id"], name="samples", step=1, columns=["prompt", "completion"], rows=[["p", "c"]]
+    )
+    return kwargs
+
+
 def _api_key(owner: Any) -> dict[str, Any]:
     from training.services.runs import issue_api_token
 
@@ -30,6 +40,7 @@ ENTRIES = {
     "training:api_key_revoke": Access(roles=RESEARCHERS, objects="api_key", method="post"),
     "training:run_detail": Access(roles=RESEARCHERS, objects="run"),
     "training:run_panel": Access(roles=RESEARCHERS, objects="run"),
+    "training:run_samples": Access(roles=RESEARCHERS, objects="run_with_table"),
     "training:run_cancel": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_retry": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_resume": Access(roles=RESEARCHERS, objects="run", method="post"),
@@ -41,9 +52,11 @@ ENTRIES = {
     "training_api:run_history": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_heartbeat": Access(auth="token", objects="run", method="post"),
     "training_api:run_status": Access(roles=RESEARCHERS, objects="run"),
+    # GET lists a run's tables (session or API key); POST stores one (run token).
+    "training_api:run_tables": Access(roles=RESEARCHERS, objects="run_with_table"),
     "training_api:run_system": Access(auth="token", objects="run", method="post"),
     "training_api:run_checkpoints": Access(auth="token", objects="run", method="post"),
     "training_api:openapi": Access(auth="public"),
     "training_api:docs": Access(auth="public"),
 }
-BUILDERS: dict[str, object] = {"run": _run, "api_key": _api_key}
+BUILDERS: dict[str, object] = {"run": _run, "api_key": _api_key, "run_with_table": _run_with_table}

@@ -22,6 +22,7 @@ class CollectingReporter:
     def __init__(self) -> None:
         self.metrics: list[tuple[int | None, dict[str, float]]] = []
         self.checkpoints: list[tuple[int, str]] = []
+        self.tables: list[tuple[str, int, list[str], list[list[object]]]] = []
         self.exit_code: int | None = None
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -29,6 +30,9 @@ class CollectingReporter:
 
     def log_checkpoint(self, step: int, path: str) -> None:
         self.checkpoints.append((step, path))
+
+    def log_table(self, name: str, step: int, columns: list[str], rows: list[list[object]]) -> None:
+        self.tables.append((name, step, columns, rows))
 
     def finish(self, exit_code: int = 0) -> None:
         self.exit_code = exit_code

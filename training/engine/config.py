@@ -64,6 +64,19 @@ class BaseRecipeConfig(BaseModel):
     max_length: int = Field(128, ge=8, le=131_072, description="Tokens kept per example (prompt + completion).")
     save_steps: int = Field(50, ge=1, le=10_000_000, description="Write a checkpoint every this many steps.")
     logging_steps: int = Field(1, ge=1, le=100_000, description="Report metrics every this many steps.")
+    sample_table_steps: int = Field(
+        50,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "Log a small table of prompts, completions and rewards every this many steps (the run page's "
+            "Samples); 0 = never."
+        ),
+    )
+    sample_table_rows: int = Field(8, ge=1, le=64, description="Rows in each samples table.")
+    sample_table_max_new_tokens: int = Field(
+        32, ge=1, le=4096, description="Longest completion SFT and DPO sample for their table (greedy)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the trained model.")
     num_threads: int = Field(0, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")

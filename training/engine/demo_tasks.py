@@ -65,3 +65,11 @@ def task_texts(examples: Sequence[Example]) -> list[str]:
         else:
             texts += [e.prompt, e.answer or "", *e.rubric]
     return texts
+
+
+def builtin_prompts(recipe: str) -> list[str]:
+    """The prompts a recipe trains on when its config names no dataset (what "Sample into a study" offers)."""
+    if recipe in {"grpo", "demo_grpo"}:
+        return [p.prompt for p in addition_prompts()]
+    # demo, sft, dpo and reward_model fall back on the sorting task; its distinct prompts, in first-seen order
+    return list(dict.fromkeys(e.prompt for e in sorting_supervised(n=2000, seed=1234)))

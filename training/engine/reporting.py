@@ -10,13 +10,16 @@ from typing import Protocol
 
 
 class Reporter(Protocol):
-    """The three calls the engine makes; ``arbiter_client``'s run object satisfies it."""
+    """The calls the engine makes; ``arbiter_client``'s run object satisfies it."""
 
     def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record metric values at a step."""
 
     def log_checkpoint(self, step: int, path: str) -> None:
         """Announce a checkpoint folder written at a step."""
+
+    def log_table(self, name: str, step: int, columns: list[str], rows: list[list[object]]) -> None:
+        """Record a small table (prompts, completions, rewards) at a step."""
 
     def finish(self, exit_code: int = 0) -> object:
         """Flush and stop (what it returns is ignored: arbiter_client's run says whether the flush finished)."""
@@ -33,6 +36,11 @@ class StdoutReporter:
         """Print the checkpoint as one JSON line."""
         print(json.dumps({"event": "checkpoint", "step": step, "path": path}), flush=True)  # noqa: T201
 
+    def log_table(self, name: str, step: int, columns: list[str], rows: list[list[object]]) -> None:
+        """Print the table as one JSON line."""
+        event = {"event": "table", "name": name, "step": step, "columns": columns, "rows": rows}
+        print(json.dumps(event), flush=True)  # noqa: T201
+
     def finish(self, exit_code: int = 0) -> None:
         """Print the end of the run as one JSON line."""
         print(json.dumps({"event": "finish", "exit_code": exit_code}), flush=True)  # noqa: T201
@@ -46,6 +54,9 @@ class NullReporter:
 
     def log_checkpoint(self, step: int, path: str) -> None:
         """Drop the checkpoint event."""
+
+    def log_table(self, name: str, step: int, columns: list[str], rows: list[list[object]]) -> None:
+        """Drop the table."""
 
     def finish(self, exit_code: int = 0) -> None:
         """Nothing to flush."""

@@ -30,8 +30,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from training import events
-from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run
-from training.payloads import ColumnBatch, LogBatch, MetricBatch, PayloadError
+from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run, RunTable
+from training.payloads import ColumnBatch, LogBatch, MetricBatch, PayloadError, TableBatch
 from training.services.runs import bump_seq
 
 logger = logging.getLogger(__name__)
@@ -659,6 +659,27 @@ def record_logs(*, run_id: int, batch: LogBatch) -> int:
 def record_checkpoint(*, run: Run, step: int, path: str) -> Checkpoint:
     checkpoint, _ = Checkpoint.objects.get_or_create(run=run, step=step, defaults={"path": path})
     return checkpoint
+
+
+# A run stores at most this many tables: one every 50 steps for 500,000 steps. Past it the API answers 409.
+MAX_TABLES_PER_RUN = 10_000
+
+
+class TableLimit(Exception):
+    """The run already stores MAX_TABLES_PER_RUN tables."""
+
+
+def record_table(*, run: Run, batch: TableBatch) -> bool:
+    """Store a table idempotently on (run, name, step); False when that table was already there (a re-send)."""
+    if RunTable.objects.filter(run=run, name=batch.name, step=batch.step).exists():
+        return False
+    if RunTable.objects.filter(run=run).count() >= MAX_TABLES_PER_RUN:
+        raise TableLimit(f"this run already stores {MAX_TABLES_PER_RUN} tables; log them less often")
+    # get_or_create: a concurrent re-send meets the unique constraint and reads the first one back.
+    _, created = RunTable.objects.get_or_create(
+        run=run, name=batch.name, step=batch.step, defaults={"columns": batch.columns, "rows": batch.rows}
+    )
+    return created
 
 
 def lines_batch(*, stream: str, first_seq: int, texts: list[str]) -> LogBatch:

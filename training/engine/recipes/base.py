@@ -21,6 +21,7 @@ from training.engine.demo_tasks import task_texts
 from training.engine.distributed import DistInfo, unwrap
 from training.engine.modeling import TINY, load_tokenizer, resolve_device
 from training.engine.reporting import Reporter
+from training.engine.sample_tables import SampleTable
 from training.engine.spec import RunSpec
 
 
@@ -142,6 +143,14 @@ class Recipe(ABC):
         """Put back what ``state_dict`` returned (an empty mapping for checkpoints that have none)."""
         return None
 
+    def sample_table(self, step: int) -> SampleTable | None:
+        """The samples table for this step (prompts, completions, rewards), or None when the recipe logs none."""
+        return None
+
+    def can_sample_alone(self) -> bool:
+        """Whether rank 0 may run the model by itself (for a table): not when FSDP shards the weights over ranks."""
+        return not (self.ctx.dist.enabled and getattr(self.ctx.config, "distributed", "ddp") == "fsdp")
+
     def saved_model(self) -> PreTrainedModel:
         """The model a checkpoint holds."""
         inner = unwrap(self.model)
@@ -211,6 +220,10 @@ def run_training(recipe: Recipe) -> Path | None:
             _say(ctx, f"step {step}/{config.max_steps} {shown}")
         if config.eval_steps and recipe.eval_examples and (step % config.eval_steps == 0 or step == config.max_steps):
             _evaluate(recipe, step)
+        if ctx.dist.is_main and _table_due(config, step):
+            table = recipe.sample_table(step)
+            if table is not None and table.rows:
+                ctx.reporter.log_table(table.name, step, table.columns, [list(r) for r in table.rows])
         if step % config.save_steps == 0 or step == config.max_steps:
             _checkpoint(recipe, step, optimizer, scheduler)
     if not ctx.dist.is_main:
@@ -244,6 +257,11 @@ def _evaluate(recipe: Recipe, step: int) -> None:
     if ctx.dist.is_main:
         ctx.reporter.log(metrics, step)
         _say(ctx, f"eval {step}/{ctx.config.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def _table_due(config: BaseRecipeConfig, step: int) -> bool:
+    every = config.sample_table_steps
+    return bool(every) and (step % every == 0 or step == config.max_steps)
 
 
 def _checkpoint(

@@ -45,6 +45,7 @@ from training.engine.rewards import RewardBreakdown
 from training.engine.rewards.registry import build_reward
 from training.engine.rollout import Rollout, RolloutBackend, choose_backend
 from training.engine.rollout.hf import HFRollout
+from training.engine.sample_tables import SampleTable, fixed_indices
 
 
 @dataclass
@@ -149,6 +150,7 @@ class GRPORecipe(Recipe):
         # Skip autograd for rows whose gradient is exactly zero (see _policy_logps); the bench turns it off
         # to time the full pass, as TRL runs it.
         self.zero_advantage_shortcut = True
+        self.last_samples: SampleTable | None = None  # rows of the latest generation batch, for the samples table
         self.tokens_seen = 0.0
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
@@ -274,6 +276,14 @@ class GRPORecipe(Recipe):
             batch.metrics[f"rewards/{name}/mean"] = float(values.mean())
             batch.metrics[f"rewards/{name}/std"] = float(values.std()) if values.numel() > 1 else 0.0
         self.tokens_seen += float(attention_mask.sum()) * self.ctx.dist.world_size
+        if self.ctx.dist.is_main and self.config.sample_table_steps:
+            k = min(config.sample_table_rows, len(rewards))
+            texts = self.tokenizer.batch_decode(
+                [ids[:n] for ids, n in zip(rollout.completion_ids[:k].tolist(), lengths[:k].tolist(), strict=True)],
+                skip_special_tokens=True,
+            )
+            repeated = [e for e in examples for _ in range(g)][:k]
+            self.last_samples = self._table(repeated, texts, rewards, scored.per_func, advantages)
         return batch
 
     def _sample_and_score(self, examples: list[PromptExample]) -> tuple[list[list[int]], Rollout, RewardBreakdown]:
@@ -337,6 +347,49 @@ class GRPORecipe(Recipe):
             metrics[f"{key}/mean"] = mean(key)
             metrics[f"{key}/std"] = std(key)
         return metrics
+
+    def _table(
+        self,
+        examples: list[PromptExample],
+        texts: list[str],
+        rewards: torch.Tensor,
+        per_func: Mapping[str, torch.Tensor],
+        advantages: torch.Tensor | None,
+    ) -> SampleTable:
+        """The first rows of a generation batch (whole groups first): prompt, completion, rewards, advantage."""
+        k = self.config.sample_table_rows
+        funcs = list(per_func)
+        columns = ["prompt", "completion", "reward", *(f"rewards/{f}" for f in funcs)]
+        columns += ["advantage"] if advantages is not None else []
+        table = SampleTable([*columns, "answer"])
+        for i in range(min(k, len(texts))):
+            cells: list[str | float | int | None] = [examples[i].prompt, texts[i], round(float(rewards[i]), 4)]
+            cells += [round(float(per_func[f][i]), 4) for f in funcs]
+            cells += [round(float(advantages[i]), 4)] if advantages is not None else []
+            table.add(*cells, examples[i].answer)
+        return table
+
+    def sample_table(self, step: int) -> SampleTable | None:
+        """The latest generation batch's rows; during the SFT warm start, fresh samples of a few fixed prompts."""
+        if step > self.config.sft_warmup_steps:
+            return self.last_samples
+        if not self.can_sample_alone():
+            return None
+        config = self.config
+        picked = [self.prompts[i] for i in fixed_indices(len(self.prompts), k=config.sample_table_rows, seed=0)]
+        rows = [encode_prompt(self.tokenizer, e.prompt)[-config.max_length :] for e in picked]
+        sampler = HFRollout(self.policy, pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.ctx.spec.seed * 1_000_003 + step)
+            out = sampler.generate(
+                rows, n=1, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+            )
+        lengths = out.completion_mask.sum(1).tolist()
+        texts = self.tokenizer.batch_decode(
+            [r[:n] for r, n in zip(out.completion_ids.tolist(), lengths, strict=True)], skip_special_tokens=True
+        )
+        scored = self.reward(texts, picked)
+        return self._table(picked, texts, scored.total, scored.per_func, None)
 
     def _logps(self, model: torch.nn.Module, batch: GenerationBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs and entropies of the completion tokens (logits divided by the temperature, as TRL;

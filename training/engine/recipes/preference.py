@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import cast
 
 import torch
+from transformers import PreTrainedModel
 
-from training.engine.batching import IGNORE, TokenBatch, token_logprobs
+from training.engine.batching import IGNORE, TokenBatch, encode_pairs, token_logprobs
 from training.engine.config import DPOConfig, RewardModelConfig, SequenceDataConfig
 from training.engine.data import PreferenceExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_preferences
@@ -23,6 +24,7 @@ from training.engine.pairs import (
     supports_shared_prompt,
 )
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
+from training.engine.sample_tables import SampleTable, fixed_indices, greedy_completions
 from training.engine.truncation import Truncation, check_usable
 
 
@@ -45,6 +47,8 @@ class _PairRecipe(Recipe):
         train, held = ctx.held_out(examples, kind="preference", render=render)
         self.eval_examples = held
         self.pairs = self._encode(ctx, cast(list[PreferenceExample], train))
+        # The samples table's texts: held-out pairs when there are some (what the model has not trained on).
+        self.examples = cast(list[PreferenceExample], held or train)
         self.eval_pairs = self._encode(ctx, cast(list[PreferenceExample], held), what="held-out") if held else []
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
@@ -89,6 +93,10 @@ class _PairRecipe(Recipe):
             world_size=self.ctx.dist.world_size,
         )
         return [self.pairs[i] for i in indices], indices
+
+    def _table_examples(self) -> list[PreferenceExample]:
+        k = self.ctx.config.sample_table_rows
+        return [self.examples[i] for i in fixed_indices(len(self.examples), k=k, seed=0)]
 
 
 class RewardModelRecipe(_PairRecipe):
@@ -137,6 +145,26 @@ class RewardModelRecipe(_PairRecipe):
             "rewards/chosen": float(chosen.mean()),
             "rewards/rejected": float(rejected.mean()),
         }
+
+    @torch.no_grad()
+    def sample_table(self, step: int) -> SampleTable | None:
+        """A fixed handful of pairs with the reward the model gives each side."""
+        if not self.can_sample_alone():
+            return None
+        picked = self._table_examples()
+        pairs = [(e.prompt, e.chosen) for e in picked] + [(e.prompt, e.rejected) for e in picked]
+        tokens = encode_pairs(self.tokenizer, pairs, max_length=self.ctx.config.max_length, completion_only=False)
+        tokens = tokens.to(self.ctx.device)
+        model = unwrap(self.model)
+        was_training = model.training
+        model.train(False)
+        scores = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits[:, 0].float().tolist()
+        model.train(was_training)
+        table = SampleTable(["prompt", "chosen", "rejected", "reward/chosen", "reward/rejected"])
+        b = len(picked)
+        for i, e in enumerate(picked):
+            table.add(e.prompt, e.chosen, e.rejected, round(scores[i], 4), round(scores[b + i], 4))
+        return table
 
 
 class DPORecipe(_PairRecipe):
@@ -242,6 +270,35 @@ class DPORecipe(_PairRecipe):
                 chosen, rejected = both[: len(indices)], both[len(indices) :]
         self.ref_cache.index_copy_(0, index, torch.stack([chosen, rejected], dim=1).float().cpu())
         return chosen, rejected
+
+    @torch.no_grad()
+    def sample_table(self, step: int) -> SampleTable | None:
+        """The policy's greedy completion of a fixed handful of prompts, with its implicit DPO reward
+        β·(log π(y|x) − log π_ref(y|x)), beside the pair it learns from."""
+        if not self.can_sample_alone():
+            return None
+        config = self.config
+        picked = self._table_examples()
+        model = unwrap(self.model)
+        assert isinstance(model, PreTrainedModel)
+        texts = greedy_completions(
+            model,
+            self.tokenizer,
+            [e.prompt for e in picked],
+            max_new_tokens=config.sample_table_max_new_tokens,
+            max_prompt_tokens=config.max_length,
+        )
+        tokens = encode_pairs(
+            self.tokenizer, [(e.prompt, t) for e, t in zip(picked, texts, strict=True)], max_length=config.max_length
+        ).to(self.ctx.device)
+        was_training = model.training
+        model.train(False)
+        rewards = config.beta * (_sequence_logps(model, tokens) - _sequence_logps(self.ref, tokens))
+        model.train(was_training)
+        table = SampleTable(["prompt", "completion", "reward", "chosen", "rejected"])
+        for e, text, reward in zip(picked, texts, rewards.tolist(), strict=True):
+            table.add(e.prompt, text, round(float(reward), 4), e.chosen, e.rejected)
+        return table
 
 
 def _sequence_logps(model: torch.nn.Module, tokens: TokenBatch) -> torch.Tensor:

@@ -6,6 +6,7 @@ import time
 from typing import cast
 
 import torch
+from transformers import PreTrainedModel
 
 from training.engine.batching import EncodedRow, TokenBatch, encode_supervised, pad_rows
 from training.engine.config import DemoConfig, SequenceDataConfig, SFTConfig
@@ -15,6 +16,7 @@ from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import sft_loss
 from training.engine.modeling import load_causal_lm
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
+from training.engine.sample_tables import SampleTable, fixed_indices, greedy_completions
 from training.engine.truncation import Truncation, check_usable
 
 
@@ -102,6 +104,28 @@ class SFTRecipe(Recipe):
         total = self.reduce_sums(sums)
         n = max(total["tokens"], 1.0)
         return {"loss": total["loss"] / n, "mean_token_accuracy": total["correct"] / n, "num_tokens": total["tokens"]}
+
+    def sample_table(self, step: int) -> SampleTable | None:
+        """A fixed handful of training prompts: the model's greedy completion beside the reference one."""
+        if not self.can_sample_alone():
+            return None
+        config = self.ctx.config
+        # Held-out examples when there are some (what the model has not trained on), else training ones.
+        source = cast(list[SupervisedExample], self.eval_examples) or self.examples
+        picked = [source[i] for i in fixed_indices(len(source), k=config.sample_table_rows, seed=0)]
+        model = unwrap(self.model)
+        assert isinstance(model, PreTrainedModel)
+        texts = greedy_completions(
+            model,
+            self.tokenizer,
+            [e.prompt for e in picked],
+            max_new_tokens=config.sample_table_max_new_tokens,
+            max_prompt_tokens=config.max_length,
+        )
+        table = SampleTable(["prompt", "completion", "reference"])
+        for example, text in zip(picked, texts, strict=True):
+            table.add(example.prompt, text, example.completion)
+        return table
 
 
 class DemoRecipe(SFTRecipe):

@@ -16,7 +16,9 @@ from training.engine.rollout.kv_decode import make_decoder
 
 
 def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
-    """Sample one token per row from logits (B, V) with temperature and nucleus filtering."""
+    """Sample one token per row from logits (B, V) with temperature and nucleus filtering; temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
@@ -68,7 +70,8 @@ class HFRollout:
             token = torch.where(done, pad, sample_next(logits, temperature=temperature, top_p=top_p))
             tokens[:, t] = token
             if logps is not None:
-                step_logp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, token[:, None])[:, 0]
+                scale = temperature or 1.0  # greedy rows report the log-prob of the unscaled distribution
+                step_logp = torch.log_softmax(logits.float() / scale, -1).gather(-1, token[:, None])[:, 0]
                 logps[:, t] = torch.where(done, torch.zeros_like(step_logp), step_logp)
             lengths += (~done).long()
             if self.eos_token_id is not None:

@@ -1,0 +1,58 @@
+"""Lineage links: a run is tied to the reward-data export its config reads, so an export's runs can be listed
+(and the export protected from deletion) and a run's data traced back to the study and judgments it came from."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import Q
+
+from evaluation.models import ExportJob, ExportStatus
+from loop.models import RunInput
+from training.models import Run
+
+# Config fields that name a dataset file. Fields a recipe does not have are simply absent from its config.
+INPUT_FIELDS = ("dataset_path", "eval_dataset_path")
+
+
+def _candidates(value: str) -> list[str]:
+    """The spellings of one file an export row may have stored (absolute, relative to ARTIFACT_ROOT, URI)."""
+    out = {value}
+    root = Path(settings.ARTIFACT_ROOT)
+    if value.startswith("file://"):
+        out.add(value.removeprefix("file://"))
+    path = Path(value.removeprefix("file://"))
+    if not path.is_absolute():
+        out.add(str(root / path))
+    else:
+        with contextlib.suppress(ValueError):  # outside the artifact root: no relative spelling
+            out.add(str(path.relative_to(root)))
+        out.add(f"file://{path}")
+    return sorted(out)
+
+
+def export_for_path(*, value: str, user: object) -> ExportJob | None:
+    """The finished export whose file `value` names, if `user` may see its study; else None."""
+    if not value:
+        return None
+    qs = ExportJob.objects.filter(path__in=_candidates(value), status=ExportStatus.DONE).select_related("study")
+    if not getattr(user, "is_admin_role", False):
+        qs = qs.filter(Q(study__owner=user) | Q(study__shared_with=user))
+    return qs.order_by("-pk").first()
+
+
+def link_run_inputs(*, run: Run) -> list[RunInput]:
+    """Store which exports the run's config reads (called once, when the run row is created)."""
+    links = []
+    config = run.config if isinstance(run.config, dict) else {}
+    for field in INPUT_FIELDS:
+        value = config.get(field)
+        if not isinstance(value, str) or not value:
+            continue
+        export = export_for_path(value=value, user=run.owner)
+        if export is not None:
+            link, _ = RunInput.objects.get_or_create(run=run, field=field, defaults={"export": export})
+            links.append(link)
+    return links
