@@ -146,7 +146,7 @@ def leaderboard(request: HttpRequest) -> JsonResponse:
         return _error(403, "only researchers read the leaderboard")
     run = None
     if raw := request.GET.get("run", ""):
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
             return _error(400, "run must be a run id", "run")
         try:
             run = get_run_for(user=user, run_id=int(raw))

@@ -37,7 +37,11 @@ def _form_errors(form: Any, exc: ValidationError) -> None:
 
 def _page_run(request: AuthedHttpRequest) -> Run | None:
     raw = request.GET.get("run") or request.POST.get("from_run") or ""
-    return get_run_for(user=request.user, run_id=int(raw)) if raw.isdigit() else None
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+        raise Http404("No such run.")
+    return get_run_for(user=request.user, run_id=int(raw))
 
 
 def _prompts(form: SampleForm) -> tuple[list[prompt_sets.PromptRow], str, Study | None, Run | None]:
@@ -66,7 +70,7 @@ def sample_new(request: AuthedHttpRequest) -> HttpResponse:
     page_run = _page_run(request)
     initial: dict[str, Any] = {}
     if ids := request.GET.get("checkpoints"):
-        initial["checkpoints"] = [int(i) for i in ids.split(",") if i.strip().isdigit()]
+        initial["checkpoints"] = [int(i) for i in ids.split(",")[:100] if i.strip().isascii() and i.strip().isdigit()]
     form = SampleForm(request.POST or None, request.FILES or None, user=request.user, run=page_run, initial=initial)
     status = 200
     if request.method == "POST":
@@ -150,7 +154,7 @@ def send_table_rows(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     data = request.POST if request.method == "POST" else request.GET
     name = data.get("name", "samples")
     raw_step = data.get("step", "")
-    if raw_step and not (raw_step.isdigit() and len(raw_step) < 19):
+    if raw_step and not (raw_step.isascii() and raw_step.isdigit() and len(raw_step) < 19):
         raise Http404("No such table.")
     table = table_at(run=run, name=name, step=int(raw_step) if raw_step else None)  # no step: the latest
     if table is None:

@@ -35,6 +35,9 @@ class Identities:
         self.researcher = UserFactory(role=Role.RESEARCHER)
         _, self.api_key = runs.issue_api_token(user=self.researcher, name="fuzz")
         self.read_run, _ = runs.create_external_run(owner=self.researcher, name="fuzz-read", config={})
+        from evaluation.services import create_study
+
+        self.study = create_study(owner=self.researcher, name="fuzz", kind="pairwise")
         self.statuses: Counter[int] = Counter()
 
     def prepare(self, case: Any) -> dict[str, str]:
@@ -47,6 +50,8 @@ class Identities:
             return {"Authorization": f"Bearer {token}"}
         if "run_id" in (case.path_parameters or {}):
             case.path_parameters["run_id"] = self.read_run.id
+        if "study_id" in (case.path_parameters or {}):
+            case.path_parameters["study_id"] = self.study.pk
         return {"Authorization": f"Bearer {self.api_key}"}
 
 

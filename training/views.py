@@ -191,7 +191,7 @@ def run_samples(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     names = selectors.table_names(run=run)
     name = request.GET.get("name") or ("samples" if "samples" in names or not names else names[0])
     raw_step = request.GET.get("step", "")
-    step = int(raw_step) if raw_step.isdigit() and len(raw_step) < 19 else None
+    step = int(raw_step) if raw_step.isascii() and raw_step.isdigit() and len(raw_step) < 19 else None
     table = selectors.table_at(run=run, name=name, step=step)
     context = {
         "run": run,
