@@ -167,16 +167,18 @@ def test_run_page_and_api_docs_render(client_for: Any, researcher: User, make_ru
 def test_every_openapi_path_is_a_real_route_and_every_api_route_is_documented() -> None:
     from django.urls import resolve
 
+    from loop import api_urls as loop_api_urls
     from training import api_urls
     from training.openapi import openapi_document
 
     doc = openapi_document(server="")
     documented = set()
     for path in doc["paths"]:
-        match = resolve(path.replace("{run_id}", "1"))
-        assert match.namespace == "training_api", path
-        documented.add(match.url_name)
-    routes = {p.name for p in api_urls.urlpatterns} - {"openapi", "docs"}
+        match = resolve(path.replace("{run_id}", "1").replace("{study_id}", "1"))
+        assert match.namespace in {"training_api", "loop_api"}, path
+        documented.add(f"{match.namespace}:{match.url_name}")
+    routes = {f"training_api:{p.name}" for p in api_urls.urlpatterns if p.name not in {"openapi", "docs"}}
+    routes |= {f"loop_api:{p.name}" for p in loop_api_urls.urlpatterns}
     assert routes == documented
 
 
