@@ -16,7 +16,8 @@ import orjson
 from django.core.exceptions import ValidationError
 
 from evaluation.models import Item, Study, StudyKind
-from training.engine.demo_tasks import builtin_prompts
+from training.engine.data import DatasetError, Example, load_dataset, split_held_out
+from training.engine.demo_tasks import addition_prompts, builtin_prompts, sorting_preferences, sorting_supervised
 from training.models import Run
 
 MAX_PROMPTS = 2000
@@ -114,41 +115,104 @@ def prompts_from_study(study: Study) -> list[PromptRow]:
     return rows
 
 
+# The data kind each recipe reads (what its held-out split is drawn from).
+RECIPE_KIND = {"sft": "supervised", "demo": "supervised", "dpo": "preference", "reward_model": "preference"}
+
+
 def run_prompt_source(run: Run) -> tuple[str, str]:
-    """(what the run's prompts are, the dataset path or "" for built-in prompts): the held-out split first."""
+    """(what the run's prompts are, the dataset path or "" for built-in data): its held-out split first."""
     config = run.config if isinstance(run.config, dict) else {}
-    for field, label in (("eval_dataset_path", "held-out split"), ("dataset_path", "training data")):
-        value = config.get(field)
-        if isinstance(value, str) and value:
-            return label, value
-    return "built-in demo prompts", ""
+    held_file, data = config.get("eval_dataset_path"), config.get("dataset_path")
+    if isinstance(held_file, str) and held_file:
+        return "held-out split", held_file
+    fraction = config.get("eval_fraction")
+    path = data if isinstance(data, str) else ""
+    if isinstance(fraction, int | float) and fraction > 0:
+        return f"held-out split ({fraction:g} of its data)", path
+    return ("training data", path) if path else ("built-in demo prompts", "")
 
 
 def prompts_from_run(run: Run) -> list[PromptRow]:
-    """The prompts of a run's held-out split, else of its training data, else its recipe's built-in task."""
-    _, path = run_prompt_source(run)
+    """The prompts of a run's held-out split (its eval file, or the same seeded share of its data the engine
+    holds out: training.engine.data.split_held_out), else of its training data, else its built-in task."""
+    label, path = run_prompt_source(run)
+    config = run.config if isinstance(run.config, dict) else {}
+    if label.startswith("held-out split (") and isinstance(config.get("eval_fraction"), int | float):
+        return _held_out_prompts(run, path=path, fraction=float(config["eval_fraction"]))
     if not path:
         return [{"prompt": p} for p in builtin_prompts(run.recipe)]
     return _dataset_prompts(Path(path), field="prompt_run")
+
+
+def _held_out_prompts(run: Run, *, path: str, fraction: float) -> list[PromptRow]:
+    kind = RECIPE_KIND.get(run.recipe, "prompt")
+    seed = int(run.config.get("seed", 0) or 0)  # the spec's seed (training.services.supervisor.write_spec)
+    raw: list[Any] | None = None
+    examples: list[Example]
+    if path:
+        try:
+            examples = load_dataset(path, kind=kind)  # type: ignore[arg-type]
+        except DatasetError as exc:
+            raise ValidationError({"prompt_run": f"the run's dataset cannot be read here: {exc}"}) from None
+        raw = _raw_prompts(Path(path))
+    elif kind == "supervised":
+        examples = list(sorting_supervised(n=2000, seed=1234))
+    elif kind == "preference":
+        examples = list(sorting_preferences(n=2000, seed=99))
+    else:
+        examples = list(addition_prompts())
+    _, held = split_held_out(examples, fraction=fraction, seed=seed)
+    wanted, rows, seen = set(held), [], set()
+    cap = int(run.config.get("eval_max_examples", MAX_PROMPTS) or MAX_PROMPTS)
+    # The raw prompt (chat messages stay messages) where the file's rows line up with the parsed examples.
+    originals = raw if raw is not None and len(raw) == len(examples) else [getattr(e, "prompt", "") for e in examples]
+    for example, original in zip(examples, originals, strict=True):
+        if example in wanted and example not in seen and original:
+            seen.add(example)
+            rows.append({"prompt": original})
+    if not rows:
+        raise ValidationError({"prompt_run": "the run's held-out split has no prompts"})
+    return rows[:cap]
+
+
+def _raw_prompts(path: Path) -> list[Any]:
+    """Each row's prompt as written in the file (None where a row has none), in the order load_dataset reads."""
+    out: list[Any] = []
+    for raw in _read_rows(path):
+        value = raw.get("prompt") if isinstance(raw, dict) else None
+        if (
+            value is None
+            and isinstance(raw, dict)
+            and isinstance(raw.get("messages"), list)
+            and len(raw["messages"]) > 1
+        ):
+            value = raw["messages"][:-1]
+        out.append(value)
+    return out
+
+
+def _read_rows(path: Path) -> list[Any]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # only Parquet users pay for pyarrow
+
+        rows: list[Any] = pq.read_table(path).to_pylist()
+        return rows
+    out: list[Any] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    out.append(None)  # the run's own checks refuse bad rows; here they only give no prompt
+    return out
 
 
 def _dataset_prompts(path: Path, *, field: str) -> list[PromptRow]:
     """The prompt of each row of a TRL-format dataset (prompt column, or the turns before the last in messages)."""
     if not path.is_file():
         raise ValidationError({field: f"the run's dataset {path} is not readable here"})
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # only Parquet users pay for pyarrow
-
-        raw_rows: list[Any] = pq.read_table(path).to_pylist()
-    else:
-        raw_rows = []
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    try:
-                        raw_rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue  # the run's own checks refuse bad rows; here they only give no prompt
+    raw_rows = _read_rows(path)
     rows: list[PromptRow] = []
     seen: set[bytes] = set()
     for raw in raw_rows:

@@ -151,15 +151,29 @@ def test_prompt_sets_from_files_studies_and_runs(
     data.write_text(
         json.dumps({"prompt": "p1", "chosen": "c", "rejected": "r"})
         + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": "p2"}, {"role": "assistant", "content": "a"}]})
+        + json.dumps({"prompt": [{"role": "user", "content": "p2"}], "chosen": "c2", "rejected": "r2"})
         + "\n"
     )
     held = tmp_path / "held.jsonl"
     held.write_text(json.dumps({"prompt": "held out"}) + "\n")
-    run = make_run(researcher, config={"dataset_path": str(data)})
+    run = make_run(researcher, recipe="dpo", config={"dataset_path": str(data)})
     assert prompt_sets.prompts_from_run(run) == [{"prompt": "p1"}, {"prompt": [{"role": "user", "content": "p2"}]}]
     run.config["eval_dataset_path"] = str(held)
     assert prompt_sets.prompts_from_run(run) == [{"prompt": "held out"}]
+    # A held-out fraction: the very rows the engine holds out (same pure split), chat prompts kept as messages.
+    del run.config["eval_dataset_path"]
+    run.config["eval_fraction"] = 0.5
+    from training.engine.data import load_dataset, split_held_out
+
+    _, held = split_held_out(load_dataset(str(data), kind="preference"), fraction=0.5, seed=0)
+    got = prompt_sets.prompts_from_run(run)
+    assert len(got) == len(held) == 1 and got[0]["prompt"] in ("p1", [{"role": "user", "content": "p2"}])
+    grpo = make_run(researcher, recipe="demo_grpo", config={"eval_fraction": 0.1})
+    from training.engine.demo_tasks import addition_prompts
+
+    _, held = split_held_out(addition_prompts(), fraction=0.1, seed=0)
+    assert [r["prompt"] for r in prompt_sets.prompts_from_run(grpo)] == [e.prompt for e in held]
+    assert prompt_sets.run_prompt_source(grpo)[0] == "held-out split (0.1 of its data)"
     picked = prompt_sets.choose([{"prompt": str(i)} for i in range(100)], limit=5, seed=3)
     assert len(picked) == 5 and picked == sorted(picked, key=lambda r: int(r["prompt"]))
     assert picked == prompt_sets.choose([{"prompt": str(i)} for i in range(100)], limit=5, seed=3)
