@@ -1,4 +1,4 @@
-"""Django admin for studies: browse studies, items, assignments and exports; release stale leases."""
+"""Django admin for studies: studies, items, assignments, imports, exports, automatic verdicts; release leases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from evaluation import services
-from evaluation.models import Assignment, ExportJob, Item, Judgment, Study
+from evaluation.models import Assignment, AutomaticJudgment, ExportJob, ImportJob, Item, Judgment, Study
 
 # ModelAdmin is generic only in django-stubs; the runtime class takes no subscript.
 if TYPE_CHECKING:
@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     _AssignmentAdmin = admin.ModelAdmin[Assignment]
     _JudgmentAdmin = admin.ModelAdmin[Judgment]
     _ExportJobAdmin = admin.ModelAdmin[ExportJob]
+    _ImportJobAdmin = admin.ModelAdmin[ImportJob]
+    _AutomaticJudgmentAdmin = admin.ModelAdmin[AutomaticJudgment]
 else:
     _StudyAdmin = _ItemAdmin = _AssignmentAdmin = _JudgmentAdmin = _ExportJobAdmin = admin.ModelAdmin
+    _ImportJobAdmin = _AutomaticJudgmentAdmin = admin.ModelAdmin
 
 
 @admin.register(Study)
@@ -81,3 +84,22 @@ class ExportJobAdmin(_ExportJobAdmin):
     list_display = ["id", "study", "format", "status", "version", "rows", "created_at"]
     list_filter = ["status", "format"]
     raw_id_fields = ["study", "requested_by"]
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(_ImportJobAdmin):
+    list_display = ["id", "study", "filename", "container", "status", "rows_read", "created_items", "created_at"]
+    list_filter = ["status"]
+    raw_id_fields = ["study", "requested_by"]
+
+    def has_change_permission(self, request: HttpRequest, obj: ImportJob | None = None) -> bool:
+        return False
+
+
+@admin.register(AutomaticJudgment)
+class AutomaticJudgmentAdmin(_AutomaticJudgmentAdmin):
+    list_display = ["id", "study", "item", "judge", "created_at"]
+    raw_id_fields = ["study", "item"]
+
+    def has_change_permission(self, request: HttpRequest, obj: AutomaticJudgment | None = None) -> bool:
+        return False

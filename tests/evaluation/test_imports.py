@@ -230,3 +230,13 @@ def test_leaderboard_evidence_is_the_trajectory_and_an_automatic_verdict(make_st
     assert verdict["completion"] == "partial" and verdict["fraction"] == 0.5
     assert verdict["violations"] == [{"step": 1, "policy": 0, "dimension": "user_consent"}]
     assert verdict["dormant"] == [2]
+
+
+def test_the_same_task_file_twice_is_refused_by_line(make_study) -> None:
+    study = _violation_study(make_study)
+    services.import_items(study=study, data=TASKS.read_bytes())
+    with pytest.raises(services.ImportRejected) as info:
+        services.import_items(study=study, data=TASKS.read_bytes())
+    assert info.value.error_count == 4 and info.value.errors[0].field == "task_id"
+    assert "task 0 is already in this study" in info.value.errors[0].message
+    assert Item.objects.filter(study=study).count() == 4
