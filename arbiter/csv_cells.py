@@ -4,7 +4,7 @@ OWASP's advice: no cell may begin with `=`, `+`, `-`, `@`, a tab or a carriage r
 with a single quote, which spreadsheets show as text and do not evaluate, and quote every cell that
 holds the separator or a quote (the csv module does that part). Only text is escaped: numbers the
 export writes itself stay numbers. Every CSV the platform writes from user-supplied strings goes
-through `safe_cell` (study judgments today; use it for any new CSV export).
+through `safe_cell` (study judgments, run history; use it for any new CSV export).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from arbiter.csv_cells import safe_cell
 from training.selectors import SeriesColumns
 
 FORMATS = {
@@ -37,8 +38,10 @@ def as_json(*, run_id: int, series: list[SeriesColumns], start: int | None, end:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def as_table(series: list[SeriesColumns]) -> pa.Table:
-    names = [c.key for c in series]
+def as_table(series: list[SeriesColumns], *, for_spreadsheet: bool = False) -> pa.Table:
+    # Metric keys are user text and may start with "=", "+", "-" or "@": in a CSV they are escaped (OWASP
+    # CSV injection, arbiter/csv_cells.py); Parquet keeps them as they are.
+    names = [safe_cell(c.key) if for_spreadsheet else c.key for c in series]
     counts = np.array([len(c.steps) for c in series], dtype=np.int32)
     # The key column is dictionary-encoded: one string per series, an int per row.
     keys = pa.DictionaryArray.from_arrays(
@@ -61,7 +64,7 @@ def as_table(series: list[SeriesColumns]) -> pa.Table:
 
 def as_csv(series: list[SeriesColumns]) -> bytes:
     out = io.BytesIO()
-    pa_csv.write_csv(as_table(series), out, pa_csv.WriteOptions(quoting_style="needed"))
+    pa_csv.write_csv(as_table(series, for_spreadsheet=True), out, pa_csv.WriteOptions(quoting_style="needed"))
     return out.getvalue()
 
 

@@ -142,3 +142,21 @@ def test_csv_history_is_readable_by_plain_csv(asgi_server: Any, researcher: User
     assert [(r["key"], int(r["step"]), float(r["value"])) for r in rows] == [
         ("acc", s, v) for s, v, _ in expected["acc"]
     ]
+
+
+def test_csv_history_escapes_keys_a_spreadsheet_would_run(researcher: User) -> None:
+    """OWASP CSV injection: a metric key may start with "@", "+" or "-"; in the CSV it reads as text."""
+    from training.payloads import MetricBatch
+    from training.services import ingest
+
+    record, _ = runs.create_external_run(owner=researcher, name="formulas", config={})
+    _, key = runs.issue_api_token(user=researcher, name="k")
+    keys = ["@SUM(A1)", "+1+1", "-2+3", "loss"]
+    ingest.record_metrics(run=record, batch=MetricBatch(keys, [0, 0, 0, 0], [1.0] * 4, [1.0] * 4))
+    import csv
+
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {key}"}
+    text = Client().get(f"/api/runs/{record.id}/history/?format=csv", **auth).content.decode()
+    assert sorted(r["key"] for r in csv.DictReader(io.StringIO(text))) == ["'+1+1", "'-2+3", "'@SUM(A1)", "loss"]
+    parquet = Client().get(f"/api/runs/{record.id}/history/?format=parquet", **auth).content
+    assert sorted(pq.read_table(io.BytesIO(parquet)).column("key").to_pylist()) == sorted(keys)
