@@ -137,7 +137,8 @@ def test_violation_item_with_many_policies_by_keyboard(asgi_server, screen, logi
 def _judge_pairwise(study: Any, annotators: list[Any]) -> None:
     for person in annotators:
         while (a := services.next_assignment(annotator=person, study=study)) is not None:
-            shown = "left" if (a.item.position % 3) else "right"
+            want_a = a.item.position % 3 != 0  # in the file's order, whatever side was shown
+            shown = "left" if want_a != a.swapped else "right"
             services.submit_judgment(annotator=person, assignment_id=a.pk, data={"choice": shown})
 
 
@@ -173,8 +174,12 @@ def test_results_charts_stay_inside_their_cards(
     for chart, width, inner in sizes:
         assert width <= inner + 1, (chart, width, inner)
     # Bradley–Terry: points with intervals on an axis fitted to them, not bars rising from zero.
-    trace, low = screen.evaluate(
-        "() => { const el = document.getElementById('chart-ratings');"
-        " return [el.data[0].type, el.layout.yaxis.range[0]]; }"
+    trace, axis_low, lowest, highest = screen.evaluate(
+        """() => { const el = document.getElementById('chart-ratings'), t = el.data[0];
+            const lows = t.y.map((y, i) => y - t.error_y.arrayminus[i]);
+            const highs = t.y.map((y, i) => y + t.error_y.array[i]);
+            return [t.type, el.layout.yaxis.range[0], Math.min(...lows), Math.max(...highs)]; }"""
     )
-    assert trace == "scatter" and low > 500
+    assert trace == "scatter"
+    # The axis starts a tenth of the span under the lowest interval (not at zero).
+    assert axis_low == pytest.approx(lowest - 0.1 * (highest - lowest)) and axis_low > 0
