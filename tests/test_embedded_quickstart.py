@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
+from arbiter.embedded_supervisor import BackoffPolicy, EmbeddedSupervisor
 from tests.conftest import ROOT, free_port, wait_for_port
 
 
@@ -94,3 +100,138 @@ def test_runplatform_start_is_idempotent_for_accounts(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "True 3", out.stderr[-2000:]
+
+
+def _wait_for_line(
+    path: Path, pattern: str, proc: subprocess.Popen[bytes], *, after: int = 0, timeout: float = 90
+) -> re.Match[str]:
+    """The first match of `pattern` in the log past character `after`; fails if the platform exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.compile(pattern).search(path.read_text(errors="replace"), after)
+        if match:
+            return match
+        assert proc.poll() is None, f"runplatform exited with {proc.returncode}:\n{path.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{path.read_text()[-3000:]}")
+
+
+def test_runplatform_restarts_a_killed_worker_while_the_web_server_keeps_answering(tmp_path: Path) -> None:
+    port = free_port()
+    env = _embedded_env(tmp_path, port)
+    log_path = tmp_path / "platform.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runplatform", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    failures: list[str] = []
+    answered = 0
+    watching = threading.Event()
+
+    def watch_web() -> None:
+        nonlocal answered
+        while watching.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+                    answered += response.status == 200
+            except OSError as error:
+                failures.append(repr(error))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch_web, daemon=True)
+    try:
+        web_pid = int(_wait_for_line(log_path, r"web started \(pid (\d+)\)", proc).group(1))
+        first = _wait_for_line(log_path, r"worker started \(pid (\d+)\)", proc)
+        worker_pid = int(first.group(1))
+        wait_for_port(port, proc, timeout=60)
+        watching.set()
+        watcher.start()
+
+        os.kill(worker_pid, signal.SIGKILL)
+        _wait_for_line(log_path, rf"worker \(pid {worker_pid}\) exited with status -9 .* restarting in", proc)
+        second = _wait_for_line(log_path, r"worker started \(pid (\d+)\)", proc, after=first.end())
+        new_worker_pid = int(second.group(1))
+        assert new_worker_pid != worker_pid
+
+        # The new worker takes tasks through the same broker.
+        answer = subprocess.run(
+            [sys.executable, "-c", "from arbiter.tasks import ping; print(ping.delay('again').get(timeout=90))"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert "'pong': 'again'" in answer.stdout, answer.stderr[-2000:]
+        watching.clear()
+        watcher.join(timeout=15)
+        assert failures == [], failures[:5]
+        assert answered > 0
+        # The web server was never restarted: the same process answered throughout.
+        assert psutil.Process(web_pid).is_running()
+        assert f"web (pid {web_pid}) exited" not in log_path.read_text()
+        descendants = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert web_pid in descendants and new_worker_pid in descendants
+    finally:
+        watching.clear()
+        os.kill(proc.pid, signal.SIGTERM)  # the supervisor alone, as Ctrl-C would: it stops its children
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    # No orphans: every process the platform had started is gone.
+    left = [
+        pid for pid in descendants if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert left == [], [psutil.Process(pid).cmdline() for pid in left]
+
+
+def test_supervisor_backs_off_exponentially_to_a_cap_and_resets_after_a_stable_run() -> None:
+    """Real child processes, a hand-driven clock: the delays follow the policy and the steady child is left alone."""
+    now = [1000.0]
+    supervisor = EmbeddedSupervisor(
+        {
+            "flaky": [sys.executable, "-c", "raise SystemExit(3)"],
+            "steady": [sys.executable, "-c", "import time; time.sleep(600)"],
+        },
+        env=dict(os.environ),
+        policy=BackoffPolicy(initial_s=1, factor=2, max_s=8, stable_s=60),
+        clock=lambda: now[0],
+    )
+    flaky, steady = supervisor.children
+    for child in supervisor.children:
+        supervisor.start(child)
+    assert steady.proc is not None
+    steady_pid = steady.proc.pid
+    delays = []
+    try:
+        for _ in range(6):
+            assert flaky.proc is not None
+            flaky.proc.wait(timeout=30)
+            now[0] += 0.5  # died quickly
+            supervisor.step()
+            assert flaky.proc is None and flaky.restart_at is not None
+            delays.append(flaky.restart_at - now[0])
+            supervisor.step()  # not due yet: nothing starts
+            assert flaky.proc is None
+            now[0] = flaky.restart_at
+            supervisor.step()
+        assert delays == [1, 2, 4, 8, 8, 8]
+        # A run that lasted the stable period counts as healthy: the next failure waits the first delay again.
+        assert flaky.proc is not None
+        flaky.proc.wait(timeout=30)
+        now[0] += 60
+        supervisor.step()
+        assert flaky.restart_at is not None and flaky.restart_at - now[0] == 1
+        assert steady.proc is not None and steady.proc.pid == steady_pid and steady.proc.poll() is None
+    finally:
+        supervisor.stop()
+    assert steady.proc.returncode == -signal.SIGTERM

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +13,17 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 from arbiter.accounts.models import Role, User
+from arbiter.embedded_supervisor import EmbeddedSupervisor
 from arbiter.server import web_server_command
 
 DEMO_ACCOUNTS = (("admin", Role.ADMIN), ("researcher", Role.RESEARCHER), ("annotator", Role.ANNOTATOR))
 
 
 class Command(BaseCommand):
-    help = "Run the whole platform on one machine: ASGI web server, Celery worker (+beat), migrations, demo accounts."
+    help = (
+        "Run the whole platform on one machine: ASGI web server, Celery worker (+beat), migrations, demo accounts;"
+        " a child that crashes is restarted with back-off."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -34,42 +35,20 @@ class Command(BaseCommand):
         credentials = self._ensure_accounts()
         host, port = options["host"], options["port"]
         env = {**os.environ, "ARBITER_PUBLIC_URL": os.environ.get("ARBITER_PUBLIC_URL", f"http://{host}:{port}")}
-        python = sys.executable
-        procs: list[subprocess.Popen[bytes]] = [
-            subprocess.Popen(
-                web_server_command(host=host, port=port),
-                env=env,
-            )
-        ]
+        children: dict[str, list[str]] = {"web": web_server_command(host=host, port=port)}
         if not options["no_worker"]:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        python,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "arbiter",
-                        "worker",
-                        "-B",
-                        "-Q",
-                        "default,gpu",
-                        "--concurrency",
-                        "2",
-                        "--loglevel",
-                        "INFO",
-                        "--schedule",
-                        str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
-                    ],
-                    env=env,
-                )
-            )
+            children["worker"] = [
+                sys.executable, "-m", "celery", "-A", "arbiter", "worker", "-B",
+                "-Q", "default,gpu", "--concurrency", "2", "--loglevel", "INFO",
+                "--schedule", str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
+            ]  # fmt: skip
+        supervisor = EmbeddedSupervisor(children, env=env)
         self.stdout.write(self.style.SUCCESS(f"\nArbiter is running at http://{host}:{port}/"))
         self.stdout.write("Log in with one of these accounts (stored in var/initial-credentials.txt):")
         for line in credentials:
             self.stdout.write(f"  {line}")
         self.stdout.write("Press Ctrl-C to stop.\n")
-        self._wait(procs)
+        supervisor.run()
 
     def _ensure_accounts(self) -> list[str]:
         """First start creates one account per role with a random password, saved for the next start."""
@@ -90,29 +69,3 @@ class Command(BaseCommand):
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         return lines
-
-    def _wait(self, procs: list[subprocess.Popen[bytes]]) -> None:
-        stopping = False
-
-        def stop(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        try:
-            while not stopping and all(p.poll() is None for p in procs):
-                time.sleep(0.5)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            for p in procs:
-                try:
-                    p.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        failed = [p for p in procs if p.returncode not in (0, -signal.SIGTERM, None)]
-        if failed and not stopping:
-            raise SystemExit(f"a platform process exited with status {failed[0].returncode}")
