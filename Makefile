@@ -58,9 +58,11 @@ fmt: install-dev
 	$(VENV)/bin/ruff format .
 
 ## Benchmarks print tables; they need PostgreSQL + Redis (and TRL for the engine comparison).
+## `make bench BENCH_FLAGS=--quick`: a few-minute smoke run of every bench (figures not for the README).
+BENCH_FLAGS ?=
 bench: install-dev services
 	$(PIP) install -q -r requirements/bench.txt -c requirements/constraints.txt
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) bash bench/run_all.sh
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) bash bench/run_all.sh $(BENCH_FLAGS)
 
 migrations: install-dev
 	$(PY) manage.py makemigrations

@@ -1,20 +1,25 @@
-"""Benchmark the annotator loop over real HTTP (an ASGI server + PostgreSQL) and print a table.
+"""Benchmark the annotator loop over real HTTP on the production server (uvicorn + PostgreSQL) and print a table.
 
 The loop: fetch the next item (GET /annotate/<study>/, the full form page) and submit a
 judgment (POST .../submit/), with no think time, at 1, 8 and 32 concurrent annotators on a
-pairwise study of 10,000 items (a prompt and two ~300-word answers), overlap 2. Also: the
-import time of the 10,000 items and the export time of all judgments (topped up to the full
-20,000 = 10,000 × overlap). Afterwards the database is checked: no item over its overlap, no
-(item, annotator) twice, and every submit the server accepted stored.
+pairwise study of 10,000 items (a prompt and two ~300-word answers), overlap 2. Budgets
+(DESIGN.md): p95 < 20 ms at 1 annotator and < 50 ms at 32, for each request (fetch, submit).
+With no think time 32 annotators are 32 requests always in flight: their p95 is queueing, about
+32 / (requests per second) on top of one request's time, so this is the machine's throughput as
+much as one request's latency. Also: the import time of the 10,000 items and the export time of
+all judgments (topped up to the full 20,000 = 10,000 x overlap). Afterwards the database is
+checked: no item over its overlap, no (item, annotator) twice, and every submit the server
+accepted stored.
 
-Each server kind (`--servers daphne,uvicorn`) runs as `--workers` processes accepting on one
-shared listening socket, and gets its own fresh annotators. The client is one process of
-threads, each an annotator with its own keep-alive connection; the CPU it and the servers
-used per level is printed, so a client that starves the servers on a small machine shows.
+The server is started as arbiter/server.py starts it, with `--workers` processes (2, as
+docker/Dockerfile's WEB_WORKERS). The client is one process of threads, each an annotator with its
+own keep-alive connection; the CPU it and the servers used per level is printed, so a client that
+starves the servers on a small machine shows.
 
 Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/x REDIS_URL=redis://127.0.0.1:6379/2 \
-       python bench/bench_annotation.py [--seconds 15] [--workers 2] [--servers daphne,uvicorn]
-It creates (and drops first) the database `arbiter_bench_annotation` on that server.
+       python bench/bench_annotation.py [--quick] [--seconds 15] [--workers 2] [--levels 1,8,32]
+`--quick`: 2,000 items and 5 s per level. It creates (and drops first) the database `--db`
+(arbiter_bench_annotation) on that server.
 """
 
 from __future__ import annotations
@@ -25,10 +30,8 @@ import http.client
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -39,6 +42,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import SERVER_LOG, Row, Server, print_table  # noqa: E402
+
+BUDGET_MS = {1: 20.0, 32: 50.0}  # p95 of each request (DESIGN.md)
 
 WORDS = [
     *[
@@ -82,7 +89,6 @@ WORDS = [
     ],
 ]
 ASSIGNMENT_RE = re.compile(rb'name="assignment" value="(\d+)"')
-SERVER_LOG = Path(tempfile.gettempdir()) / "bench_annotation_server.log"
 CSRF_RE = re.compile(rb'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
@@ -110,22 +116,22 @@ def _items_jsonl(n: int) -> bytes:
     return b"\n".join(lines)
 
 
-def _database_urls() -> tuple[str, str]:
+def _database_urls(db: str) -> tuple[str, str]:
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter")
     parsed = urllib.parse.urlparse(base)
     if not parsed.scheme.startswith("postgres"):
         sys.exit("bench_annotation needs PostgreSQL: set DATABASE_URL=postgres://...")
     admin = parsed._replace(path="/postgres").geturl()
-    bench = parsed._replace(path="/arbiter_bench_annotation").geturl()
+    bench = parsed._replace(path=f"/{db}").geturl()
     return admin, bench
 
 
-def _fresh_database(admin_url: str) -> None:
+def _fresh_database(admin_url: str, db: str) -> None:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS arbiter_bench_annotation WITH (FORCE)")
-        conn.execute("CREATE DATABASE arbiter_bench_annotation")
+        conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {db}")
 
 
 class Client:
@@ -183,6 +189,7 @@ def _postgres_processes() -> list[Any]:
 def run_level(port: int, study_id: int, sessions: list[str], seconds: float, servers: list[Any]) -> dict[str, Any]:
     fetch: list[float] = []
     submit: list[float] = []
+    loop: list[float] = []
     accepted: list[int] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -191,7 +198,7 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
 
     def annotator(session_key: str) -> None:
         client = Client(port, session_key)
-        my_fetch, my_submit, my_ok = [], [], []
+        my_fetch, my_submit, my_loop, my_ok = [], [], [], []
         perf = time.perf_counter
         next_path, submit_path = f"/annotate/{study_id}/", f"/annotate/{study_id}/submit/"
         barrier.wait()
@@ -211,7 +218,9 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
                 form = b"csrfmiddlewaretoken=%s&assignment=%s&choice=left&time_ms=900" % (token, match.group(1))
                 t2 = perf()
                 status, _ = client.request("POST", submit_path, form)
-                my_submit.append(perf() - t2)
+                t3 = perf()
+                my_submit.append(t3 - t2)
+                my_loop.append(t3 - t2 + t1 - t0)
                 if status != 302:
                     errors.append(f"submit answered {status}")
                     break
@@ -221,6 +230,7 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
         with lock:
             fetch.extend(my_fetch)
             submit.extend(my_submit)
+            loop.extend(my_loop)
             accepted.extend(my_ok)
 
     threads = [threading.Thread(target=annotator, args=(s,)) for s in sessions]
@@ -240,6 +250,7 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
     return {
         "fetch": fetch,
         "submit": submit,
+        "loop": loop,
         "accepted": accepted,
         "errors": errors,
         "elapsed": elapsed,
@@ -247,96 +258,33 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
     }
 
 
-def start_servers(kind: str, workers: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes] | None, Any, int]:
-    """`workers` server processes on one listening socket; returns (uvicorn's supervisor, processes, port).
-
-    daphne: `workers` processes accepting on one socket they inherit (pre-fork style, as in
-    production). uvicorn: its own `--workers` supervisor (given a socket by file descriptor,
-    uvicorn takes it for a UNIX socket and leaves Nagle on, which stalls responses ~40 ms).
-    """
-    log = SERVER_LOG.open("ab")
-    if kind == "daphne":
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(512)
-        port = sock.getsockname()[1]
-        fd = sock.fileno()
-        os.set_inheritable(fd, True)
-        command = [sys.executable, "-m", "daphne", "--fd", str(fd), "-v", "0", "arbiter.asgi:application"]
-        procs = [
-            subprocess.Popen(command, cwd=ROOT, env=env, pass_fds=(fd,), stdout=log, stderr=subprocess.STDOUT)
-            for _ in range(workers)
-        ]
-        supervisor, handle = None, (procs, sock)
-    elif kind == "uvicorn":
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        command = [
-            *[sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            *["--loop", "uvloop", "--http", "httptools", "--lifespan", "off", "--log-level", "warning"],
-            *["--no-access-log", "arbiter.asgi:application"],
-        ]
-        supervisor = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        handle = ([supervisor], None)
-    else:
-        raise SystemExit(f"unknown server {kind!r} (daphne or uvicorn)")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    return supervisor, handle, port
-
-
-def server_processes(handle: Any) -> list[Any]:
-    """Every process serving requests (uvicorn's workers are its supervisor's children)."""
-    procs: list[Any] = []
-    for p in handle[0]:
-        proc = psutil.Process(p.pid)
-        procs += [proc, *proc.children(recursive=True)]
-    return procs
-
-
-def stop_servers(handle: Any) -> None:
-    procs, sock = handle
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-    if sock is not None:
-        sock.close()
-
-
-def print_table(kind: str, workers: int, pool: object, args: argparse.Namespace, results: list[Any]) -> None:
-    print(f"\nAnnotator loop over HTTP: {kind} x{workers} processes, PostgreSQL (pool of {pool}/process),")
-    print(f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, no think time,")
-    print(f"{args.seconds:.0f} s per level, {os.cpu_count()} CPUs\n")
-    cols = ["annotators", "judgments", "judg/s", "fetch p50", "p95", "p99", "submit p50", "p95", "p99", "errors"]
-    print(" | ".join(f"{c:>10}" for c in cols))
-    print("-" * 13 * len(cols))
+def level_rows(results: list[Any]) -> list[Row]:
+    rows = []
     for level, r in results:
         n = len(r["accepted"])
-        cells = [str(level), str(n), f"{n / r['elapsed']:.1f}"]
-        for req in ("fetch", "submit"):
-            cells += [f"{_pct(r[req], q) * 1000:.1f} ms" for q in (50, 95, 99)]
-        cells.append(str(len(r["errors"])))
-        print(" | ".join(f"{c:>10}" for c in cells))
-    print("\nCPU used while measuring (share of one core; the machine has", os.cpu_count(), "):")
-    for level, r in results:
-        cpu, elapsed, n = r["cpu"], r["elapsed"], max(1, len(r["accepted"]))
+        p95 = {req: _pct(r[req], 95) * 1000 for req in ("fetch", "submit", "loop")}
+        budget = BUDGET_MS.get(level)
+        cells = ", ".join(
+            f"{req} p50 {_pct(r[req], 50) * 1000:.1f} / p95 {p95[req]:.1f} / p99 {_pct(r[req], 99) * 1000:.1f} ms"
+            for req in ("fetch", "submit")
+        )
+        rows.append(
+            Row(
+                f"{level} annotator{'s' if level > 1 else ''}: {n} judgments, {n / r['elapsed']:.1f}/s, "
+                f"{len(r['errors'])} errors",
+                cells,
+                f"p95 < {budget:.0f} ms each" if budget else "",
+                (max(p95["fetch"], p95["submit"]) < budget and not r["errors"]) if budget else None,
+            )
+        )
+        rows.append(
+            Row("    whole loop (fetch + submit)", f"p50 {_pct(r['loop'], 50) * 1000:.1f} / p95 {p95['loop']:.1f} ms")
+        )
+        cpu, elapsed = r["cpu"], r["elapsed"]
         parts = [f"{name} {100 * sec / elapsed:.0f}%" for name, sec in cpu.items()]
-        per = sum(cpu.values()) / n * 1000
-        print(f"  {level:>2} annotators: " + ", ".join(parts) + f"  ({per:.1f} ms of CPU per judgment, all three)")
-    print("  (postgres counts every backend on the server, other databases' too)")
+        per = sum(cpu.values()) / max(1, n) * 1000
+        rows.append(Row("    CPU (share of one core)", ", ".join(parts) + f"; {per:.1f} ms of CPU per judgment"))
+    return rows
 
 
 def main() -> None:
@@ -344,15 +292,17 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
-    parser.add_argument("--workers", type=int, default=2, help="server processes sharing the listening socket")
-    parser.add_argument("--servers", default="daphne,uvicorn", help="ASGI servers to compare, in order")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (docker: WEB_WORKERS=2)")
     parser.add_argument("--settings", default="arbiter.settings", help="DJANGO_SETTINGS_MODULE for the servers")
+    parser.add_argument("--db", default="arbiter_bench_annotation", help="database to create (dropped first)")
+    parser.add_argument("--quick", action="store_true", help="2,000 items, 5 s per level")
     args = parser.parse_args()
+    if args.quick:
+        args.items, args.seconds = min(args.items, 2000), min(args.seconds, 5.0)
     levels = [int(x) for x in args.levels.split(",")]
-    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
 
-    admin_url, bench_url = _database_urls()
-    _fresh_database(admin_url)
+    admin_url, bench_url = _database_urls(args.db)
+    _fresh_database(admin_url, args.db)
     env = {
         **os.environ,
         "DATABASE_URL": bench_url,
@@ -380,11 +330,10 @@ def main() -> None:
     from evaluation.models import Assignment, ExportJob, Item, Judgment
 
     session_store = import_module(settings.SESSION_ENGINE).SessionStore
-    researcher = User.objects.create_user("bench-researcher", password="x", role=Role.RESEARCHER)
+    researcher = User.objects.create_user("bench-researcher", password=None, role=Role.RESEARCHER)
     per_server = sum(levels) + 1
     annotators = [
-        User.objects.create_user(f"bench-a{i}", password="x", role=Role.ANNOTATOR)
-        for i in range(per_server * len(kinds) + 2)
+        User.objects.create_user(f"bench-a{i}", password=None, role=Role.ANNOTATOR) for i in range(per_server + 2)
     ]
 
     def session_for(user: User) -> str:
@@ -404,19 +353,15 @@ def main() -> None:
 
     SERVER_LOG.write_bytes(b"")
     pool = list(annotators)
-    results: dict[str, list[Any]] = {}
-    for kind in kinds:
-        _, handle, port = start_servers(kind, args.workers, env)
-        servers = server_processes(handle)
-        results[kind] = []
-        try:
-            run_level(port, study.pk, [session_for(pool.pop())], 2.0, servers)  # warm caches and connections
-            for level in levels:
-                people = [pool.pop() for _ in range(level)]
-                sessions = [session_for(p) for p in people]
-                results[kind].append((level, run_level(port, study.pk, sessions, args.seconds, servers)))
-        finally:
-            stop_servers(handle)
+    results: list[Any] = []
+    server = Server(args.workers, env)
+    try:
+        run_level(server.port, study.pk, [session_for(pool.pop())], 2.0, server.processes)  # warm caches, connections
+        for level in levels:
+            sessions = [session_for(pool.pop()) for _ in range(level)]
+            results.append((level, run_level(server.port, study.pk, sessions, args.seconds, server.processes)))
+    finally:
+        server.stop()
 
     # Integrity after the storm.
     over = Item.objects.filter(study=study, judgment_count__gt=F("overlap")).count()
@@ -427,7 +372,7 @@ def main() -> None:
         .filter(n__gt=1)
         .count()
     )
-    accepted = {a for rows in results.values() for _, r in rows for a in r["accepted"]}
+    accepted = {a for _, r in results for a in r["accepted"]}
     stored = set(
         Judgment.objects.filter(study=study, assignment_id__in=accepted).values_list("assignment_id", flat=True)
     )
@@ -478,21 +423,32 @@ def main() -> None:
         exports[fmt] = time.perf_counter() - t0
 
     db_pool = settings.DATABASES["default"]["OPTIONS"].get("pool", {}).get("max_size", "no")
-    for kind, rows in results.items():
-        print_table(kind, args.workers, db_pool, args, rows)
-    print(f"\nintegrity after the runs: {measured_judgments} judgments; over-assigned items {over};")
-    print(f"duplicated (item, annotator) {dup}; accepted submits not stored {lost}")
+    rows = level_rows(results)
+    rows.append(
+        Row(
+            "integrity: judgments / over-assigned items / duplicated (item, annotator) / accepted submits not stored",
+            f"{measured_judgments} / {over} / {dup} / {lost}",
+            "0 / 0 / 0",
+            over == dup == lost == 0,
+        )
+    )
     rate = args.items / import_s
-    print(
-        f"import of {args.items:,} items (parse + validate + render + insert): {import_s:.2f} s ({rate:,.0f} items/s)"
+    rows.append(
+        Row(
+            f"import of {args.items:,} items (parse + validate + render + insert)",
+            f"{import_s:.2f} s ({rate:,.0f} items/s)",
+        )
     )
     for fmt, seconds in exports.items():
-        print(f"export {fmt} of {total_judgments:,} judgments: {seconds:.2f} s")
-    errors = [e for rows in results.values() for _, r in rows for e in r["errors"]]
-    for e in errors[:3]:
-        print("error:", e)
-    if errors:
-        print(f"server log: {SERVER_LOG}")
+        rows.append(Row(f"export {fmt} of {total_judgments:,} judgments", f"{seconds:.2f} s"))
+    errors = [e for _, r in results for e in r["errors"]]
+    notes = [f"error: {e}" for e in errors[:3]] + ([f"server log: {SERVER_LOG}"] if errors else [])
+    print_table(
+        f"Annotator loop over HTTP: uvicorn x{args.workers} (arbiter/server.py), PostgreSQL (pool {db_pool}/process);\n"
+        f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, no think time, {args.seconds:.0f} s each",
+        rows,
+        notes=[*notes, "CPU: client = this bench's annotator threads; postgres counts every backend on the server."],
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Our GRPO and DPO steps against TRL's GRPOTrainer and DPOTrainer: same model, data and batch, one process.
 
-Run: .venv/bin/pip install -r requirements/bench.txt && .venv/bin/python bench/bench_engine.py [--rounds 3]
+Run: .venv/bin/pip install -r requirements/bench.txt && .venv/bin/python bench/bench_engine.py [--rounds 3] [--quick]
 Fixed config: a ~1M-parameter Llama built from a config, a character tokenizer trained on the task, fp32 on
 CPU with 2 threads; GRPO 8 prompts x 4 generations x 24 new tokens, no KL (TRL's default beta=0, loss dapo);
 DPO 16 pairs per step with an explicit frozen reference (TRL cannot build one from a config-built model).
@@ -57,6 +57,9 @@ class Timings:
 
     def log_checkpoint(self, step: int, path: str) -> None:
         return None
+
+    def log_table(self, name: str, step: int, columns: list[str], rows: list[list[object]]) -> None:
+        return None  # samples tables: not timed
 
     def finish(self, exit_code: int = 0) -> None:
         return None
@@ -205,7 +208,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of Arbiter-then-TRL runs, interleaved")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["all", "grpo", "dpo"], default="all", help="measure one recipe only")
+    parser.add_argument("--quick", action="store_true", help="1 round of 5 measured steps")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = min(args.steps, 5), 1
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -261,7 +267,7 @@ def main() -> None:
     median = statistics.median
     print()
     heading = f"measure (median, {args.rounds} x {n} steps)"
-    print(f"{heading:<40}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}")
+    print(f"{heading:<40}{'Arbiter':>12}{'TRL 1.16':>12}{'ratio':>8}  budget (ratio)")
     table: list[tuple[str, float, float, float | None]] = []
     if our_grpo_t:
         our_grpo, our_short, trl_grpo_s = median(our_grpo_t), median(our_short_t), median(trl_grpo_t)
@@ -303,15 +309,24 @@ def main() -> None:
                 median(trl_dpo_cpu) / median(our_dpo_cpu),
             ),
         ]
+    budgets = {  # DESIGN.md; the shortcut is reported beside, not judged
+        "GRPO step time (s), full backward": (lambda r: r <= 0.5, "<= 0.5"),
+        "DPO pairs/s": (lambda r: r >= 1.4, ">= 1.4"),
+    }
     for name, a, b, ratio in table:
         shown = f"{ratio:>8.2f}" if ratio is not None else f"{'':>8}"
-        print(f"{name:<40}{a:>12.4g}{b:>12.4g}{shown}")
+        judged = ""
+        if name in budgets and ratio is not None:
+            ok, text = budgets[name]
+            judged = f"  {text}: {'yes' if ok(ratio) else 'NO'}"
+        print(f"{name:<40}{a:>12.4g}{b:>12.4g}{shown}{judged}")
     if our_grpo_t:
         rows_per_step = PROMPTS * GENERATIONS
         print(
             f"mean completion length: Arbiter {our_tokens / rows_per_step:.1f} (full), "
             f"{short_tokens / rows_per_step:.1f} (shortcut), TRL {trl_tokens / rows_per_step:.1f} tokens"
         )
+    print(f"command: .venv/bin/python {' '.join(sys.argv)}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Also the import service alone in a fresh process (the worker's code without Cele
 parsing/storing from HTTP and queueing.
 
 Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/x REDIS_URL=redis://127.0.0.1:6379/2 \
-       python bench/bench_import.py [--rows 1000000] [--sizes 100000,1000000]
+       python bench/bench_import.py [--quick] [--sizes 100000,1000000]
 It creates (and drops first) the database `arbiter_bench_import` on that server. A million rows of
 ~94 bytes is the 94 MB file of the issue.
 """
@@ -34,6 +34,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import command_line  # noqa: E402
+
 DB_NAME = "arbiter_bench_import"
 
 
@@ -149,11 +152,14 @@ def child_import(study_id: int, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="row counts to upload, in order")
+    parser.add_argument("--quick", action="store_true", help="only the 100,000-row upload")
     parser.add_argument("--child", nargs=2, metavar=("STUDY", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_import(int(args.child[0]), args.child[1])
         return
+    if args.quick:
+        args.sizes = "100000"
 
     admin_url, bench_url = _database_urls()
     _fresh_database(admin_url)
@@ -288,6 +294,7 @@ def main() -> None:
             f"{r['path']:<30} {r['rows']:>9} {r['mb']:>6.1f} {answered:>9} {r['seconds']:>8.1f} "
             f"{r['rows'] / r['seconds']:>8.0f} {web:>25} {worker:>28}"
         )
+    print(f"{os.cpu_count()} cores; command: {command_line()}")
 
 
 if __name__ == "__main__":

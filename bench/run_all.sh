@@ -1,9 +1,29 @@
 #!/usr/bin/env bash
-# Run every benchmark in turn; each prints its own table. Used by `make bench` (PostgreSQL + Redis from env).
-set -euo pipefail
+# Run every benchmark in turn; each prints its own table (measure, result, budget, met, command).
+# Used by `make bench` (PostgreSQL + Redis from DATABASE_URL / REDIS_URL). `--quick` (make bench
+# BENCH_FLAGS=--quick) shortens each bench to a smoke run of a few minutes in all; its figures are
+# not the README's. Each bench is bounded by a timeout so the whole stays under ~15 minutes.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-echo "== engine vs TRL";           $PY bench/bench_engine.py
-echo "== run ingest, chart reads, live latency"; $PY bench/bench_runs.py
-echo "== annotator loop, import, export";        $PY bench/bench_annotation.py
-echo "== large item uploads (HTTP -> worker, 94 MB)"; $PY bench/bench_import.py
+QUICK=""
+[[ "${1:-}" == "--quick" ]] && QUICK="--quick"
+failed=()
+bench() {  # bench NAME SECONDS ARGS...
+  local name=$1 limit=$2; shift 2
+  echo "== $name"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=30 "$limit" $PY "$@" $QUICK || failed+=("$name (exit $?)")
+  echo "   ($name: $((SECONDS - t0)) s)"
+}
+start=$SECONDS
+bench "engine vs TRL (GRPO with/without the zero-advantage shortcut, DPO)" 300 bench/bench_engine.py
+bench "run ingest (synchronous_commit off/on; in order, out of order, re-sent), chart reads, live latency" 240 bench/bench_runs.py
+bench "annotator loop at 1/8/32 annotators, import, export" 180 bench/bench_annotation.py
+bench "SDK cost, ingest through the SDK, history" 180 bench/bench_sdk.py
+bench "large item uploads (HTTP -> worker, 94 MB)" 420 bench/bench_import.py
+echo "== all benches: $((SECONDS - start)) s"
+if ((${#failed[@]})); then
+  printf 'failed or timed out: %s\n' "${failed[@]}"
+  exit 1
+fi
