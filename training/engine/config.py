@@ -53,7 +53,21 @@ class BaseRecipeConfig(BaseModel):
         max_length=1000,
     )
     max_steps: int = Field(200, ge=1, le=10_000_000, description="Optimiser steps to train for.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Examples (prompts for GRPO) per optimiser step.")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="Examples (prompts for GRPO) per optimiser step, over all GPUs and accumulation micro-batches.",
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Micro-batches per optimiser step: each GPU runs forward and backward on batch_size / (GPUs x this) "
+            "examples at a time; the update is that of the whole batch, with a fraction of the activation memory."
+        ),
+    )
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW decoupled weight decay.")
     lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
@@ -78,7 +92,13 @@ class BaseRecipeConfig(BaseModel):
         32, ge=1, le=4096, description="Longest completion SFT and DPO sample for their table (greedy)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when available.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Parameter dtype of the trained model.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description=(
+            "Compute dtype. bfloat16: forward and backward under bf16 autocast while the trained weights, their "
+            "gradients and the AdamW state stay float32 (mixed precision, as Trainer's bf16=True)."
+        ),
+    )
     num_threads: int = Field(0, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory (about 1.16x slower)."
@@ -106,6 +126,18 @@ class BaseRecipeConfig(BaseModel):
     eval_max_examples: int = Field(
         256, ge=1, le=1_000_000, description="Evaluate on at most this many held-out examples (the first ones)."
     )
+
+    @model_validator(mode="after")
+    def _accumulation_divides_batch(self) -> Self:
+        """Equal micro-batches: only then is the accumulated gradient that of the whole batch."""
+        k = self.gradient_accumulation_steps
+        if self.batch_size % k:
+            raise field_error(
+                self,
+                "gradient_accumulation_steps",
+                f"Must divide batch_size ({self.batch_size}) into equal micro-batches; {k} does not.",
+            )
+        return self
 
     @model_validator(mode="after")
     def _evaluation_is_complete(self) -> Self:

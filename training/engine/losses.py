@@ -10,17 +10,23 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+def sft_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, num_items_in_batch: float | None = None
+) -> tuple[torch.Tensor, float]:
     """Next-token cross-entropy, mean over labelled tokens: L = -1/N Σ_t log p(y_t | y_<t).
 
     ``labels`` are aligned with ``logits`` (same length, IGNORE where no loss is taken); the shift happens here.
-    Returns the loss and the mean token accuracy.
+    N is this batch's labelled tokens, or ``num_items_in_batch`` when given: the tokens of the whole
+    accumulated batch, so that micro-batch losses add up to the batch's mean (transformers' ForCausalLMLoss,
+    which TRL's SFTTrainer uses). Returns the loss and the mean token accuracy of this batch.
     """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]
-    loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE
-    )
+    flat_logits, flat_labels = shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1)
+    if num_items_in_batch is None:
+        loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE)
+    else:
+        loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE, reduction="sum") / num_items_in_batch
     with torch.no_grad():
         mask = shift_labels != IGNORE
         correct = (shift_logits.argmax(-1) == shift_labels) & mask

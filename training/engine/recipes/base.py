@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -9,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,10 +21,12 @@ from training.engine.config import BaseRecipeConfig
 from training.engine.data import DatasetKind, Example, Renderer, load_dataset, render_plain, split_held_out
 from training.engine.demo_tasks import task_texts
 from training.engine.distributed import DistInfo, unwrap
-from training.engine.modeling import TINY, load_tokenizer, resolve_device
+from training.engine.modeling import TINY, compute_autocast, load_tokenizer, resolve_device
 from training.engine.reporting import Reporter
 from training.engine.sample_tables import SampleTable
 from training.engine.spec import RunSpec
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,9 +46,20 @@ class RunContext:
         config = spec.recipe_config()
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
+        parts = dist.world_size * config.gradient_accumulation_steps
+        if config.batch_size % parts:
+            raise ValueError(
+                f"batch_size {config.batch_size} does not split into {dist.world_size} process(es) x "
+                f"{config.gradient_accumulation_steps} accumulation step(s) of equal micro-batches"
+            )
         output_dir = Path(spec.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         return cls(spec, config, reporter, dist, resolve_device(config.device), output_dir)
+
+    @property
+    def rank_batch_size(self) -> int:
+        """This process's share of ``batch_size`` (the global batch of one optimiser step)."""
+        return self.config.batch_size // self.dist.world_size
 
     @property
     def policy_path(self) -> str:
@@ -116,6 +131,32 @@ class Recipe(ABC):
         size = ctx.config.batch_size
         for start in range(0, len(mine), size):
             yield mine[start : start + size]
+
+    def micro_batches(self, rows: Sequence[T]) -> list[Sequence[T]]:
+        """``rows`` (this rank's share of a step) cut into ``gradient_accumulation_steps`` equal micro-batches."""
+        k = self.ctx.config.gradient_accumulation_steps
+        size, rest = divmod(len(rows), k)
+        assert rest == 0, f"{len(rows)} rows do not split into {k} equal micro-batches"
+        return [rows[i * size : (i + 1) * size] for i in range(k)]
+
+    def gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[object]:
+        """Around one micro-batch's backward: under DDP, gradients are all-reduced on the last one only (each
+        reduction in between would be undone work: accumulation sums them locally first)."""
+        no_sync = getattr(self.model, "no_sync", None)
+        if last or no_sync is None:
+            return contextlib.nullcontext()
+        context: contextlib.AbstractContextManager[object] = no_sync()
+        return context
+
+    def token_normaliser(self, local_items: float) -> float:
+        """The divisor of a token-sum loss that equals a mean over every token of the step on every rank:
+        N_global / world_size, since DDP averages the ranks' gradients (TRL's num_items_in_batch with
+        average_tokens_across_devices: transformers' Trainer sums tokens over ranks, then scales by world size)."""
+        if not self.ctx.dist.enabled:
+            return max(local_items, 1.0)
+        total = torch.tensor(local_items, dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(total)
+        return max(float(total), 1.0) / self.ctx.dist.world_size
 
     def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
         """Sums over every rank's share (the identity on one process)."""
@@ -203,7 +244,9 @@ def run_training(recipe: Recipe) -> Path | None:
     for step in range(start + 1, config.max_steps + 1):
         seed_step(ctx.spec.seed, step)
         began = time.perf_counter()
-        metrics = recipe.train_step(step)
+        # bf16 autocast around forward and backward only: the weights, gradients, clipping and AdamW stay float32.
+        with compute_autocast(config, ctx.device):
+            metrics = recipe.train_step(step)
         if config.max_grad_norm > 0:
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
@@ -221,7 +264,8 @@ def run_training(recipe: Recipe) -> Path | None:
         if config.eval_steps and recipe.eval_examples and (step % config.eval_steps == 0 or step == config.max_steps):
             _evaluate(recipe, step)
         if ctx.dist.is_main and _table_due(config, step):
-            table = recipe.sample_table(step)
+            with compute_autocast(config, ctx.device):
+                table = recipe.sample_table(step)
             if table is not None and table.rows:
                 ctx.reporter.log_table(table.name, step, table.columns, [list(r) for r in table.rows])
         if step % config.save_steps == 0 or step == config.max_steps:
@@ -246,7 +290,7 @@ def _evaluate(recipe: Recipe, step: int) -> None:
     model.train(False)
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), compute_autocast(ctx.config, ctx.device):
             torch.manual_seed(ctx.spec.seed * 1_000_003 + step + 7_777_777)
             began = time.perf_counter()
             found = recipe.evaluate(step)

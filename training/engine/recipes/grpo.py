@@ -27,6 +27,7 @@ from training.engine.data import PromptExample, SupervisedExample, load_dataset,
 from training.engine.demo_tasks import addition_prompts, addition_supervised
 from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import (
+    GTPOConflicts,
     aggregate_token_loss,
     clip_ratio_metrics,
     clipped_token_loss,
@@ -63,7 +64,7 @@ class GenerationBatch:
     metrics: dict[str, float]
 
     def rows(self, index: torch.Tensor) -> GenerationBatch:
-        """The completions at ``index`` (the same columns), for a forward pass over part of the batch."""
+        """The completions at ``index`` (the same columns): a micro-batch, or part of one for a forward pass."""
         return GenerationBatch(
             input_ids=self.input_ids.index_select(0, index),
             attention_mask=self.attention_mask.index_select(0, index),
@@ -71,8 +72,8 @@ class GenerationBatch:
             completion_ids=self.completion_ids.index_select(0, index),
             completion_mask=self.completion_mask.index_select(0, index),
             advantages=self.advantages.index_select(0, index),
-            old_logps=None,
-            ref_logps=None,
+            old_logps=None if self.old_logps is None else self.old_logps.index_select(0, index),
+            ref_logps=None if self.ref_logps is None else self.ref_logps.index_select(0, index),
             metrics={},
         )
 
@@ -218,20 +219,31 @@ class GRPORecipe(Recipe):
             self.batch = GenerationBatch.from_state(batch, device=self.ctx.device)
 
     def _sft_step(self, step: int) -> dict[str, float]:
+        """A warm-start step on 4 x batch_size examples, accumulated as SFT is (token sum over the step's tokens)."""
         batch = step_batch(
             self.warm_data,
-            batch_size=self.config.batch_size * 4,
+            batch_size=self.ctx.rank_batch_size * 4,
             step=step,
             seed=self.ctx.spec.seed,
             rank=self.ctx.dist.rank,
             world_size=self.ctx.dist.world_size,
         )
         pairs = [(e.prompt, e.completion) for e in cast(list[SupervisedExample], batch)]
-        tokens = encode_pairs(self.tokenizer, pairs, max_length=self.config.max_length).to(self.ctx.device)
-        logits = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
-        loss, accuracy = sft_loss(logits, tokens.labels)
-        torch.autograd.backward(loss)
-        return {"sft/loss": float(loss.detach()), "sft/mean_token_accuracy": accuracy}
+        micro = [
+            encode_pairs(self.tokenizer, list(part), max_length=self.config.max_length).to(self.ctx.device)
+            for part in self.micro_batches(pairs)
+        ]
+        counts = [int((tokens.labels[:, 1:] != -100).sum()) for tokens in micro]
+        normaliser = self.token_normaliser(float(sum(counts)))
+        loss_total, correct = 0.0, 0.0
+        for i, tokens in enumerate(micro):
+            with self.gradient_sync(last=i == len(micro) - 1):
+                logits = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
+                loss, accuracy = sft_loss(logits, tokens.labels, num_items_in_batch=normaliser)
+                torch.autograd.backward(loss)
+            loss_total += float(loss.detach())
+            correct += accuracy * counts[i]
+        return {"sft/loss": loss_total, "sft/mean_token_accuracy": correct / max(sum(counts), 1)}
 
     @torch.no_grad()
     def _generate(self, rl_step: int) -> GenerationBatch:
@@ -241,7 +253,7 @@ class GRPORecipe(Recipe):
             list[PromptExample],
             step_batch(
                 self.prompts,
-                batch_size=config.batch_size,
+                batch_size=self.ctx.rank_batch_size,
                 step=generation_index,
                 seed=self.ctx.spec.seed,
                 rank=self.ctx.dist.rank,
@@ -442,34 +454,106 @@ class GRPORecipe(Recipe):
         return logps.index_copy(0, active, logps_active), entropy.index_copy(0, active, entropy_active)
 
     def _policy_step(self, batch: GenerationBatch) -> dict[str, float]:
+        """One optimiser pass over the generation batch, in ``gradient_accumulation_steps`` micro-batches of
+        whole groups, normalised as TRL's GRPOTrainer._compute_loss does: grpo, bnpo and dr_grpo divide each
+        micro-batch's loss by the number of micro-batches; dapo divides token sums by the whole generation
+        batch's token count (num_items_in_batch) and takes no further factor. GTPO's loss is a sum over
+        completions, so its micro-batch sums add up to it."""
         config = self.config
-        logps, entropy = self._policy_logps(batch)
+        k = config.gradient_accumulation_steps
         mask = batch.completion_mask.float()
-        if batch.old_logps is None and config.num_iterations > 1:
-            # First pass over the batch: these weights sampled it, so π_old is this very forward (detached).
-            batch.old_logps = logps.detach()
-        old = batch.old_logps if batch.old_logps is not None else logps.detach()
-        metrics = dict(batch.metrics)
-        if config.variant == "gtpo":
-            return self._gtpo_step(batch, logps, entropy, metrics)
-        log_ratio = guard_normalised_log_ratio(logps, old, mask) if config.variant == "grpo_guard" else None
-        per_token, ratio = clipped_token_loss(
-            logps,
-            old,
-            batch.advantages,
-            epsilon_low=config.epsilon_low,
-            epsilon_high=config.epsilon_high,
-            log_ratio=log_ratio,
-        )
-        if batch.ref_logps is not None:
-            kl = k3_kl(logps, batch.ref_logps)
-            per_token = per_token + config.beta * kl
-            metrics["kl"] = float((kl.detach() * mask).sum() / mask.sum().clamp(min=1.0))
         num_items = float(mask.sum())
         if self.ctx.dist.enabled:
             total = torch.tensor(num_items, device=mask.device)
             dist.all_reduce(total)
             num_items = float(total) / self.ctx.dist.world_size  # DDP averages gradients over ranks
+        gtpo = config.variant == "gtpo"
+        conflicts = (
+            gtpo_conflict_weights(
+                batch.completion_ids,
+                batch.completion_mask,
+                batch.advantages,
+                group_size=config.num_generations,
+                boost=config.gtpo_conflict_boost,
+            )
+            if gtpo
+            else None
+        )
+        scale = 1.0 if gtpo or config.loss_type == "dapo" else 1.0 / k
+        n = batch.completion_ids.size(0)
+        pieces: dict[str, list[torch.Tensor]] = {}
+        loss_total = 0.0
+        for i, rows in enumerate(self.micro_batches(range(n))):
+            index = torch.tensor(list(rows), device=batch.input_ids.device)
+            micro = batch.rows(index)
+            with self.gradient_sync(last=i == k - 1):
+                logps, entropy = self._policy_logps(micro)
+                if conflicts is not None:
+                    loss, found = self._gtpo_loss(micro, logps, entropy, _conflict_rows(conflicts, index))
+                else:
+                    loss, found = self._clipped_loss(micro, logps, num_items)
+                torch.autograd.backward(loss * scale)
+            loss_total += float(loss.detach()) * scale
+            for key, value in {"logps": logps.detach(), "entropy": entropy, **found}.items():
+                pieces.setdefault(key, []).append(value)
+        joined = {key: torch.cat(values) for key, values in pieces.items()}
+        if batch.old_logps is None and config.num_iterations > 1:
+            # First pass over the batch: these weights sampled it, so π_old is this very forward (detached).
+            batch.old_logps = joined["logps"]
+        metrics = dict(batch.metrics)
+        metrics["loss"] = loss_total
+        metrics["entropy"] = float((joined["entropy"] * mask).sum() / mask.sum().clamp(min=1.0))
+        metrics["num_tokens"] = self.tokens_seen
+        if conflicts is not None:
+            kept = float(joined["keep"].mean())
+            if kept == 0.0 and self.ctx.dist.is_main:
+                seq_entropy = joined["seq_entropy"]
+                print(  # noqa: T201 - stdout is the run's log
+                    f"GTPO dropped every completion: mean entropies {float(seq_entropy.min()):.3g}-"
+                    f"{float(seq_entropy.max()):.3g} nats exceed "
+                    f"gtpo_entropy_threshold={config.gtpo_entropy_threshold}",
+                    flush=True,
+                )
+            metrics["gtpo/conflict_frac"] = float((conflicts.conflict.float() * mask).sum() / mask.sum().clamp(min=1.0))
+            metrics["gtpo/kept_frac"] = kept
+            metrics["gtpo/filtered_ratio"] = 1.0 - kept
+            return metrics
+        if "kl" in joined:
+            metrics["kl"] = float((joined["kl"] * mask).sum() / mask.sum().clamp(min=1.0))
+        metrics.update(
+            clip_ratio_metrics(
+                joined["ratio"],
+                batch.advantages,
+                batch.completion_mask,
+                epsilon_low=config.epsilon_low,
+                epsilon_high=config.epsilon_high,
+            )
+        )
+        return metrics
+
+    def _clipped_loss(
+        self, micro: GenerationBatch, logps: torch.Tensor, num_items: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The clipped surrogate (+ β·KL) of one micro-batch, aggregated by ``loss_type``; with the detached
+        ratios (and KL) the step's metrics read."""
+        config = self.config
+        # π_old: stored by the batch's first pass; in that pass itself, these very log-probs (detached).
+        old = micro.old_logps if micro.old_logps is not None else logps.detach()
+        mask = micro.completion_mask.float()
+        log_ratio = guard_normalised_log_ratio(logps, old, mask) if config.variant == "grpo_guard" else None
+        per_token, ratio = clipped_token_loss(
+            logps,
+            old,
+            micro.advantages,
+            epsilon_low=config.epsilon_low,
+            epsilon_high=config.epsilon_high,
+            log_ratio=log_ratio,
+        )
+        found = {"ratio": ratio.detach()}
+        if micro.ref_logps is not None:
+            kl = k3_kl(logps, micro.ref_logps)
+            per_token = per_token + config.beta * kl
+            found["kl"] = kl.detach()
         loss = aggregate_token_loss(
             per_token,
             mask,
@@ -477,63 +561,34 @@ class GRPORecipe(Recipe):
             max_completion_length=config.max_new_tokens,
             num_items_in_batch=num_items,
         )
-        torch.autograd.backward(loss)
-        metrics.update(
-            clip_ratio_metrics(
-                ratio.detach(),
-                batch.advantages,
-                batch.completion_mask,
-                epsilon_low=config.epsilon_low,
-                epsilon_high=config.epsilon_high,
-            )
-        )
-        metrics["loss"] = float(loss.detach())
-        metrics["entropy"] = float((entropy * batch.completion_mask).sum() / batch.completion_mask.sum().clamp(min=1))
-        metrics["num_tokens"] = self.tokens_seen
-        return metrics
+        return loss, found
 
-    def _gtpo_step(
-        self, batch: GenerationBatch, logps: torch.Tensor, entropy: torch.Tensor, metrics: dict[str, float]
-    ) -> dict[str, float]:
+    def _gtpo_loss(
+        self, micro: GenerationBatch, logps: torch.Tensor, entropy: torch.Tensor, conflicts: GTPOConflicts
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """GTPO as its authors' code computes it (losses.gtpo_*): entropy-shaped advantages, conflict-token
-        weights, per-completion normalisation, summed over completions. One pass per batch: r = 1 in value."""
-        config, mask = self.config, batch.completion_mask.float()
+        weights (found on the whole batch: they compare the completions of a group), per-completion
+        normalisation, summed over completions. One pass per batch: r = 1 in value."""
+        config, mask = self.config, micro.completion_mask.float()
         seq_entropy = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         shaped, keep = gtpo_shaped_advantages(
-            batch.advantages,
+            micro.advantages,
             seq_entropy,
             threshold=config.gtpo_entropy_threshold,
             penalty=config.gtpo_entropy_penalty,
         )
-        conflicts = gtpo_conflict_weights(
-            batch.completion_ids,
-            batch.completion_mask,
-            batch.advantages,
-            group_size=config.num_generations,
-            boost=config.gtpo_conflict_boost,
-        )
         ratio = torch.exp(logps - logps.detach())
         per_token = -ratio * shaped.unsqueeze(-1)
-        loss = gtpo_loss(per_token, mask, conflicts)
-        torch.autograd.backward(loss)
-        kept = float(keep.mean())
-        if kept == 0.0 and self.ctx.dist.is_main:
-            print(  # noqa: T201 - stdout is the run's log
-                f"GTPO dropped every completion: mean entropies {float(seq_entropy.min()):.3g}-"
-                f"{float(seq_entropy.max()):.3g} nats exceed gtpo_entropy_threshold={config.gtpo_entropy_threshold}",
-                flush=True,
-            )
-        metrics.update(
-            {
-                "loss": float(loss.detach()),
-                "entropy": float((entropy * mask).sum() / mask.sum().clamp(min=1.0)),
-                "num_tokens": self.tokens_seen,
-                "gtpo/conflict_frac": float((conflicts.conflict.float() * mask).sum() / mask.sum().clamp(min=1.0)),
-                "gtpo/kept_frac": kept,
-                "gtpo/filtered_ratio": 1.0 - kept,
-            }
-        )
-        return metrics
+        return gtpo_loss(per_token, mask, conflicts), {"keep": keep, "seq_entropy": seq_entropy}
+
+
+def _conflict_rows(conflicts: GTPOConflicts, index: torch.Tensor) -> GTPOConflicts:
+    """The conflict weights of the completions at ``index``."""
+    return GTPOConflicts(
+        weights=conflicts.weights.index_select(0, index),
+        conflict=conflicts.conflict.index_select(0, index),
+        count=conflicts.count.index_select(0, index),
+    )
 
 
 def reward_spread_metrics(rewards: torch.Tensor, *, group_size: int, scale: str) -> dict[str, float]:

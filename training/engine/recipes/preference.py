@@ -86,7 +86,7 @@ class _PairRecipe(Recipe):
         """This rank's pairs of one optimiser step, and their indices."""
         indices = step_indices(
             len(self.pairs),
-            batch_size=self.ctx.config.batch_size,
+            batch_size=self.ctx.rank_batch_size,
             step=step,
             seed=self.ctx.spec.seed,
             rank=self.ctx.dist.rank,
@@ -127,19 +127,32 @@ class RewardModelRecipe(_PairRecipe):
         }
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One batch of the Bradley-Terry loss; logs accuracy (r_w > r_l) and margin (mean r_w - r_l)."""
+        """One batch of the Bradley-Terry loss; logs accuracy (r_w > r_l) and margin (mean r_w - r_l).
+
+        With accumulation each micro-batch's mean loss is divided by their count (TRL's RewardTrainer under
+        transformers' Trainer): equal micro-batches, so the gradient is the whole batch's mean.
+        """
         pairs, _ = self._step_pairs(step)
-        b = len(pairs)
-        # Chosen rows then rejected rows in one batch: one forward pass scores both halves.
-        tokens = plain_pair_batch(pairs, pad_id=self.pad_id, completion_only=False).to(self.ctx.device)
-        # No attention mask: rows are right-padded, so under causal attention no real token sees a pad, and
-        # the classifier finds each row's last real token from pad_token_id (SDPA then runs its causal kernel).
-        rewards = self.model(input_ids=tokens.input_ids).logits[:, 0].float()
-        loss = bradley_terry_loss(rewards[:b], rewards[b:], center_coefficient=self.config.center_rewards_coefficient)
-        torch.autograd.backward(loss)
-        chosen, rejected = rewards[:b].detach(), rewards[b:].detach()
+        parts = self.micro_batches(pairs)
+        loss_total, chosen_all, rejected_all = 0.0, [], []
+        for i, part in enumerate(parts):
+            b = len(part)
+            # Chosen rows then rejected rows in one batch: one forward pass scores both halves.
+            tokens = plain_pair_batch(list(part), pad_id=self.pad_id, completion_only=False).to(self.ctx.device)
+            with self.gradient_sync(last=i == len(parts) - 1):
+                # No attention mask: rows are right-padded, so under causal attention no real token sees a pad,
+                # and the classifier finds each row's last real token from pad_token_id (SDPA's causal kernel).
+                rewards = self.model(input_ids=tokens.input_ids).logits[:, 0].float()
+                loss = bradley_terry_loss(
+                    rewards[:b], rewards[b:], center_coefficient=self.config.center_rewards_coefficient
+                )
+                torch.autograd.backward(loss / len(parts))
+            loss_total += float(loss.detach()) / len(parts)
+            chosen_all.append(rewards[:b].detach())
+            rejected_all.append(rewards[b:].detach())
+        chosen, rejected = torch.cat(chosen_all), torch.cat(rejected_all)
         return {
-            "loss": float(loss.detach()),
+            "loss": loss_total,
             "accuracy": float((chosen > rejected).float().mean()),
             "margin": float((chosen - rejected).mean()),
             "rewards/chosen": float(chosen.mean()),
@@ -218,35 +231,53 @@ class DPORecipe(_PairRecipe):
         }
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One batch of the DPO loss with TRL's metric names."""
+        """One batch of the DPO loss with TRL's metric names; with accumulation each micro-batch's mean loss is
+        divided by their count (TRL's DPOTrainer under transformers' Trainer), so the gradient is the batch's."""
         pairs, indices = self._step_pairs(step)
-        b = len(pairs)
-        batch: SharedPromptBatch | TokenBatch
-        if self.shared_prompt:
-            batch = shared_prompt_batch(pairs, pad_id=self.pad_id).to(self.ctx.device)
-            chosen, rejected = shared_prompt_logps(self.model, batch)
-        else:
-            batch = plain_pair_batch(pairs, pad_id=self.pad_id).to(self.ctx.device)
-            both = _sequence_logps(self.model, batch)
-            chosen, rejected = both[:b], both[b:]
-        ref_chosen, ref_rejected = self._reference_logps(batch, indices)
-        loss, chosen_r, rejected_r = dpo_loss(
-            chosen,
-            rejected,
-            ref_chosen,
-            ref_rejected,
-            beta=self.config.beta,
-            label_smoothing=self.config.label_smoothing,
+        k = self.ctx.config.gradient_accumulation_steps
+        parts, index_parts = self.micro_batches(pairs), self.micro_batches(indices)
+        loss_total = 0.0
+        seen: dict[str, list[torch.Tensor]] = {key: [] for key in ("chosen_r", "rejected_r", "chosen", "rejected")}
+        for i, (part, part_indices) in enumerate(zip(parts, index_parts, strict=True)):
+            b = len(part)
+            batch: SharedPromptBatch | TokenBatch
+            with self.gradient_sync(last=i == k - 1):
+                if self.shared_prompt:
+                    batch = shared_prompt_batch(list(part), pad_id=self.pad_id).to(self.ctx.device)
+                    chosen, rejected = shared_prompt_logps(self.model, batch)
+                else:
+                    batch = plain_pair_batch(list(part), pad_id=self.pad_id).to(self.ctx.device)
+                    both = _sequence_logps(self.model, batch)
+                    chosen, rejected = both[:b], both[b:]
+                ref_chosen, ref_rejected = self._reference_logps(batch, list(part_indices))
+                loss, chosen_r, rejected_r = dpo_loss(
+                    chosen,
+                    rejected,
+                    ref_chosen,
+                    ref_rejected,
+                    beta=self.config.beta,
+                    label_smoothing=self.config.label_smoothing,
+                )
+                torch.autograd.backward(loss / k)
+            loss_total += float(loss.detach()) / k
+            for key, value in (
+                ("chosen_r", chosen_r),
+                ("rejected_r", rejected_r),
+                ("chosen", chosen),
+                ("rejected", rejected),
+            ):
+                seen[key].append(value.detach())
+        chosen_r, rejected_r, chosen, rejected = (
+            torch.cat(seen[key]) for key in ("chosen_r", "rejected_r", "chosen", "rejected")
         )
-        torch.autograd.backward(loss)
         return {
-            "loss": float(loss.detach()),
+            "loss": loss_total,
             "rewards/chosen": float(chosen_r.mean()),
             "rewards/rejected": float(rejected_r.mean()),
             "rewards/accuracies": float((chosen_r > rejected_r).float().mean()),
             "rewards/margins": float((chosen_r - rejected_r).mean()),
-            "logps/chosen": float(chosen.detach().mean()),
-            "logps/rejected": float(rejected.detach().mean()),
+            "logps/chosen": float(chosen.mean()),
+            "logps/rejected": float(rejected.mean()),
         }
 
     def _reference_logps(

@@ -65,22 +65,33 @@ class SFTRecipe(Recipe):
         return sorting_supervised(n=2000, seed=1234)
 
     def train_step(self, step: int) -> dict[str, float]:
-        """One batch of next-token cross-entropy."""
+        """One batch of next-token cross-entropy, in ``gradient_accumulation_steps`` micro-batches.
+
+        Each micro-batch's loss is its token sum over the step's token count (all micro-batches, all ranks),
+        so the accumulated gradient is that of the whole batch's token mean, as TRL's SFTTrainer computes it.
+        """
         indices = step_indices(
             len(self.rows),
-            batch_size=self.ctx.config.batch_size,
+            batch_size=self.ctx.rank_batch_size,
             step=step,
             seed=self.ctx.spec.seed,
             rank=self.ctx.dist.rank,
             world_size=self.ctx.dist.world_size,
         )
-        tokens = self._tokens([self.rows[i] for i in indices])
-        # Right-padded rows under causal attention need no mask (see preference._sequence_logps).
-        logits = self.model(input_ids=tokens.input_ids).logits
-        loss, accuracy = sft_loss(logits, tokens.labels)
-        torch.autograd.backward(loss)
-        n_tokens = int((tokens.labels[:, 1:] != -100).sum())
-        return {"loss": float(loss.detach()), "mean_token_accuracy": accuracy, "num_tokens": float(n_tokens)}
+        micro = [self._tokens(list(rows)) for rows in self.micro_batches([self.rows[i] for i in indices])]
+        counts = [int((tokens.labels[:, 1:] != -100).sum()) for tokens in micro]
+        normaliser = self.token_normaliser(float(sum(counts)))
+        loss_total, correct = 0.0, 0.0
+        for i, tokens in enumerate(micro):
+            with self.gradient_sync(last=i == len(micro) - 1):
+                # Right-padded rows under causal attention need no mask (see preference._sequence_logps).
+                logits = self.model(input_ids=tokens.input_ids).logits
+                loss, accuracy = sft_loss(logits, tokens.labels, num_items_in_batch=normaliser)
+                torch.autograd.backward(loss)
+            loss_total += float(loss.detach())
+            correct += accuracy * counts[i]
+        n_tokens = sum(counts)
+        return {"loss": loss_total, "mean_token_accuracy": correct / max(n_tokens, 1), "num_tokens": float(n_tokens)}
 
     def _tokens(self, rows: list[EncodedRow]) -> TokenBatch:
         completion_only = getattr(self.config, "completion_only_loss", True)
