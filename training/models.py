@@ -33,6 +33,14 @@ class RunStatus(models.TextChoices):
     LOST = "lost", "Lost"
 
 
+class RunOrigin(models.TextChoices):
+    """How a run came to be, relative to its `parent`."""
+
+    LAUNCHED = "launched", "Launched"
+    RETRY = "retry", "Retry"  # the parent's recipe and config again, from step 1
+    RESUME = "resume", "Resume"  # continues from a checkpoint of the parent (or of the parent's own ancestors)
+
+
 ACTIVE_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 TERMINAL_STATUSES = frozenset(set(RunStatus) - ACTIVE_STATUSES)
 EXTERNAL_RECIPE = "external"  # a run created through the API by a script the platform did not start
@@ -68,7 +76,12 @@ class Run(models.Model):
     pgid = models.IntegerField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    origin = models.CharField(max_length=16, choices=RunOrigin.choices, default=RunOrigin.LAUNCHED)
     resume_from = models.CharField(max_length=1000, blank=True)
+    # The checkpoint a resumed run started from: the parent's newest, or an ancestor's when the parent wrote none.
+    resume_checkpoint = models.ForeignKey(
+        "Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_runs"
+    )
     # Sequence number of the last live event: the page discards deltas older than its backlog.
     event_seq = models.BigIntegerField(default=0)
 
@@ -80,6 +93,7 @@ class Run(models.Model):
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="run_status_valid"),
+            models.CheckConstraint(condition=models.Q(origin__in=RunOrigin.values), name="run_origin_valid"),
             models.CheckConstraint(
                 condition=~models.Q(status=RunStatus.RUNNING) | models.Q(started_at__isnull=False),
                 name="run_running_has_started_at",

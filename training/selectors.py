@@ -148,6 +148,19 @@ def run_summaries(*, run: Run) -> list[SummaryRow]:
     )
 
 
+def run_parent(*, user: Any, run: Run) -> Run | None:
+    """The run this one retried or resumed, if the user may see it."""
+    if run.parent_id is None:
+        return None
+    return visible_runs(user=user).filter(id=run.parent_id).first()
+
+
+def run_children(*, user: Any, run: Run) -> list[Run]:
+    """Retries and resumes of this run that the user may see, oldest first."""
+    children = visible_runs(user=user).filter(parent_id=run.id).select_related("resume_checkpoint")
+    return list(children.order_by("created_at", "id"))
+
+
 def last_checkpoint(*, run: Run) -> Checkpoint | None:
     return run.checkpoints.order_by("-step").first()
 

@@ -161,11 +161,16 @@ def run_new(request: AuthedHttpRequest) -> HttpResponse:
 
 
 def _panel_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:
+    can_change = selectors.can_change_run(user=request.user, run=run)
+    checkpoint = selectors.last_checkpoint(run=run)
+    offers_resume = can_change and not run.is_active and not run.is_external
     return {
         "run": run,
         "duration": duration_label(run.duration_s),
-        "can_change": selectors.can_change_run(user=request.user, run=run),
-        "checkpoint": selectors.last_checkpoint(run=run),
+        "can_change": can_change,
+        "checkpoint": checkpoint,
+        # What Resume would continue from: this run's newest checkpoint, else one of the run it resumed.
+        "resume_point": (checkpoint or runs.resume_point(run)) if offers_resume else None,
         "transitions": list(run.transitions.all()),
     }
 
@@ -177,6 +182,8 @@ def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     context.update(
         {
             "tags": [t.name for t in run.tags.all()],
+            "parent": selectors.run_parent(user=request.user, run=run),
+            "children": selectors.run_children(user=request.user, run=run),
             "config_sections": config_sections(recipe=run.recipe, config=run.config or {}),
             "summaries": selectors.run_summaries(run=run),
         }

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from arbiter.accounts.models import User
 from tests.conftest import ROOT, platform_env
@@ -67,6 +68,65 @@ def test_resume_continues_from_the_last_checkpoint(live_stack: Any, researcher: 
         assert wait_status(run, {"succeeded", "failed"}).status == "succeeded"
 
 
+def _loss_points(run: Run) -> int:
+    return MetricSummary.objects.get(run=run, key__name="loss").n
+
+
+def _said_resumed(run: Run) -> bool:
+    return LogLine.objects.filter(run=run, text__contains="resumed from").exists()
+
+
+@pytest.mark.timeout(300)
+def test_retry_of_a_resumed_run_starts_from_step_one_and_is_named_a_retry(
+    live_stack: Any, researcher: User, client_for: Any
+) -> None:
+    """Three real runs: cancelled midway, resumed from its checkpoint, then the resume retried from scratch."""
+    config = {**FAST_DEMO, "max_steps": 20, "save_steps": 5, "step_delay_s": 0.25}
+    first = runs.launch_run(owner=researcher, recipe="demo", config=config, name="exp")
+    wait_for(lambda: first.checkpoints.filter(step=5).exists(), timeout=120, what="the first checkpoint")
+    runs.cancel_run(run=first, by=researcher)
+    first = wait_status(first, {"cancelled", "failed", "succeeded"})
+    assert first.status == "cancelled"
+    newest = first.checkpoints.order_by("-step").first()
+    assert newest is not None and newest.step < 20
+
+    resumed = runs.resume_run(run=first, by=researcher)
+    assert (resumed.origin, resumed.parent, resumed.resume_checkpoint) == ("resume", first, newest)
+    assert resumed.name == f"exp (resumed @{newest.step})"
+    assert wait_status(resumed, {"succeeded", "failed"}).status == "succeeded"
+    assert _said_resumed(resumed) and _loss_points(resumed) == 20 - newest.step
+
+    retried = runs.retry_run(run=resumed, by=researcher)
+    assert retried.name == "exp (retry 1)"
+    assert (retried.origin, retried.parent, retried.resume_from) == ("retry", resumed, "")
+    assert retried.config == first.config
+    assert wait_status(retried, {"succeeded", "failed"}).status == "succeeded"
+    assert not _said_resumed(retried) and _loss_points(retried) == 20  # steps 1..20, from scratch
+
+    # The next retry anywhere in the family is the second; a retry has no checkpoint of another run to resume.
+    again = runs.retry_run(run=retried, by=researcher)
+    runs.cancel_run(run=again, by=researcher)
+    assert again.name == "exp (retry 2)"
+    with pytest.raises(ValidationError, match="no checkpoint to resume from"):
+        runs.resume_run(run=again, by=researcher)
+
+    # A resume that wrote no checkpoint of its own: resuming it continues from the run it resumed.
+    stalled = runs.resume_run(run=first, by=researcher)
+    runs.cancel_run(run=stalled, by=researcher)
+    onward = runs.resume_run(run=stalled, by=researcher)
+    runs.cancel_run(run=onward, by=researcher)
+    assert (onward.parent, onward.resume_checkpoint) == (stalled, newest)
+    assert onward.resume_from == newest.path and onward.name == f"exp (resumed @{newest.step})"
+
+    # The run page links both ways: the parent it resumed, and its children with how each was made.
+    html = client_for(researcher).get(f"/runs/{resumed.id}/").content.decode()
+    family = html[html.index('id="run-family"') : html.index("</nav>", html.index('id="run-family"'))]
+    assert f'href="/runs/{first.id}/">#{first.id} exp</a>' in family and "Resumed from" in family
+    assert f'href="/runs/{retried.id}/" data-origin="retry">#{retried.id} exp (retry 1)</a>' in family
+    page = client_for(researcher).get(f"/runs/{onward.id}/").content.decode()
+    assert f"at its step {newest.step} (a checkpoint of" in page and f'href="/runs/{first.id}/"' in page
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.django_db(transaction=True)
 def test_killed_worker_leaves_a_run_the_sweep_marks_lost(
@@ -117,3 +177,18 @@ def test_killed_worker_leaves_a_run_the_sweep_marks_lost(
         if run.pgid:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pgid, signal.SIGKILL)
+
+
+def test_names_and_resume_points_follow_the_family(researcher: User, make_run: Any) -> None:
+    """Without running anything: names strip the chain's suffixes, resume points follow resume links only."""
+    root = make_run(researcher, name="exp", config=FAST_DEMO)
+    checkpoint = root.checkpoints.create(step=5, path="/a/checkpoint-5")
+    resumed = runs.resume_run(run=root, by=researcher)
+    assert resumed.name == "exp (resumed @5)" and runs.resume_point(resumed) == checkpoint
+    Run.objects.filter(id=resumed.id).update(status="failed")
+    resumed.refresh_from_db()
+    retry = runs.retry_run(run=resumed, by=researcher)
+    assert retry.name == "exp (retry 1)" and retry.resume_from == ""
+    assert runs.resume_point(retry) is None  # its training began at step 1: the family's checkpoints are not its own
+    assert runs.retry_run(run=root, by=researcher).name == "exp (retry 2)"
+    assert runs.lineage_base_name("a (b) (resumed @3) (retry 12)") == "a (b)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,9 @@ from training import events
 from training.models import (
     EXTERNAL_RECIPE,
     ApiToken,
+    Checkpoint,
     Run,
+    RunOrigin,
     RunStatus,
     RunTag,
     RunTransition,
@@ -122,7 +125,8 @@ def launch_run(
     tags: Iterable[str] = (),
     shared: bool = False,
     parent: Run | None = None,
-    resume_from: str = "",
+    origin: str = RunOrigin.LAUNCHED,
+    resume_checkpoint: Checkpoint | None = None,
 ) -> Run:
     """Create a queued run and enqueue its supervisor on `queue` once the row is committed."""
     if not owner.is_researcher:
@@ -138,7 +142,9 @@ def launch_run(
         queue=queue,
         shared=shared,
         parent=parent,
-        resume_from=resume_from,
+        origin=origin,
+        resume_checkpoint=resume_checkpoint,
+        resume_from=resume_checkpoint.path if resume_checkpoint else "",
     )
     _set_tags(run, tags)
     RunTransition.objects.create(run=run, status=RunStatus.QUEUED, at=run.created_at)
@@ -272,37 +278,99 @@ def mark_lost_runs(*, timeout_s: int | None = None) -> list[int]:
     return lost
 
 
+# Suffixes this module adds to names; a retry or resume of a retry or resume names the lineage, not the chain.
+_LINEAGE_SUFFIX = re.compile(r"\s+\((?:retry(?: \d+)?|resumed(?: @\d+)?)\)\s*$")
+MAX_LINEAGE_DEPTH = 1000  # parent links cannot form a cycle through the services; this bounds a hand-edited one
+
+
+def lineage_base_name(name: str) -> str:
+    """ "exp (resumed @10) (retry 2)" -> "exp": the name a retry or resume is named after."""
+    while (stripped := _LINEAGE_SUFFIX.sub("", name)) != name:
+        name = stripped
+    return name or "run"
+
+
+def lineage_root(run: Run) -> Run:
+    """The first run of the family: follow parents (retries and resumes alike) to the top."""
+    seen = {run.id}
+    while run.parent_id is not None and run.parent_id not in seen and len(seen) < MAX_LINEAGE_DEPTH:
+        seen.add(run.parent_id)
+        parent = Run.objects.filter(id=run.parent_id).first()
+        if parent is None:
+            break
+        run = parent
+    return run
+
+
+def lineage_run_ids(root: Run) -> set[int]:
+    """The root and every run descended from it, one query per generation."""
+    ids, frontier = {root.id}, {root.id}
+    while frontier and len(ids) < 100_000:
+        frontier = set(Run.objects.filter(parent_id__in=frontier).values_list("id", flat=True)) - ids
+        ids |= frontier
+    return ids
+
+
+def resume_point(run: Run) -> Checkpoint | None:
+    """The checkpoint a resume of `run` continues from: its newest, else that of the run it resumed, and so on.
+
+    Only resume links are followed: a retry started from step 1, so its parent's checkpoints are not part of
+    its training and resuming it from them would silently continue a different run.
+    """
+    seen: set[int] = set()
+    current: Run | None = run
+    while current is not None and current.id not in seen and len(seen) < MAX_LINEAGE_DEPTH:
+        seen.add(current.id)
+        checkpoint = current.checkpoints.order_by("-step").first()
+        if checkpoint is not None:
+            return checkpoint
+        if current.origin != RunOrigin.RESUME or current.parent_id is None:
+            return None
+        current = Run.objects.filter(id=current.parent_id).first()
+    return None
+
+
 def retry_run(*, run: Run, by: User) -> Run:
-    """A new run from the same recipe and config (from step 0)."""
+    """The same recipe and config again, from step 1 (never from a checkpoint), named "<name> (retry N)".
+
+    N counts the retries in the run's whole family, so retrying a resumed run, or a retry, reads as the
+    next attempt at the same experiment rather than as a resume.
+    """
     if run.is_external:
         raise ValidationError("External runs are started by their own script.")
+    root = lineage_root(run)
+    number = Run.objects.filter(id__in=lineage_run_ids(root), origin=RunOrigin.RETRY).count() + 1
     return launch_run(
         owner=by,
         recipe=run.recipe,
         config=run.config,
-        name=f"{run.name} (retry)",
+        name=f"{lineage_base_name(run.name)} (retry {number})",
         queue=run.queue,
         tags=run.tags.values_list("name", flat=True),
         parent=run,
+        origin=RunOrigin.RETRY,
     )
 
 
 def resume_run(*, run: Run, by: User) -> Run:
-    """A new run that continues from this run's last checkpoint."""
+    """A new run that continues from the newest checkpoint of this run or of the runs it resumed."""
+    if run.is_external:
+        raise ValidationError("External runs are started by their own script.")
     if run.is_active:
         raise ValidationError("Cancel the run before resuming it.")
-    checkpoint = run.checkpoints.order_by("-step").first()
+    checkpoint = resume_point(run)
     if checkpoint is None:
-        raise ValidationError(f"Run #{run.id} has no checkpoint to resume from.")
+        raise ValidationError(f"Run #{run.id} has no checkpoint to resume from, and did not resume one that has.")
     return launch_run(
         owner=by,
         recipe=run.recipe,
         config=run.config,
-        name=f"{run.name} (resumed @{checkpoint.step})",
+        name=f"{lineage_base_name(run.name)} (resumed @{checkpoint.step})",
         queue=run.queue,
         tags=run.tags.values_list("name", flat=True),
         parent=run,
-        resume_from=checkpoint.path,
+        origin=RunOrigin.RESUME,
+        resume_checkpoint=checkpoint,
     )
 
 
