@@ -228,6 +228,36 @@ def run_create(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"id": run.id, "token": token, "url": page, "status": run.status}, status=201)
 
 
+@csrf_exempt
+@require_http_methods(["POST"])
+@busy_is_503
+def run_launch(request: HttpRequest) -> JsonResponse:
+    """Launch a platform run (what the launch form does): 201, or 422 naming the config field at fault."""
+    user = user_for_api_key(_bearer(request))
+    if user is None:
+        return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
+    if not user.is_researcher:
+        return ApiError(403, "only researchers may launch runs").response()
+    try:
+        recipe, config, name, queue, tags, shared = payloads.parse_launch(_json_body(request))
+    except payloads.PayloadError as exc:
+        return ApiError(400, exc.message, exc.field).response()
+    except ApiError as exc:
+        return exc.response()
+    try:
+        run = runs.launch_run(
+            owner=user, recipe=recipe, config=config, name=name, queue=queue, tags=tags, shared=shared
+        )
+    except ValidationError as exc:
+        if hasattr(exc, "error_dict"):
+            field, messages = next(iter(exc.message_dict.items()))
+            where = field if field in {"recipe", "queue", "config"} else f"config.{field}"
+            return ApiError(422, " ".join(messages), where).response()
+        return ApiError(422, " ".join(exc.messages)).response()
+    page = request.build_absolute_uri(reverse("training:run_detail", args=[run.id]))
+    return JsonResponse({"id": run.id, "url": page, "status": run.status}, status=201)
+
+
 # --- reads (session or API key) ----------------------------------------------------------------
 def _int_param(request: HttpRequest, name: str, default: int | None = None, *, lo: int, hi: int) -> int | None:
     """An integer query parameter in [lo, hi]; anything else (inf, 1e400, 2.5, "x") is a 400 naming it."""

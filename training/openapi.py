@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 
+from training.engine.config import RECIPES  # the registry, no torch
 from training.payloads import (
     INT32,
     MAX_CELL_CHARS,
@@ -363,6 +364,25 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         },
                     },
                 },
+                "LaunchRun": {
+                    "type": "object",
+                    "required": ["recipe"],
+                    "properties": {
+                        "recipe": {"type": "string", "enum": sorted(RECIPES)},
+                        "config": {
+                            "type": "object",
+                            "description": "the recipe's config (the launch form's fields); defaults fill the rest",
+                        },
+                        "name": {"type": "string", "maxLength": MAX_NAME, "pattern": "^[^\u0000]*$"},
+                        "queue": {"type": "string", "enum": list(getattr(settings, "ARBITER_RUN_QUEUES", ["gpu"]))},
+                        "shared": {"type": "boolean"},
+                        "tags": {"type": "array", "maxItems": MAX_TAGS, "items": {"type": "string"}},
+                    },
+                },
+                "LaunchedRun": {
+                    "type": "object",
+                    "properties": {"id": {"type": "integer"}, "url": {"type": "string"}, "status": {"type": "string"}},
+                },
                 "CreatedRun": {
                     "type": "object",
                     "properties": {
@@ -460,6 +480,23 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         "201": _ok("CreatedRun", "Created"),
                         **_ERRORS,
                         "403": _ok("Error", "Not a researcher."),
+                    },
+                }
+            },
+            "/api/runs/launch/": {
+                "post": {
+                    "summary": "Launch a platform run (a recipe and its config), as the launch form does",
+                    "security": [{"apiKey": []}],
+                    "requestBody": _body("LaunchRun"),
+                    "responses": {
+                        "201": _ok("LaunchedRun", "Queued"),
+                        **_ERRORS,
+                        "403": _ok("Error", "Not a researcher."),
+                        "422": _ok(
+                            "Error",
+                            "The config is refused: `field` names it (`config.dataset_path` for a missing file, "
+                            "wrong columns or data without usable rows; `recipe`, `queue`).",
+                        ),
                     },
                 }
             },

@@ -487,6 +487,22 @@ def parse_new_run(body: Any) -> tuple[str, dict[str, Any], list[str]]:
     return name, config, tags
 
 
+def parse_launch(body: Any) -> tuple[str, dict[str, Any], str, str, list[str], bool]:
+    """`{"recipe": str, "config": object, "name"?, "queue"?, "tags"?, "shared"?}`: a platform run to launch."""
+    if not isinstance(body, dict):
+        raise PayloadError("body", "must be a JSON object")
+    recipe = body.get("recipe")
+    if not isinstance(recipe, str) or not recipe:
+        raise PayloadError("recipe", "must be a recipe name")
+    name, config, tags = parse_new_run({k: body[k] for k in ("name", "config", "tags") if k in body})
+    queue, shared = body.get("queue", "gpu"), body.get("shared", False)
+    if not isinstance(queue, str) or len(queue) > MAX_NAME:
+        raise PayloadError("queue", "must be a queue name")
+    if not isinstance(shared, bool):
+        raise PayloadError("shared", "must be true or false")
+    return recipe, config, name, queue, tags, shared
+
+
 def _int_in(v: Any, lo: int, hi: int) -> bool:
     return type(v) is int and lo <= v <= hi
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
@@ -18,6 +20,7 @@ from training.forms import ApiKeyForm, LaunchForm, config_sections, diff_section
 from training.http import AuthedHttpRequest
 from training.models import ApiToken, Run, RunStatus
 from training.services import runs
+from training.services.datasets import DataSizing, size_from_data
 
 
 def _recipes() -> dict[str, Any]:
@@ -127,9 +130,11 @@ def run_new(request: AuthedHttpRequest) -> HttpResponse:
     recipe = request.POST.get("recipe") or request.GET.get("recipe") or ""
     if recipe not in recipes:
         return render(request, "training/run_new.html", {"recipes": recipes.values(), "form": None})
-    initial = {}
+    initial: dict[str, Any] = {}
+    sizing = None
     if dataset := request.GET.get("dataset"):
         initial["cfg_dataset_path"] = dataset
+        sizing = _sized_from_data(request, recipe=recipe, dataset=dataset, initial=initial)
     form = LaunchForm(request.POST or None, recipe=recipe, initial=initial)
     status = 200
     if request.method == "POST":
@@ -155,9 +160,35 @@ def run_new(request: AuthedHttpRequest) -> HttpResponse:
     return render(
         request,
         "training/run_new.html",
-        {"recipes": recipes.values(), "recipe": recipes[recipe], "form": form},
+        {"recipes": recipes.values(), "recipe": recipes[recipe], "form": form, "sizing": sizing},
         status=status,
     )
+
+
+def _in_artifacts(path: str) -> bool:
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    return root in Path(path).resolve().parents
+
+
+def _sized_from_data(
+    request: AuthedHttpRequest, *, recipe: str, dataset: str, initial: dict[str, Any]
+) -> DataSizing | None:
+    """ "Train on this": the model to train (``?model=``, else the recipe's default) and truncation limits sized
+    from the exported rows' token lengths for that model's tokenizer, put in the form's initial values."""
+    if request.method != "GET":
+        return None
+    model = request.GET.get("model", "").strip()[:500] or str(
+        runs.recipe_config_cls(recipe).model_fields["model_name_or_path"].default
+    )
+    initial["cfg_model_name_or_path"] = model
+    # Only files in the artifact store (a study's exports, checkpoints) are read for a page view; other paths
+    # are checked, with the user's access to them, when the run is launched.
+    if not (_in_artifacts(dataset) and (model == "tiny" or not Path(model).is_absolute() or _in_artifacts(model))):
+        return DataSizing(model, dataset, None, "limits are sized only for data and models in the artifact store")
+    sizing = size_from_data(recipe=recipe, dataset=dataset, model=model)
+    if sizing is not None and sizing.profile is not None:
+        initial.update({f"cfg_{k}": v for k, v in sizing.profile.limits().items()})
+    return sizing
 
 
 def _panel_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:

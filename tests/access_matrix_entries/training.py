@@ -46,6 +46,7 @@ ENTRIES = {
     "training:run_resume": Access(roles=RESEARCHERS, objects="run", method="post"),
     # The API: reads accept a session (researchers who may see the run); writes need a run token.
     "training_api:run_create": Access(auth="token", method="post"),
+    "training_api:run_launch": Access(auth="token", method="post"),
     "training_api:run_state": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_metrics": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_logs": Access(roles=RESEARCHERS, objects="run"),

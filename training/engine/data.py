@@ -11,6 +11,7 @@ Accepted rows (TRL's "standard" and "conversational" formats):
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -64,11 +65,17 @@ def render_plain(messages: list[Message], add_generation_prompt: bool) -> str:
     return text + "assistant: " if add_generation_prompt else text
 
 
-def load_dataset(path: str | Path, *, kind: DatasetKind, render: Renderer = render_plain) -> list[Example]:
-    """Read a JSONL or Parquet file into examples of ``kind``; raise DatasetError on the first bad row."""
+def load_dataset(
+    path: str | Path, *, kind: DatasetKind, render: Renderer = render_plain, limit: int | None = None
+) -> list[Example]:
+    """Read a JSONL or Parquet file into examples of ``kind``; raise DatasetError on the first bad row.
+
+    ``limit``: read only the first rows (the launch-time check of a large file)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a file")
     rows: Iterator[tuple[str, Any]]
     if path.suffix == ".parquet":
         rows = _parquet_rows(path)
@@ -76,6 +83,8 @@ def load_dataset(path: str | Path, *, kind: DatasetKind, render: Renderer = rend
         rows = _jsonl_rows(path)
     else:
         raise DatasetError(f"{path}: expected a .jsonl or .parquet file")
+    if limit is not None:
+        rows = itertools.islice(rows, limit)
     examples = [_parse_row(row, where=where, kind=kind, render=render) for where, row in rows]
     if not examples:
         raise DatasetError(f"{path}: the file has no rows")

@@ -31,6 +31,7 @@ from training.models import (
     hash_token,
     new_token,
 )
+from training.services.datasets import check_run_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def launch_run(
     if queue not in run_queues():
         raise ValidationError({"queue": f"Unknown queue {queue!r}."})
     clean = validate_config(recipe=recipe, config=config)
+    check_run_datasets(recipe=recipe, config=clean)  # files, columns, usable rows: a field error, not a traceback
     run = Run.objects.create(
         owner=owner,
         name=name.strip() or f"{recipe}-{timezone.now():%m%d-%H%M%S}",

@@ -1,0 +1,129 @@
+"""Dataset files are checked when a run is launched (a field error naming the field, never a queued run that dies
+with a traceback), and "Train on this" sizes the truncation limits from the exported rows' token lengths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from arbiter.accounts.models import User
+from training.models import Run
+from training.services import runs
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+PAIRS = [{"prompt": f"question {i}: ", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(12)]
+
+
+def _launch_errors(owner: User, recipe: str, config: dict[str, Any]) -> dict[str, list[str]]:
+    with pytest.raises(ValidationError) as caught:
+        runs.launch_run(owner=owner, recipe=recipe, config=config)
+    assert Run.objects.count() == 0  # nothing queued
+    return caught.value.message_dict
+
+
+@pytest.mark.django_db
+def test_missing_file_is_an_error_on_the_field(researcher: User, tmp_path: Path) -> None:
+    errors = _launch_errors(researcher, "dpo", {"dataset_path": str(tmp_path / "nope.jsonl")})
+    assert list(errors) == ["dataset_path"] and "no such file" in errors["dataset_path"][0]
+
+
+@pytest.mark.django_db
+def test_wrong_columns_name_what_the_recipe_reads_and_what_the_file_has(researcher: User, tmp_path: Path) -> None:
+    rubric_rows = [{"prompt": "goal", "response": "a plan", "score": 0.5}]
+    path = _jsonl(tmp_path / "rubric.jsonl", rubric_rows)
+    errors = _launch_errors(researcher, "dpo", {"dataset_path": path})
+    message = errors["dataset_path"][0]
+    assert "line 1" in message and "'chosen'" in message
+    assert "prompt, chosen, rejected" in message and "prompt, response, score" in message
+
+
+@pytest.mark.django_db
+def test_a_bad_eval_file_is_named_as_the_eval_field(researcher: User, tmp_path: Path) -> None:
+    good = _jsonl(tmp_path / "train.jsonl", PAIRS)
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"prompt": "x", "chosen": "y", "rejected": "z"}\n{not json\n', encoding="utf-8")
+    errors = _launch_errors(researcher, "dpo", {"dataset_path": good, "eval_dataset_path": str(bad), "eval_steps": 5})
+    assert list(errors) == ["eval_dataset_path"] and "line 2" in errors["eval_dataset_path"][0]
+
+
+@pytest.mark.django_db
+def test_data_that_truncation_empties_is_refused_at_launch(researcher: User, tmp_path: Path) -> None:
+    # Long prompts with the same start and answers that differ only at their end: with max_length 16 and no
+    # prompt limit the prompt takes 8 tokens, the answers' first 8 tokens are equal, and every pair is identical.
+    rows = [{"prompt": "p" * 40, "chosen": "same start " + "a" * 9, "rejected": "same start " + "b" * 9}] * 4
+    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    errors = _launch_errors(researcher, "dpo", {"dataset_path": path, "max_length": 16})
+    assert "4 of 4 examples are unusable" in errors["dataset_path"][0]
+    # The same file with room for the answers launches.
+    run = runs.launch_run(owner=researcher, recipe="dpo", config={"dataset_path": path, "max_length": 64})
+    assert run.status == "queued"
+
+
+@pytest.mark.django_db
+def test_launch_form_puts_the_error_next_to_the_field(client_for: Any, researcher: User, tmp_path: Path) -> None:
+    response = client_for(researcher).post(
+        "/runs/new/?recipe=sft",
+        {"recipe": "sft", "queue": "gpu", "cfg_dataset_path": str(tmp_path / "missing.jsonl")},
+    )
+    assert response.status_code == 422
+    assert "no such file" in response.context["form"].errors["cfg_dataset_path"][0]
+    assert Run.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_train_on_this_sizes_limits_from_the_data_and_names_the_model(
+    client_for: Any, researcher: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.ARTIFACT_ROOT = str(tmp_path / "artifacts")
+    # 19 short prompts and one very long one; answers up to 60 characters (the tiny tokenizer is by character).
+    rows = [{"prompt": f"q{i:02d}", "chosen": "c" * (20 + i), "rejected": "r" * 5} for i in range(19)]
+    rows.append({"prompt": "x" * 500, "chosen": "c" * 60, "rejected": "r"})
+    path = _jsonl(tmp_path / "artifacts" / "exports" / "study-1" / "v1.jsonl", rows)
+    page = client_for(researcher).get("/runs/new/", {"recipe": "dpo", "dataset": path})
+    form = page.context["form"]
+    profile = page.context["sizing"].profile
+    # Prompts are BOS + 3 characters except the outlier (95th percentile 4 tokens); completions + EOS up to 61.
+    assert profile.prompt == (4, 4, 501) and profile.completion[2] == 61
+    assert form.initial["cfg_max_completion_length"] == 64  # every answer whole (rounded up to 8)
+    assert form.initial["cfg_max_prompt_length"] == 8  # the 95th percentile, not the outlier
+    assert form.initial["cfg_max_length"] == 72
+    assert (profile.prompts_cut, profile.completions_cut, profile.unusable) == (1, 0, 0)
+    html = page.content.decode()
+    assert "Trains <strong>tiny</strong>" in html and 'value="72"' in html
+
+
+@pytest.mark.django_db
+def test_train_on_this_does_not_read_files_outside_the_artifact_store(
+    client_for: Any, researcher: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.ARTIFACT_ROOT = str(tmp_path / "artifacts")
+    path = _jsonl(tmp_path / "elsewhere.jsonl", PAIRS)
+    page = client_for(researcher).get("/runs/new/", {"recipe": "dpo", "dataset": path})
+    assert page.context["sizing"].profile is None
+    assert "cfg_max_length" not in page.context["form"].initial
+
+
+@pytest.mark.django_db
+def test_runs_api_launch_answers_422_naming_the_config_field(client: Any, researcher: User, tmp_path: Path) -> None:
+    _, key = runs.issue_api_token(user=researcher, name="k")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"recipe": "reward_model", "config": {"dataset_path": str(tmp_path / "gone.jsonl")}}
+    response = client.post("/api/runs/launch/", body, content_type="application/json", headers=headers)
+    assert response.status_code == 422
+    assert response.json()["field"] == "config.dataset_path" and "no such file" in response.json()["error"]
+    assert Run.objects.count() == 0
+    body["config"]["dataset_path"] = _jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    response = client.post("/api/runs/launch/", body, content_type="application/json", headers=headers)
+    assert response.status_code == 201
+    run = Run.objects.get()
+    assert (run.id, run.recipe, run.status) == (response.json()["id"], "reward_model", "queued")
