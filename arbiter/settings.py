@@ -6,6 +6,7 @@ in-memory channel layer. Production and tests: DATABASE_URL=postgres://..., REDI
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "channels",
     "django_htmx",
     "template_partials",
@@ -55,6 +57,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: turns a login refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "arbiter.urls"
@@ -85,7 +89,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 # The cached backend first: sessions resolve their user from the cache. ModelBackend stays listed so
 # sessions created before the switch (which name it) remain valid.
+# django-axes' backend first: it refuses a locked-out account or address before any password is checked.
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
     "arbiter.accounts.backends.CachedModelBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
@@ -98,6 +104,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# --- Login throttling (django-axes; README "Security model") -------------------------------------------
+# LOGIN_FAILURE_LIMIT failed logins within LOGIN_COOLOFF_MINUTES lock out the account (whatever address
+# they came from) and, separately, the address (whatever accounts it tried), until the failures are
+# LOGIN_COOLOFF_MINUTES old; a failure while locked out starts the cool-off again. GitLab's defaults:
+# 10 attempts, 10 minutes. Attempts live in the database (SQLite or PostgreSQL alike), so every web
+# process sees them and an admin unlocks by deleting them (Admin > Axes > Access attempts).
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 10))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+# A success must not wipe the address's failures: an attacker with an account of their own could
+# otherwise log into it every few guesses to reset the per-address count.
+AXES_RESET_ON_SUCCESS = False
+# The address is the ASGI server's client address, never a header read here: uvicorn replaces it with
+# the X-Forwarded-For hop added by a proxy it trusts (FORWARDED_ALLOW_IPS, README) and ignores the
+# header from anyone else. Explicit, so that installing django-ipware changes nothing.
+AXES_CLIENT_IP_CALLABLE = "arbiter.accounts.throttling.client_address"
+AXES_LOCKOUT_CALLABLE = "arbiter.accounts.throttling.lockout_response"
+AXES_VERBOSE = False  # no banner on every manage.py command; each failure and lockout is still logged
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -151,6 +177,23 @@ else:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+# --- E-mail (password reset links). Embedded: printed on the console of `make run`; otherwise SMTP. ---
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend" if EMBEDDED else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+EMAIL_FILE_PATH = env_path("EMAIL_FILE_PATH", VAR_DIR / "mail")  # only for EMAIL_BACKEND=...filebased...
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "arbiter@localhost")
+# How long a password reset link stays valid (Django's default is 3 days; a day is plenty).
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 24 * 3600)
 
 CACHES: dict[str, dict[str, Any]]
 if EMBEDDED:

@@ -214,9 +214,10 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -
 class ASGIServer:
     """A real uvicorn process (the production server) serving arbiter.asgi on a free port, against the test database."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, mail_dir: Path | None = None) -> None:
         self.proc = proc
         self.port = port
+        self.mail_dir = mail_dir  # e-mails it sends, one file each (Django's file-based backend)
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
 
@@ -227,8 +228,16 @@ def asgi_server(
 ) -> Iterator[ASGIServer]:
     """Session-wide web server. Tests that use it need committed data: mark them `transactional_db`."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("asgi") / "server.log").open("wb")
-    env = platform_env(ARBITER_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    folder = tmp_path_factory.mktemp("asgi")
+    log = (folder / "server.log").open("wb")
+    env = platform_env(
+        ARBITER_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH=str(folder / "mail"),
+        # uvicorn's default, spelled out: X-Forwarded-For is believed from the local peer only, so a browser
+        # context that sends one stands for a client behind a trusted proxy (tests/browser/test_login.py).
+        FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
     proc = subprocess.Popen(
         web_server_command(host="127.0.0.1", port=port),
         cwd=ROOT,
@@ -238,7 +247,7 @@ def asgi_server(
     )
     try:
         wait_for_port(port, proc)
-        yield ASGIServer(proc, port)
+        yield ASGIServer(proc, port, mail_dir=folder / "mail")
     finally:
         proc.terminate()
         try:

@@ -1,0 +1,44 @@
+"""Login throttling hooks for django-axes: whose address a login comes from, and the page a lockout gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+LOCKOUT_STATUS = 429  # Too Many Requests: what django-axes answers by default, and what the page says
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The address failures are counted against: the ASGI server's client address.
+
+    No forwarding header is read here on purpose. uvicorn has already replaced the TCP peer with the
+    address a trusted proxy put in X-Forwarded-For (only for peers in FORWARDED_ALLOW_IPS); a header
+    read again here would let any client pick its own address and escape the per-address limit.
+    """
+    return request.META.get("REMOTE_ADDR")
+
+
+def lockout_message() -> str:
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return (
+        f"Too many failed log-in attempts: logging in to this account, or from your address, is locked for "
+        f"{minutes} minutes after the last failed attempt. Try again later, reset your password, "
+        f"or ask an admin to unlock it."
+    )
+
+
+def lockout_response(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """The login page again, with the lockout explained, status 429.
+
+    django-axes calls this as (request, response, credentials) from sync middleware and as
+    (request, credentials) from async middleware; neither extra argument is needed. The form is
+    unbound: validating it would authenticate once more and count another failure.
+    """
+    username = request.POST.get("username", "") if request.method == "POST" else ""
+    form = AuthenticationForm(request, initial={"username": username})
+    context = {"form": form, "lockout_message": lockout_message(), "next": request.POST.get("next", "")}
+    return render(request, "registration/login.html", context, status=LOCKOUT_STATUS)
