@@ -7,6 +7,7 @@ may not see is "not found" (404), so run ids do not leak.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -159,6 +160,82 @@ def run_children(*, user: Any, run: Run) -> list[Run]:
     """Retries and resumes of this run that the user may see, oldest first."""
     children = visible_runs(user=user).filter(parent_id=run.id).select_related("resume_checkpoint")
     return list(children.order_by("created_at", "id"))
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where a run stands: its latest step, the step it stops at (when its config says), time left at its pace."""
+
+    step: int
+    total: int | None
+    eta_s: float | None
+
+    @property
+    def percent(self) -> float | None:
+        return None if not self.total else min(100.0, 100.0 * self.step / self.total)
+
+
+def run_progress(*, run: Run) -> RunProgress | None:
+    """Step N of M (M is the config's `max_steps`) and an ETA from the pace between the first and latest point.
+
+    The pace is measured on the series that reached the furthest step, from its own first point (not from
+    `started_at`: loading a model is not training), so a resumed run counts only the steps it trained.
+    System metrics are left out: their "step" is a sample number.
+    """
+    latest = (
+        MetricSummary.objects.filter(run=run)
+        .exclude(key__name__startswith="system/")
+        .order_by("-last_step", "-n")
+        .values("key_id", "last_step", "last_time")
+        .first()
+    )
+    if latest is None:
+        return None
+    step = int(latest["last_step"])
+    raw_total = (run.config or {}).get("max_steps")
+    total = raw_total if isinstance(raw_total, int) and not isinstance(raw_total, bool) and raw_total > 0 else None
+    eta_s = None
+    if run.status == RunStatus.RUNNING and total is not None and step < total:
+        first = (
+            MetricChunk.objects.filter(run_id=run.id, key_id=latest["key_id"])
+            .order_by("chunk")
+            .values_list("steps", "times")
+            .first()
+        )
+        if first is not None:
+            first_step = int(np.frombuffer(first[0], dtype=STEP_DTYPE, count=1)[0])
+            first_time = float(np.frombuffer(first[1], dtype=FLOAT_DTYPE, count=1)[0])
+            elapsed = float(latest["last_time"]) - first_time
+            if step > first_step and elapsed > 0:
+                eta_s = (total - step) * elapsed / (step - first_step)
+    return RunProgress(step=step, total=total, eta_s=eta_s)
+
+
+# A Python exception line ("ValueError: ...", "torch.OutOfMemoryError: ..."), or a line that says it is an error.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Fault)\b|.*\berror\b)", re.IGNORECASE)
+ERROR_SCAN_LINES = 200
+
+
+def last_error_line(*, run: Run) -> str | None:
+    """The line that says why a failed run failed: its last exception line on stderr, else its last stderr line.
+
+    The supervisor's own "[arbiter] engine exited with code 1" is a fallback only: it says what the exit code
+    already says. A run that never logged (the engine did not start) gets its last transition's note.
+    """
+    if run.status not in (RunStatus.FAILED, RunStatus.LOST):
+        return None
+    lines = [
+        text.strip()
+        for text in LogLine.objects.filter(run=run, stream="stderr")
+        .order_by("-id")
+        .values_list("text", flat=True)[:ERROR_SCAN_LINES]
+        if text.strip()
+    ]
+    own = [t for t in lines if not t.startswith("[arbiter]")]
+    line = next((t for t in own if _ERROR_LINE.match(t)), None) or (own[0] if own else None)
+    if line is None:
+        line = lines[0] if lines else run.transitions.order_by("-at", "-id").values_list("note", flat=True).first()
+    return line[:500] if line else None
 
 
 def last_checkpoint(*, run: Run) -> Checkpoint | None:

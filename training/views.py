@@ -203,6 +203,9 @@ def _panel_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:
         # What Resume would continue from: this run's newest checkpoint, else one of the run it resumed.
         "resume_point": (checkpoint or runs.resume_point(run)) if offers_resume else None,
         "transitions": list(run.transitions.all()),
+        "progress": (progress := selectors.run_progress(run=run)),
+        "eta": duration_label(progress.eta_s) if progress and progress.eta_s is not None else "",
+        "error_line": selectors.last_error_line(run=run),
     }
 
 
