@@ -6,6 +6,7 @@ Stdlib only (psutil and pandas optional): importing it never pulls in Django, to
     run.log({"loss": 0.3}, step=10)
     run.finish()
     arbiter_client.Api().run(run.id).history(["loss"])               # rows (a DataFrame with pandas)
+    arbiter_client.Api().create_study(name="A vs B", kind="pairwise")  # studies: see arbiter_client.api
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import os
 from typing import Any
 
 from ._http import ArbiterError, Connection, ServerError, TransientError, Unreachable
-from .api import Api, RunRef
+from .api import Api, Export, ImportRejected, RunRef, Study
 from .run import Run
 
 __all__ = [
     "Api",
     "ArbiterError",
+    "Export",
+    "ImportRejected",
     "Run",
     "RunRef",
     "ServerError",
+    "Study",
     "TransientError",
     "Unreachable",
     "attach",

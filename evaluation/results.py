@@ -1,4 +1,9 @@
-"""Reads for violation studies' results: people's consensus and automatic judges, side by side.
+"""Reads for a study's results: what the results page shows and the studies API returns, computed once.
+
+`study_results` is the one computation behind both (win rates, Bradley–Terry ratings, rubric pass
+rates, violation summaries, mean ratings, with their intervals); `results_json` is its JSON form.
+
+Violation studies: people's consensus and automatic judges, side by side.
 
 People's verdict on a trajectory is its annotators' majority (a tie counts as a violation: a safety
 metric should not round down). An automatic judge (ST-WebAgentBench's evaluator, imported from its
@@ -10,13 +15,15 @@ Cohen's kappa per dimension says how far they agree, and every policy they disag
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluation import stats
+from evaluation import selectors, stats
 from evaluation.judgments import violated_policies
-from evaluation.models import AutomaticJudgment, Item, Judgment, Study
+from evaluation.models import AutomaticJudgment, Item, Judgment, Study, StudyKind
 
 COMPLETIONS = ("full", "partial", "none")
 
@@ -253,3 +260,149 @@ def _compare(judge: str, auto: dict[int, Verdict], people: dict[int, Verdict], i
         disagreements=disagreements,
         disagreement_count=count,
     )
+
+
+# --------------------------------------------------------------------------- the results page, as data
+
+# The page's settings for Bradley–Terry: 200 bootstrap resamples (seeded, so the page and the API agree),
+# and half a win of prior per pair so an unbeaten system keeps a finite rating.
+BT_BOOTSTRAP = 200
+BT_PSEUDO_COUNT = 0.5
+
+
+@dataclass
+class StudyResults:
+    """Everything the results page shows for one study; the fields of the other kinds stay empty."""
+
+    kind: str
+    judgments: int
+    win_rates: list[stats.WinRate] = field(default_factory=list)  # pairwise
+    ratings: list[stats.Rating] = field(default_factory=list)  # pairwise: Bradley–Terry
+    rubric: selectors.RubricResults | None = None
+    violation: ViolationResults | None = None
+    rating_rows: list[selectors.RatingRow] = field(default_factory=list)  # rating: mean per system
+    scale: list[str] = field(default_factory=list)
+    charts: dict[str, Any] = field(default_factory=dict)  # the page's chart data (json_script "chart-data")
+
+
+def elo(theta: float) -> float:
+    """A Bradley–Terry log-strength on the Elo scale (stats.Rating.elo), for interval ends too."""
+    return 1000 + 400 / math.log(10) * theta
+
+
+def risk_bars(summary: stats.PolicySummary) -> list[dict[str, Any]]:
+    dimensions = sorted(summary.dimensions, key=lambda d: stats.POLICY_DIMENSIONS.index(d.category))
+    labels = stats.DIMENSION_LABELS
+    return [{"dimension": labels.get(d.category, d.category), "ratio": d.risk_ratio} for d in dimensions]
+
+
+def study_results(*, study: Study) -> StudyResults:
+    out = StudyResults(kind=study.kind, judgments=Judgment.objects.filter(study=study).count())
+    charts = out.charts
+    if study.kind == StudyKind.PAIRWISE:
+        battles = selectors.pairwise_battles(study=study)
+        out.win_rates = rates = stats.win_rates(battles)
+        out.ratings = ratings = (
+            stats.bradley_terry(battles, bootstrap=BT_BOOTSTRAP, pseudo_count=BT_PSEUDO_COUNT) if battles else []
+        )
+        charts["win_rates"] = [{"model": r.model, "rate": r.rate, "low": r.low, "high": r.high} for r in rates]
+        charts["ratings"] = [{"model": r.model, "elo": r.elo, "low": elo(r.low), "high": elo(r.high)} for r in ratings]
+    elif study.kind == StudyKind.RUBRIC:
+        out.rubric = rubric = selectors.rubric_results(study=study)
+        charts["plans"] = [{"model": r.key, "rate": r.rate} for r in rubric.per_plan]
+    elif study.kind == StudyKind.VIOLATION:
+        out.violation = violation = violation_results(study=study)
+        charts["risk"] = {agent: risk_bars(s) for agent, s in violation.people.items()}
+        charts["risk_compare"] = {
+            f"{c.judge}|{pair.agent}": {"people": risk_bars(pair.people), "automatic": risk_bars(pair.automatic)}
+            for c in violation.comparisons
+            for pair in c.agents
+        }
+    else:
+        out.rating_rows = rows = selectors.rating_results(study=study)
+        out.scale = study.scale
+        charts["ratings"] = [{"model": r.model, "mean": r.mean, "low": r.low, "high": r.high} for r in rows]
+    return out
+
+
+def _rating_json(r: stats.Rating) -> dict[str, Any]:
+    return {
+        "model": r.model,
+        "strength": r.strength,
+        "low": r.low,
+        "high": r.high,
+        "elo": r.elo,
+        "elo_low": elo(r.low),
+        "elo_high": elo(r.high),
+    }
+
+
+def _win_rate_json(r: stats.WinRate) -> dict[str, Any]:
+    return {**dataclasses.asdict(r), "games": r.games}
+
+
+def _pass_rate_json(r: stats.PassRate) -> dict[str, Any]:
+    return {**dataclasses.asdict(r), "judged": r.judged}
+
+
+def _comparison_json(c: JudgeComparison) -> dict[str, Any]:
+    return {
+        "judge": c.judge,
+        "shared": c.shared,
+        "automatic_only": c.automatic_only,
+        "agents": [
+            {
+                "agent": pair.agent,
+                "automatic": dataclasses.asdict(pair.automatic),
+                "people": dataclasses.asdict(pair.people),
+            }
+            for pair in c.agents
+        ],
+        "agreement": [dataclasses.asdict(a) for a in c.agreement],
+        "disagreements": [dataclasses.asdict(d) for d in c.disagreements],
+        "disagreement_count": c.disagreement_count,
+    }
+
+
+def results_json(results: StudyResults, *, quality: selectors.Quality | None = None) -> dict[str, Any]:
+    """The results as JSON: the page's numbers unrounded, each interval as `low`/`high` (95%), its charts' data."""
+    body: dict[str, Any] = {"kind": results.kind, "judgments": results.judgments}
+    if results.kind == StudyKind.PAIRWISE:
+        body["win_rates"] = [_win_rate_json(r) for r in results.win_rates]
+        body["ratings"] = [_rating_json(r) for r in results.ratings]
+        body["intervals"] = {
+            "win_rates": "95% Wilson score interval (a tie counts half)",
+            "ratings": f"95% percentile bootstrap over judgments ({BT_BOOTSTRAP} resamples, seed 0)",
+        }
+    elif results.kind == StudyKind.RUBRIC and results.rubric is not None:
+        rubric = results.rubric
+        body["per_plan"] = [_pass_rate_json(r) for r in rubric.per_plan]
+        body["preference"] = [_win_rate_json(r) for r in rubric.preference]
+        body["per_rubric_item"] = [
+            {
+                "item_id": row.item_id,
+                "index": row.index,
+                "text": row.text,
+                "goal": row.goal,
+                "flags": row.flags,
+                **_pass_rate_json(row.rate),
+            }
+            for row in rubric.per_rubric_item
+        ]
+        body["intervals"] = {"preference": "95% Wilson score interval (a tie counts half)"}
+    elif results.kind == StudyKind.VIOLATION and results.violation is not None:
+        violation = results.violation
+        body["people"] = {agent: dataclasses.asdict(s) for agent, s in violation.people.items()}
+        body["automatic"] = {
+            judge: {agent: dataclasses.asdict(s) for agent, s in agents.items()}
+            for judge, agents in violation.automatic.items()
+        }
+        body["comparisons"] = [_comparison_json(c) for c in violation.comparisons]
+    else:
+        body["scale"] = results.scale
+        body["ratings"] = [dataclasses.asdict(r) for r in results.rating_rows]
+        body["intervals"] = {"ratings": "95% normal-approximation interval of the mean (mean ± 1.96 s/√n)"}
+    if quality is not None:
+        body["quality"] = dataclasses.asdict(quality)
+    body["charts"] = results.charts
+    return body

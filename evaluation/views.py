@@ -7,7 +7,6 @@ selectors.get_study_for, which 404s for studies the user neither owns nor shares
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -15,7 +14,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import mark_safe
@@ -28,7 +27,6 @@ from evaluation.forms import ExportForm, ItemEditForm, ItemForm, StudyForm, Uplo
 from evaluation.importers import RowInvalid, parse_all
 from evaluation.models import ExportFormat, ExportJob, ExportStatus, ImportJob, Study, StudyKind
 from evaluation.rendering import render_markdown
-from evaluation.stats import DIMENSION_LABELS, POLICY_DIMENSIONS, PolicySummary, bradley_terry, win_rates
 
 
 def _study(request: HttpRequest, study_id: int, *, edit: bool = False) -> Study:
@@ -290,45 +288,22 @@ def quality(request: HttpRequest, study_id: int) -> HttpResponse:
 @researcher_required
 def results(request: HttpRequest, study_id: int) -> HttpResponse:
     study = _study(request, study_id)
-    context: dict[str, Any] = {"study": study}
-    charts: dict[str, Any] = {}
-    if study.kind == StudyKind.PAIRWISE:
-        battles = selectors.pairwise_battles(study=study)
-        context["win_rates"] = rates = win_rates(battles)
-        context["ratings"] = ratings = bradley_terry(battles, bootstrap=200, pseudo_count=0.5) if battles else []
-        charts["win_rates"] = [{"model": r.model, "rate": r.rate, "low": r.low, "high": r.high} for r in rates]
-        charts["ratings"] = [
-            {"model": r.model, "elo": r.elo, "low": _elo(r.low), "high": _elo(r.high)} for r in ratings
-        ]
-    elif study.kind == StudyKind.RUBRIC:
-        context["rubric"] = rubric = selectors.rubric_results(study=study)
-        charts["plans"] = [{"model": r.key, "rate": r.rate} for r in rubric.per_plan]
-    elif study.kind == StudyKind.VIOLATION:
-        violation = results_module.violation_results(study=study)
-        context["summaries"] = summaries = violation.people
-        context["automatic"] = violation.automatic
-        context["comparisons"] = violation.comparisons
-        charts["risk"] = {agent: _risk_bars(s) for agent, s in summaries.items()}
-        charts["risk_compare"] = {
-            f"{c.judge}|{pair.agent}": {"people": _risk_bars(pair.people), "automatic": _risk_bars(pair.automatic)}
-            for c in violation.comparisons
-            for pair in c.agents
-        }
+    # One computation for the page and the studies API (evaluation.results.study_results).
+    data = results_module.study_results(study=study)
+    context: dict[str, Any] = {"study": study, "charts": data.charts}
+    if data.kind == StudyKind.PAIRWISE:
+        context.update(win_rates=data.win_rates, ratings=data.ratings)
+    elif data.kind == StudyKind.RUBRIC:
+        context["rubric"] = data.rubric
+    elif data.kind == StudyKind.VIOLATION and data.violation is not None:
+        context.update(
+            summaries=data.violation.people,
+            automatic=data.violation.automatic,
+            comparisons=data.violation.comparisons,
+        )
     else:
-        context["ratings"] = rows = selectors.rating_results(study=study)
-        context["scale"] = study.scale
-        charts["ratings"] = [{"model": r.model, "mean": r.mean, "low": r.low, "high": r.high} for r in rows]
-    context["charts"] = charts
+        context.update(ratings=data.rating_rows, scale=data.scale)
     return render(request, "evaluation/study_results.html", context)
-
-
-def _risk_bars(summary: PolicySummary) -> list[dict[str, Any]]:
-    dimensions = sorted(summary.dimensions, key=lambda d: POLICY_DIMENSIONS.index(d.category))
-    return [{"dimension": DIMENSION_LABELS.get(d.category, d.category), "ratio": d.risk_ratio} for d in dimensions]
-
-
-def _elo(theta: float) -> float:
-    return 1000 + 400 / math.log(10) * theta
 
 
 def _train_link(job: ExportJob) -> str | None:
@@ -395,9 +370,3 @@ def export_download(request: HttpRequest, study_id: int, export_id: int) -> File
         raise Http404("This export has no file.")
     # researcher_required is typed for views returning HttpResponse; a FileResponse streams instead.
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
-
-
-@researcher_required
-def progress_api(request: HttpRequest, study_id: int) -> JsonResponse:
-    study = _study(request, study_id)
-    return JsonResponse(dict(selectors.study_progress(study_id=study.pk)))

@@ -3,24 +3,28 @@
 A property test (issue 12 item 7): for every operation in /api/openapi.json, Hypothesis generates
 requests from the schema (valid ones and, in negative mode, ones that break it) and sends them to
 the real uvicorn process. The requests are authenticated as the operation's security asks (a fresh
-run token for ingest, a researcher's API key for reads and study calls), and path ids point at
-objects that exist, so the cases reach the real handlers instead of stopping at 401/404.
+run token for ingest, a researcher's API key for reads and the studies API), and path ids point at
+objects that exist (a study of the researcher's, an import and a finished export of it), so the
+cases reach the real handlers instead of stopping at 401/404.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import schemathesis
+from django.conf import settings as django_settings
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from arbiter.accounts.models import Role
+from evaluation.models import ExportJob, ImportJob
 from tests.factories import UserFactory
 from training.openapi import openapi_document
 from training.services import runs
@@ -38,6 +42,20 @@ class Identities:
         from evaluation.services import create_study
 
         self.study = create_study(owner=self.researcher, name="fuzz", kind="pairwise")
+        self.import_job = ImportJob.objects.create(
+            study=self.study, requested_by=self.researcher, filename="items.jsonl", status="done"
+        )
+        folder = Path(django_settings.ARTIFACT_ROOT) / "exports" / f"study-{self.study.pk}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "fuzz.jsonl").write_text("{}\n")
+        self.export = ExportJob.objects.create(
+            study=self.study,
+            requested_by=self.researcher,
+            format="judgments_jsonl",
+            status="done",
+            path=str(folder / "fuzz.jsonl"),
+            rows=1,
+        )
         self.statuses: Counter[int] = Counter()
 
     def prepare(self, case: Any) -> dict[str, str]:
@@ -52,6 +70,10 @@ class Identities:
             case.path_parameters["run_id"] = self.read_run.id
         if "study_id" in (case.path_parameters or {}):
             case.path_parameters["study_id"] = self.study.pk
+        if "import_id" in (case.path_parameters or {}):
+            case.path_parameters["import_id"] = self.import_job.pk
+        if "export_id" in (case.path_parameters or {}):
+            case.path_parameters["export_id"] = self.export.pk
         return {"Authorization": f"Bearer {self.api_key}"}
 
 

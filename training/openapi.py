@@ -27,6 +27,13 @@ from training.payloads import (
 from training.selectors import MAX_HISTORY_POINTS
 
 
+def _study_parts() -> tuple[dict[str, Any], dict[str, Any]]:
+    # The studies API lives in the evaluation app; one document describes both, under the same keys.
+    from evaluation.openapi import study_paths, study_schemas
+
+    return study_schemas(), study_paths()
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -80,16 +87,18 @@ def _key_limit() -> str:
 
 def openapi_document(*, server: str) -> dict[str, Any]:
     number = {"type": "number"}
+    study_schemas, study_paths = _study_parts()
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "Arbiter training API",
+            "title": "Arbiter API",
             "version": "1",
             "description": (
                 "Report metrics, logs and checkpoints of a training run (per-run token), create runs from "
-                "scripts (user API key), and read downsampled chart series. Points are keyed on "
-                "(run, key, step): re-sending a batch writes nothing twice; a second value for the same "
-                "step is ignored (the first one wins)."
+                "scripts (user API key), and read downsampled chart series. Drive human studies with the "
+                "same key: create them, upload items, assign annotators, read progress and results, export. "
+                "Points are keyed on (run, key, step): re-sending a batch writes nothing twice; a second "
+                "value for the same step is ignored (the first one wins)."
             ),
         },
         "servers": [{"url": server or "/"}],
@@ -100,6 +109,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                 "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
             },
             "schemas": {
+                **study_schemas,
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -678,5 +688,6 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                     "responses": {"200": _ok("RunState")},
                 },
             },
+            **study_paths,
         },
     }

@@ -30,7 +30,7 @@ from evaluation.services.queue import (
     skip_assignment,
     submit_judgment,
 )
-from evaluation.services.studies import create_study, update_study
+from evaluation.services.studies import change_annotators, create_study, update_study
 
 __all__ = [
     "UNREAD",
@@ -40,6 +40,7 @@ __all__ = [
     "ItemLocked",
     "LeaseExpired",
     "add_items",
+    "change_annotators",
     "create_study",
     "delete_item",
     "edit_item",

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
-from arbiter.accounts.models import User
+from arbiter.accounts.models import Role, User
 from evaluation.models import Item, Study, StudyKind, TextFormat
 from evaluation.services.locking import write_transaction
 
@@ -89,3 +89,16 @@ def update_study(
         locked.annotators.set(annotators)
         locked.shared_with.set(shared_with)
         return locked
+
+
+@transaction.atomic
+def change_annotators(*, study: Study, add: list[User], remove: list[User]) -> list[str]:
+    """Assign annotators to a study and take others off it; their judgments stay. Usernames assigned after."""
+    for user in add:
+        if user.role != Role.ANNOTATOR:
+            raise ValidationError({"add": f"{user.username} is not an annotator."})
+    if add:
+        study.annotators.add(*add)
+    if remove:
+        study.annotators.remove(*remove)
+    return sorted(study.annotators.values_list("username", flat=True))

@@ -99,7 +99,17 @@ ENTRIES = {
     "evaluation:export_download": Access(roles=RESEARCHERS, objects="export"),
     # Only the owner (and admins) delete; a shared study's reader is refused (403), others get 404.
     "evaluation:export_delete": Access(roles=RESEARCHERS, objects="used_export", method="post"),
+    # The studies API (user API keys, tested in tests/evaluation/test_api.py; here the browser's session).
+    "evaluation_api:studies": Access(roles=RESEARCHERS),
+    "evaluation_api:study": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation_api:items": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation_api:import_status": Access(roles=RESEARCHERS, objects="import_job"),
+    "evaluation_api:annotators": Access(roles=RESEARCHERS, objects="study"),
     "evaluation_api:progress": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation_api:results": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation_api:exports": Access(roles=RESEARCHERS, objects="study"),
+    "evaluation_api:export_status": Access(roles=RESEARCHERS, objects="export"),
+    "evaluation_api:export_download": Access(roles=RESEARCHERS, objects="export"),
     "annotate:queue": Access(roles=ANNOTATORS),
     "annotate:next": Access(roles=ANNOTATORS, objects="study"),
     "annotate:submit": Access(roles=ANNOTATORS, objects="study", method="post"),

@@ -1,0 +1,301 @@
+"""The studies API and SDK against the real web server: a file of model outputs to a finished study's results.
+
+Every step a script takes (arbiter_client.Api) is checked against what the browser's pages do with the
+same data: the upload form's per-row errors, the results page's numbers (its chart data), the export
+page's file. Annotators judge through the annotator's web form, as people would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+import arbiter_client
+from arbiter.accounts.models import Role, User
+from evaluation.models import ImportJob, Item, Judgment, Study
+from tests.evaluation.conftest import jsonl, pairwise_row, rating_row, rubric_row, violation_row
+from tests.factories import UserFactory
+from training.services import runs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROW_MAKERS = {"pairwise": pairwise_row, "rubric": rubric_row, "violation": violation_row, "rating": rating_row}
+
+
+def _key(user: User) -> str:
+    _, key = runs.issue_api_token(user=user, name="script")
+    return key
+
+
+def _api(server: Any, user: User) -> arbiter_client.Api:
+    return arbiter_client.Api(server.url, _key(user))
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    """Pairwise outputs of three systems, so the Bradley–Terry fit has something to order."""
+    systems = [("alpha", "beta"), ("beta", "gamma"), ("alpha", "gamma")]
+    return [pairwise_row(i, model_a=systems[i % 3][0], model_b=systems[i % 3][1]) for i in range(n)]
+
+
+def _annotate(study: Study, annotator: User, choices: list[str]) -> int:
+    """Judge through the annotator's web form until the queue is empty; returns how many were submitted."""
+    client = Client()
+    client.force_login(annotator)
+    submitted = 0
+    while True:
+        page = client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
+        found = re.search(rb'name="assignment" value="(\d+)"', page.content)
+        if found is None:
+            return submitted
+        data = {"assignment": found.group(1).decode(), "choice": choices[submitted % len(choices)], "strength": "2"}
+        answer = client.post(reverse("annotate:submit", kwargs={"study_id": study.pk}), data)
+        assert answer.status_code == 302, answer.content[:500]
+        submitted += 1
+
+
+def _page_chart_data(user: User, study_id: int) -> Any:
+    client = Client()
+    client.force_login(user)
+    html = client.get(reverse("evaluation:results", kwargs={"study_id": study_id})).content.decode()
+    found = re.search(r'<script id="chart-data" type="application/json">(.*?)</script>', html, re.S)
+    assert found, "the results page has no chart data"
+    return json.loads(found.group(1)), html
+
+
+def test_a_script_goes_from_a_file_to_a_finished_studys_results(
+    asgi_server: Any, researcher: User, tmp_path: Any
+) -> None:
+    first, second = UserFactory(role=Role.ANNOTATOR), UserFactory(role=Role.ANNOTATOR)
+    api = _api(asgi_server, researcher)
+    study = api.create_study(name="A vs B vs C", kind="pairwise", overlap=2, annotators=[first.username])
+    assert (study.kind, study.data["overlap"], study.data["annotators"]) == ("pairwise", 2, [first.username])
+    assert api.study(study.id).name == "A vs B vs C" and [s.id for s in api.studies()] == [study.id]
+
+    # A file with bad rows: refused whole, each bad row named by line and field, as the upload form names them.
+    rows = _rows(12)
+    bad = [*rows[:3], {"prompt": "p", "response_a": "only one side"}, *rows[3:6], {"prompt": 3}]
+    path = tmp_path / "outputs.jsonl"
+    path.write_bytes(jsonl(bad))
+    with pytest.raises(arbiter_client.ImportRejected) as refused:
+        study.upload_items(path)
+    assert refused.value.status == 422 and refused.value.valid_count == 6 and refused.value.error_count == 2
+    assert [e["line"] for e in refused.value.errors] == [4, 8]
+    form = Client()
+    form.force_login(researcher)
+    with path.open("rb") as fh:
+        page = form.post(reverse("evaluation:items_upload", kwargs={"study_id": study.id}), {"file": fh})
+    assert page.status_code == 422
+    assert refused.value.errors == [e.as_dict() for e in page.context["errors"]]
+    assert Item.objects.filter(study_id=study.id).count() == 0
+
+    # The valid rows anyway, then the rest of the file: reports say what was made.
+    partial = study.upload_items(path, import_valid_rows=True)
+    assert (partial["status"], partial["created"], partial["error_count"]) == ("done", 6, 2)
+    assert [e["line"] for e in partial["errors"]] == [4, 8]
+    report = study.upload_items(rows[6:], filename="rest.jsonl")
+    assert (report["created"], report["container"]) == (6, "jsonl")
+    assert [i["payload"]["prompt"] for i in study.items(limit=5)] == [r["prompt"] for r in rows[:5]]
+
+    assert study.assign([second.username]) == sorted([first.username, second.username])
+    assert study.annotators() == sorted([first.username, second.username])
+    assert study.progress()["target"] == 24 and study.progress()["judgments"] == 0
+
+    record = Study.objects.get(pk=study.id)
+    assert _annotate(record, first, ["left", "left", "right"]) == 12
+    assert _annotate(record, second, ["left", "tie", "right", "right"]) == 12
+    done = study.wait_until_complete(timeout=30, poll=0.2)
+    assert (done["judgments"], done["target"], done["percent"]) == (24, 24, 100.0)
+
+    results = study.results()
+    charts, html = _page_chart_data(researcher, study.id)
+    assert results["charts"] == charts  # the page's numbers, from the same computation
+    assert results["judgments"] == Judgment.objects.filter(study_id=study.id).count() == 24
+    assert [r["model"] for r in results["win_rates"]] == [c["model"] for c in charts["win_rates"]]
+    for row in results["win_rates"]:
+        assert row["low"] <= row["rate"] <= row["high"] and row["games"] == 16
+        assert f"<td>{row['model']}</td><td>{row['wins']}</td><td>{row['losses']}</td><td>{row['ties']}</td>" in html
+    for row in results["ratings"]:
+        assert row["elo_low"] <= row["elo"] <= row["elo_high"]
+    assert {a["username"] for a in results["quality"]["annotators"]} == {first.username, second.username}
+
+
+def test_another_researchers_study_is_404_a_shared_one_read_only_and_annotators_403(
+    asgi_server: Any, researcher: User, other_researcher: User
+) -> None:
+    owner = _api(asgi_server, researcher)
+    study = owner.create_study(name="mine", kind="rating", scale_labels=["bad", "ok", "good"])
+    study.upload_items([rating_row(i) for i in range(3)])
+    export = study.export("judgments_jsonl")
+    stranger = _api(asgi_server, other_researcher)
+    base = f"/api/studies/{study.id}"
+    reads = [base + "/", base + "/items/", base + "/progress/", base + "/results/", base + "/annotators/"]
+    reads += [base + "/exports/", f"{base}/exports/{export.id}/", f"{base}/imports/{ImportJob.objects.get().pk}/"]
+    for path in reads:
+        with pytest.raises(arbiter_client.ArbiterError) as hidden:
+            stranger.get(path)
+        assert hidden.value.status == 404, path
+    for path, body in [(base + "/annotators/", {"add": []}), (base + "/exports/", {"format": "reward"})]:
+        with pytest.raises(arbiter_client.ArbiterError) as hidden:
+            stranger.post(path, body)
+        assert hidden.value.status == 404, path
+    with pytest.raises(arbiter_client.ArbiterError) as hidden:
+        stranger.study(study.id).upload_items([rating_row(9)])
+    assert hidden.value.status == 404
+    assert [s.id for s in stranger.studies()] == []
+
+    Study.objects.get(pk=study.id).shared_with.add(other_researcher)
+    shared = stranger.study(study.id)
+    assert shared.progress()["items"] == 3 and shared.results()["kind"] == "rating"
+    with pytest.raises(arbiter_client.ArbiterError) as read_only:
+        shared.upload_items([rating_row(9)])
+    assert read_only.value.status == 403
+    with pytest.raises(arbiter_client.ArbiterError) as read_only:
+        shared.assign([])
+    assert read_only.value.status == 403
+
+    # Annotators get no API key; one made while its user was a researcher stops at the role check.
+    demoted = UserFactory(role=Role.RESEARCHER)
+    demoted_api = _api(asgi_server, demoted)
+    User.objects.filter(pk=demoted.pk).update(role=Role.ANNOTATOR)
+    Study.objects.get(pk=study.id).annotators.add(demoted)
+    for call in (lambda: demoted_api.study(study.id), demoted_api.studies):
+        with pytest.raises(arbiter_client.ArbiterError) as not_researcher:
+            call()
+        assert not_researcher.value.status == 403
+    with pytest.raises(arbiter_client.ArbiterError) as no_key:
+        arbiter_client.Api(asgi_server.url, "arb_u_wrong").study(study.id)
+    assert no_key.value.status == 401
+
+
+@pytest.mark.parametrize("kind", ["pairwise", "rubric", "violation", "rating"])
+def test_each_kind_is_created_with_its_settings_and_takes_its_items(researcher: User, kind: str) -> None:
+    key = _key(researcher)
+    settings = {"scale_labels": ["no", "meh", "yes", "great"]} if kind == "rating" else {}
+    body = {"name": kind, "kind": kind, "overlap": 3, "lease_seconds": 60, "accuracy_threshold": 0.5, **settings}
+    body |= {"text_format": "markdown", "instructions": "Judge *carefully*."}
+    created = _post(key, "/api/studies/", body)
+    assert created.status_code == 201, created.content
+    data = created.json()
+    study = Study.objects.get(pk=data["id"])
+    assert (study.kind, study.overlap, study.lease_seconds, study.accuracy_threshold) == (kind, 3, 60, 0.5)
+    assert (study.text_format, study.instructions) == ("markdown", "Judge *carefully*.")
+    assert data["scale_labels"] == settings.get("scale_labels", [])
+    answer = Client().post(
+        f"/api/studies/{study.pk}/items/?filename=x.jsonl",
+        jsonl([ROW_MAKERS[kind](i) for i in range(4)]),
+        content_type="application/octet-stream",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+    assert answer.status_code == 201 and answer.json()["created"] == 4, answer.content
+    assert Item.objects.filter(study=study, overlap=3).count() == 4
+
+
+def _post(key: str, path: str, body: Any) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Client(raise_request_exception=False).post(
+        path, raw, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+
+
+BAD_STUDIES = [
+    ({"kind": "pairwise"}, "name"),
+    ({"name": "x"}, "kind"),
+    ({"name": " ", "kind": "pairwise"}, "name"),
+    ({"name": "x" * 201, "kind": "pairwise"}, "name"),
+    ({"name": "a\x00b", "kind": "pairwise"}, "name"),
+    ({"name": "x", "kind": "ranking"}, "kind"),
+    ({"name": "x", "kind": ["pairwise"]}, "kind"),
+    ({"name": "x", "kind": "pairwise", "overlap": 0}, "overlap"),
+    ({"name": "x", "kind": "pairwise", "overlap": 51}, "overlap"),
+    ({"name": "x", "kind": "pairwise", "overlap": 2.5}, "overlap"),
+    ({"name": "x", "kind": "pairwise", "overlap": True}, "overlap"),
+    ({"name": "x", "kind": "pairwise", "overlap": "3"}, "overlap"),
+    ({"name": "x", "kind": "pairwise", "lease_seconds": 9}, "lease_seconds"),
+    ({"name": "x", "kind": "pairwise", "lease_seconds": 2**40}, "lease_seconds"),
+    ({"name": "x", "kind": "pairwise", "accuracy_threshold": 1.5}, "accuracy_threshold"),
+    ({"name": "x", "kind": "pairwise", "accuracy_threshold": -0.1}, "accuracy_threshold"),
+    ({"name": "x", "kind": "pairwise", "text_format": "html"}, "text_format"),
+    ({"name": "x", "kind": "pairwise", "instructions": 5}, "instructions"),
+    ({"name": "x", "kind": "pairwise", "scale_labels": ["a", "b"]}, "scale_labels"),
+    ({"name": "x", "kind": "rating", "scale_labels": ["only one"]}, "scale_labels"),
+    ({"name": "x", "kind": "rating", "scale_labels": [str(i) for i in range(12)]}, "scale_labels"),
+    ({"name": "x", "kind": "rating", "scale_labels": ["a", ""]}, "scale_labels[1]"),
+    ({"name": "x", "kind": "rating", "scale_labels": "a,b"}, "scale_labels"),
+    ({"name": "x", "kind": "pairwise", "annotators": ["nobody"]}, "annotators[0]"),
+    ({"name": "x", "kind": "pairwise", "annotators": "anna"}, "annotators"),
+    ({"name": "x", "kind": "pairwise", "annotators": [7]}, "annotators[0]"),
+    ({"name": "x", "kind": "pairwise", "shared_with": ["nobody"]}, "shared_with[0]"),
+    ({"name": "x", "kind": "pairwise", "overlapp": 2}, "overlapp"),
+    ([1, 2], "body"),
+    (b"{not json", "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_STUDIES)
+def test_a_bad_study_is_a_400_naming_its_field(researcher: User, body: Any, field: str) -> None:
+    answer = _post(_key(researcher), "/api/studies/", body)
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["field"] == field
+    assert not Study.objects.exists()
+
+
+def test_only_annotators_are_assigned_and_researchers_shared(researcher: User, other_researcher: User) -> None:
+    key = _key(researcher)
+    annotator = UserFactory(role=Role.ANNOTATOR)
+    as_annotator = _post(
+        key, "/api/studies/", {"name": "x", "kind": "pairwise", "annotators": [other_researcher.username]}
+    )
+    assert as_annotator.status_code == 400 and as_annotator.json()["field"] == "annotators[0]"
+    as_reader = _post(key, "/api/studies/", {"name": "x", "kind": "pairwise", "shared_with": [annotator.username]})
+    assert as_reader.status_code == 400 and as_reader.json()["field"] == "shared_with[0]"
+    myself = _post(key, "/api/studies/", {"name": "x", "kind": "pairwise", "shared_with": [researcher.username]})
+    assert myself.status_code == 400 and myself.json()["field"] == "shared_with[0]"
+    study = _post(key, "/api/studies/", {"name": "x", "kind": "pairwise", "shared_with": [other_researcher.username]})
+    assert study.status_code == 201 and study.json()["shared_with"] == [other_researcher.username]
+    path = f"/api/studies/{study.json()['id']}/annotators/"
+    wrong = _post(key, path, {"add": [annotator.username, other_researcher.username]})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "add[1]"
+    assert _post(key, path, {"add": [annotator.username]}).json() == {"annotators": [annotator.username]}
+    assert _post(key, path, {"remove": [annotator.username]}).json() == {"annotators": []}
+    assert _post(key, path, {"add": "x"}).json()["field"] == "add"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("offset=-1", "offset"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=1e3", "limit"),
+        ("status=odd", "status"),
+        ("q=" + "x" * 201, "q"),
+    ],
+)
+def test_bad_item_page_parameters_are_400s(researcher: User, query: str, field: str) -> None:
+    key = _key(researcher)
+    study = _post(key, "/api/studies/", {"name": "x", "kind": "pairwise"}).json()
+    answer = Client().get(f"/api/studies/{study['id']}/items/?{query}", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert answer.status_code == 400 and answer.json()["field"] == field
+
+
+def test_a_browser_session_writes_only_with_its_csrf_token(researcher: User) -> None:
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(researcher)
+    refused = browser.post(
+        "/api/studies/", json.dumps({"name": "x", "kind": "pairwise"}), content_type="application/json"
+    )
+    assert refused.status_code == 403 and not Study.objects.exists()
+    assert browser.get("/api/studies/").status_code == 200
+    token = browser.get(reverse("evaluation:study_create")).context["csrf_token"]
+    made = browser.post(
+        "/api/studies/",
+        json.dumps({"name": "x", "kind": "pairwise"}),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=str(token),
+    )
+    assert made.status_code == 201
