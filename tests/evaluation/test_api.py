@@ -299,3 +299,180 @@ def test_a_browser_session_writes_only_with_its_csrf_token(researcher: User) -> 
         HTTP_X_CSRFTOKEN=str(token),
     )
     assert made.status_code == 201
+
+
+FORM_ANSWERS = {
+    "rating": [{"rating": "4"}, {"rating": "2"}, {"rating": "5"}],
+    "rubric": [
+        {**{f"v_{p}_{i}": "satisfied" for p in range(2) for i in range(3)}, "v_1_2": "not_satisfied", "flag_1": "on"}
+        | {"preference": "left"},
+        {**{f"v_{p}_{i}": "not_satisfied" for p in range(2) for i in range(3)}, "v_0_0": "unclear"}
+        | {"preference": "tie"},
+    ],
+}
+
+
+def _judge_by_form(study: Study, annotator: User, answers: list[dict[str, str]]) -> None:
+    client = Client()
+    client.force_login(annotator)
+    for n in range(study.items.count()):
+        page = client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
+        found = re.search(rb'name="assignment" value="(\d+)"', page.content)
+        assert found, page.content[:300]
+        data = {"assignment": found.group(1).decode(), **answers[n % len(answers)]}
+        assert client.post(reverse("annotate:submit", kwargs={"study_id": study.pk}), data).status_code == 302
+
+
+def _api_results(user: User, study_id: int) -> dict[str, Any]:
+    answer = Client().get(f"/api/studies/{study_id}/results/", HTTP_AUTHORIZATION=f"Bearer {_key(user)}")
+    assert answer.status_code == 200, answer.content
+    return dict(answer.json())
+
+
+@pytest.mark.parametrize("kind", ["rubric", "rating"])
+def test_results_json_is_what_the_results_page_shows(kind: str, researcher: User, make_study: Any) -> None:
+    annotators = [UserFactory(role=Role.ANNOTATOR) for _ in range(2)]
+    study = make_study(kind=kind, n_items=4, overlap=2, annotators=annotators)
+    for n, annotator in enumerate(annotators):
+        _judge_by_form(study, annotator, FORM_ANSWERS[kind][n:] + FORM_ANSWERS[kind][:n])
+    data = _api_results(researcher, study.pk)
+    charts, html = _page_chart_data(researcher, study.pk)
+    assert data["charts"] == charts and data["judgments"] == 8
+    assert data["quality"]["agreement"]["units"] > 0
+    if kind == "rating":
+        assert data["scale"] == study.scale
+        for row in data["ratings"]:
+            assert row["low"] <= row["mean"] <= row["high"] and sum(row["counts"]) == row["n"]
+            cells = f"<td>{row['model']}</td><td>{row['n']}</td><td>{row['mean']:.2f}</td>"
+            assert cells + f"<td>{row['low']:.2f} – {row['high']:.2f}</td>" in html
+    else:
+        assert [p["key"] for p in data["per_plan"]] == [c["model"] for c in charts["plans"]]
+        for row in data["per_plan"]:
+            assert f"<td>{row['key']}</td><td>{row['satisfied']}</td><td>{row['not_satisfied']}</td>" in html
+        assert len(data["per_rubric_item"]) == 12 and {r["flags"] for r in data["per_rubric_item"]} >= {1}
+        for row in data["preference"]:
+            assert row["low"] <= row["rate"] <= row["high"]
+            assert f"<td>{row['model']}</td><td>{row['wins']}</td><td>{row['losses']}</td>" in html
+
+
+def test_violation_results_json_has_people_the_automatic_judge_and_their_agreement(
+    researcher: User, make_study: Any, annotator: User
+) -> None:
+    from evaluation import services
+    from tests.evaluation.test_results_automatic import DATA, _judge
+
+    study = make_study(kind="violation", n_items=0, annotators=[annotator])
+    services.import_items(study=study, data=(DATA / "stwebagentbench_2024_test_raw_sample.json").read_bytes())
+    steps = [{"action": "click('a51')", "observation": "page"}, {"action": "click('save')", "observation": "saved"}]
+    services.import_items(
+        study=study, data=jsonl([{"task_id": t, "agent": "STBenchDemo", "trajectory": steps} for t in (0, 1, 2)])
+    )
+    services.import_items(study=study, data=(DATA / "STBenchDemo_agent_full_res_sample.csv").read_bytes())
+    verdicts = {
+        "0": {"completion": "none", "violations": [], "dormant": []},
+        "1": {"completion": "full", "violations": [(1, 1)], "dormant": []},
+        "2": {"completion": "full", "violations": [], "dormant": []},
+    }
+    _judge(study, annotator, verdicts)
+    data = _api_results(researcher, study.pk)
+    charts, html = _page_chart_data(researcher, study.pk)
+    assert data["charts"] == charts
+    people = data["people"]["STBenchDemo"]
+    automatic = data["automatic"]["ST-WebAgentBench evaluator"]["STBenchDemo"]
+    assert (automatic["completion"], automatic["cup"]) == (0.667, 0.0)
+    assert people["tasks"] == 3 and {d["category"] for d in people["dimensions"]} >= {"user_consent"}
+    (comparison,) = data["comparisons"]
+    assert comparison["shared"] == 3 and comparison["disagreement_count"] == len(comparison["disagreements"]) > 0
+    assert {a["label"] for a in comparison["agreement"]} >= {"task completion"}
+    assert f'data-metric="cup">{people["cup"] * 100:.1f}%' in html
+
+
+def test_exports_started_by_a_script_download_the_bytes_the_export_page_gives(
+    asgi_server: Any, celery_worker_app: Any, researcher: User, tmp_path: Any
+) -> None:
+    annotator = UserFactory(role=Role.ANNOTATOR)
+    api = _api(asgi_server, researcher)
+    study = api.create_study(name="export me", kind="pairwise", annotators=[annotator.username])
+    study.upload_items(_rows(6))
+    assert _annotate(Study.objects.get(pk=study.id), annotator, ["left", "tie", "right"]) == 6
+    page = Client()
+    page.force_login(researcher)
+    for fmt, options in [
+        ("reward", {"keep_ties": True, "style": "standard"}),
+        ("judgments_jsonl", {}),
+        ("judgments_csv", {}),
+    ]:
+        mine = study.export(fmt, **options)
+        assert mine.status == "queued" and mine.data["format"] == fmt
+        path = mine.download(tmp_path / f"{fmt}.out", timeout=60)
+        assert mine.status == "done" and mine.data["rows"] > 0
+        # The same export from the export page's form, downloaded from the page: the same bytes.
+        form = {
+            "format": fmt,
+            "style": options.get("style", "auto"),
+            "keep_ties": "on" if options.get("keep_ties") else "",
+        }
+        assert page.post(reverse("evaluation:export", kwargs={"study_id": study.id}), form).status_code == 302
+        theirs = study.exports()[0]
+        assert theirs.id != mine.id and theirs.wait(timeout=60).status == "done"
+        downloaded = page.get(
+            reverse("evaluation:export_download", kwargs={"study_id": study.id, "export_id": theirs.id})
+        )
+        assert b"".join(downloaded.streaming_content) == path.read_bytes(), fmt
+        same = api.download(f"/api/studies/{study.id}/exports/{theirs.id}/download/", tmp_path / "theirs")
+        assert same.read_bytes() == path.read_bytes()
+    reward = [json.loads(line) for line in (tmp_path / "reward.out").read_bytes().splitlines()]
+    assert len(reward) == 6 and set(reward[0]) >= {"prompt", "chosen", "rejected"}
+    unfinished = study.export("judgments_jsonl")
+    with pytest.raises(arbiter_client.ArbiterError) as early:
+        api.get(f"/api/studies/{study.id}/exports/{unfinished.id + 1000}/")
+    assert early.value.status == 404
+
+
+def test_a_large_upload_is_read_by_a_worker_and_the_sdk_waits_for_it(
+    asgi_server: Any, celery_worker_app: Any, researcher: User, tmp_path: Any
+) -> None:
+    api = _api(asgi_server, researcher)
+    study = api.create_study(name="large", kind="pairwise")
+    # Past EVALUATION_IMPORT_BACKGROUND_BYTES (4 MiB) once the transfer's gzip is undone: a worker reads it.
+    long = "x" * 20_000
+    rows = [pairwise_row(i, response_a=f"{long} {i}") for i in range(220)]
+    path = tmp_path / "large.jsonl"
+    path.write_bytes(jsonl(rows))
+    queued = study.upload_items(path, wait=False)
+    assert queued["status"] in {"queued", "running", "done"} and queued["size_bytes"] == path.stat().st_size
+    report = study.upload_items(path.read_bytes(), filename="again.jsonl")  # this one waits
+    assert (report["status"], report["created"], report["percent"]) == ("done", 220, 100)
+    status = api.get(f"/api/studies/{study.id}/imports/{queued['id']}/")
+    assert status["filename"] == "large.jsonl"
+    broken = [*rows, {"prompt": "no sides"}]
+    path.write_bytes(jsonl(broken))
+    with pytest.raises(arbiter_client.ImportRejected) as refused:
+        study.upload_items(path)
+    assert [e["line"] for e in refused.value.errors] == [221] and refused.value.valid_count == 220
+
+
+def test_the_transfer_gzip_is_undone_once_and_the_upload_limit_is_the_forms(researcher: User, monkeypatch: Any) -> None:
+    import gzip
+
+    from evaluation import api
+
+    key = _key(researcher)
+    study = _post(key, "/api/studies/", {"name": "gz", "kind": "pairwise"}).json()
+    path = f"/api/studies/{study['id']}/items/?filename=items.jsonl.gz"
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}", "HTTP_CONTENT_ENCODING": "gzip"}
+    client = Client(raise_request_exception=False)
+    gz_file = gzip.compress(jsonl(_rows(3)))  # a .gz file, sent gzip-encoded as the SDK sends every upload
+    answer = client.post(path, gzip.compress(gz_file), content_type="application/octet-stream", **headers)
+    assert answer.status_code == 201 and answer.json()["created"] == 3, answer.content
+    assert answer.json()["size_bytes"] == len(gz_file) and "gzip" in answer.json()["container"]
+    broken = client.post(path, b"\x1f\x8b\x08garbage", content_type="application/octet-stream", **headers)
+    assert broken.status_code == 400 and broken.json()["field"] == "body"
+    other = client.post(
+        path, b"x", content_type="application/octet-stream", **{**headers, "HTTP_CONTENT_ENCODING": "br"}
+    )
+    assert other.status_code == 415
+    monkeypatch.setattr(api, "MAX_UPLOAD_BYTES", 100)
+    big = client.post(path, gzip.compress(jsonl(_rows(3))), content_type="application/octet-stream", **headers)
+    assert big.status_code == 413 and big.json()["field"] == "body"
+    assert Item.objects.filter(study_id=study["id"]).count() == 3
