@@ -389,7 +389,11 @@ def results_json(results: StudyResults, *, quality: selectors.Quality | None = N
             }
             for row in rubric.per_rubric_item
         ]
-        body["intervals"] = {"preference": "95% Wilson score interval (a tie counts half)"}
+        body["intervals"] = {
+            "per_plan": "95% Wilson score interval of the pass rate (unclear verdicts abstain)",
+            "per_rubric_item": "95% Wilson score interval of the pass rate (unclear verdicts abstain)",
+            "preference": "95% Wilson score interval (a tie counts half)",
+        }
     elif results.kind == StudyKind.VIOLATION and results.violation is not None:
         violation = results.violation
         body["people"] = {agent: dataclasses.asdict(s) for agent, s in violation.people.items()}

@@ -336,6 +336,8 @@ class PassRate:
     not_satisfied: int
     unclear: int
     rate: float | None  # satisfied / (satisfied + not satisfied); unclear verdicts abstain
+    low: float = 0.0  # 95% Wilson interval of the rate; (0, 1) before any verdict
+    high: float = 1.0
 
     @property
     def judged(self) -> int:
@@ -343,16 +345,16 @@ class PassRate:
 
 
 def pass_rates(verdicts: Iterable[tuple[str, str]]) -> list[PassRate]:
-    """Pass rate per key from (key, verdict) pairs; verdict is satisfied / not_satisfied / unclear."""
+    """Pass rate per key from (key, verdict) pairs (satisfied / not_satisfied / unclear), with a 95% Wilson interval."""
     tally: dict[str, Counter[str]] = defaultdict(Counter)
     for key, verdict in verdicts:
         tally[key][verdict] += 1
     rows = []
     for key, c in tally.items():
         judged = c["satisfied"] + c["not_satisfied"]
-        rows.append(
-            PassRate(key, c["satisfied"], c["not_satisfied"], c["unclear"], c["satisfied"] / judged if judged else None)
-        )
+        low, high = wilson_interval(c["satisfied"], judged)
+        rate = c["satisfied"] / judged if judged else None
+        rows.append(PassRate(key, c["satisfied"], c["not_satisfied"], c["unclear"], rate, low, high))
     return rows
 
 

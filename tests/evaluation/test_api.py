@@ -349,6 +349,8 @@ def test_results_json_is_what_the_results_page_shows(kind: str, researcher: User
         assert [p["key"] for p in data["per_plan"]] == [c["model"] for c in charts["plans"]]
         for row in data["per_plan"]:
             assert f"<td>{row['key']}</td><td>{row['satisfied']}</td><td>{row['not_satisfied']}</td>" in html
+            assert row["low"] <= row["rate"] <= row["high"] and row["judged"] == row["satisfied"] + row["not_satisfied"]
+            assert f"<td>{100 * row['low']:.1f}% – {100 * row['high']:.1f}%</td>" in html
         assert len(data["per_rubric_item"]) == 12 and {r["flags"] for r in data["per_rubric_item"]} >= {1}
         for row in data["preference"]:
             assert row["low"] <= row["rate"] <= row["high"]

@@ -157,7 +157,10 @@ def test_pass_rates_ignore_unclear_verdicts() -> None:
         )
     }
     assert rows["cites data"].rate == 0.5 and rows["cites data"].unclear == 1
-    assert rows["x"].rate is None
+    assert rows["x"].rate is None and (rows["x"].low, rows["x"].high) == (0.0, 1.0)
+    # Wilson (1927) for 1 of 2 at 95%: centre 0.5, half-width 0.5 * z * sqrt(1/2 + z²/16) / (1 + z²/2) ≈ 0.4055.
+    assert rows["cites data"].low == pytest.approx(0.0945, abs=1e-4)
+    assert rows["cites data"].high == pytest.approx(0.9055, abs=1e-4)
 
 
 def test_policy_summary_hand_made_case() -> None:
