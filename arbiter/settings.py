@@ -194,6 +194,10 @@ EMAIL_FILE_PATH = env_path("EMAIL_FILE_PATH", VAR_DIR / "mail")  # only for EMAI
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "arbiter@localhost")
 # How long a password reset link stays valid (Django's default is 3 days; a day is plenty).
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 24 * 3600)
+# Reset e-mails sent per hour for one typed address, and reset requests per hour from one client address:
+# past either, the form answers as usual and sends nothing (no mail-bombing a colleague through us).
+PASSWORD_RESET_MAILS_PER_HOUR = env_int("PASSWORD_RESET_MAILS_PER_HOUR", 3)
+PASSWORD_RESET_REQUESTS_PER_HOUR = env_int("PASSWORD_RESET_REQUESTS_PER_HOUR", 20)
 
 CACHES: dict[str, dict[str, Any]]
 if EMBEDDED:

@@ -1,11 +1,15 @@
-"""Login throttling hooks for django-axes: whose address a login comes from, and the page a lockout gets."""
+"""Login throttling hooks for django-axes (whose address a login comes from, the page a lockout gets), and
+the hourly budget of password reset e-mails."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
+from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -42,3 +46,28 @@ def lockout_response(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpRes
     form = AuthenticationForm(request, initial={"username": username})
     context = {"form": form, "lockout_message": lockout_message(), "next": request.POST.get("next", "")}
     return render(request, "registration/login.html", context, status=LOCKOUT_STATUS)
+
+
+def _spend(key: str, *, limit: int) -> bool:
+    """Count one use in this hour's window of `key`; whether it stayed within `limit`."""
+    window = int(time.time() // 3600)
+    full = f"pwreset:{key}:{window}"
+    cache.add(full, 0, timeout=3600 + 60)
+    try:
+        used = cache.incr(full)
+    except ValueError:  # expired between add and incr (the window turned): this use is the first of it
+        cache.set(full, 1, timeout=3600 + 60)
+        used = 1
+    return used <= limit
+
+
+def password_reset_mail_allowed(*, email: str, address: str | None) -> bool:
+    """Whether a reset e-mail may go out for `email` asked from `address` (both counted either way).
+
+    Counted by the typed address whether or not an account has it, so the budget tells nothing about
+    which addresses exist.
+    """
+    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    per_email = _spend(f"email:{digest}", limit=settings.PASSWORD_RESET_MAILS_PER_HOUR)
+    per_client = _spend(f"client:{address or '-'}", limit=settings.PASSWORD_RESET_REQUESTS_PER_HOUR)
+    return per_email and per_client

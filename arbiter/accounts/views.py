@@ -1,11 +1,33 @@
-"""Account pages that are more than Django's own views: the password reset that also lifts a lockout."""
+"""Account pages that are more than Django's own views: a reset form with an e-mail budget, and a reset
+that also lifts a lockout."""
 
 from __future__ import annotations
 
+import logging
+
 from axes.utils import reset as reset_login_failures
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.forms import SetPasswordForm
-from django.http import HttpResponse
+from django.contrib.auth.forms import PasswordResetForm, SetPasswordForm
+from django.http import HttpResponse, HttpResponseRedirect
+
+from arbiter.accounts.throttling import client_address, password_reset_mail_allowed
+
+logger = logging.getLogger(__name__)
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's view; past the hourly budget (per typed address, per client) it sends nothing.
+
+    The answer is the same "check your e-mail" page either way: a refusal would tell who is being
+    targeted, and the budget is counted whether or not an account has the address.
+    """
+
+    def form_valid(self, form: PasswordResetForm) -> HttpResponse:
+        address = client_address(self.request)
+        if not password_reset_mail_allowed(email=form.cleaned_data["email"], address=address):
+            logger.warning("password reset e-mail not sent: hourly budget spent (client %s)", address)
+            return HttpResponseRedirect(self.get_success_url())
+        return super().form_valid(form)
 
 
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
