@@ -167,6 +167,7 @@ def test_run_page_and_api_docs_render(client_for: Any, researcher: User, make_ru
 def test_every_openapi_path_is_a_real_route_and_every_api_route_is_documented() -> None:
     from django.urls import resolve
 
+    from evaluation import api_urls as study_api_urls
     from loop import api_urls as loop_api_urls
     from training import api_urls
     from training.openapi import openapi_document
@@ -174,11 +175,14 @@ def test_every_openapi_path_is_a_real_route_and_every_api_route_is_documented() 
     doc = openapi_document(server="")
     documented = set()
     for path in doc["paths"]:
-        match = resolve(path.replace("{run_id}", "1").replace("{study_id}", "1"))
-        assert match.namespace in {"training_api", "loop_api"}, path
+        for name in ("run_id", "study_id", "import_id", "export_id"):
+            path = path.replace(f"{{{name}}}", "1")
+        match = resolve(path)
+        assert match.namespace in {"training_api", "loop_api", "evaluation_api"}, path
         documented.add(f"{match.namespace}:{match.url_name}")
     routes = {f"training_api:{p.name}" for p in api_urls.urlpatterns if p.name not in {"openapi", "docs"}}
     routes |= {f"loop_api:{p.name}" for p in loop_api_urls.urlpatterns}
+    routes |= {f"evaluation_api:{p.name}" for p in study_api_urls.urlpatterns}
     assert routes == documented
 
 
