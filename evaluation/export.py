@@ -8,7 +8,9 @@ Reward rows per study kind:
             (prompt ending "\n\nAssistant:", completions with their leading space), so for an HH row
             prompt + chosen is the original transcript byte for byte (evaluation.conversations)
   rubric    {prompt, response, score, rubric, satisfied}  one per plan: score = pass rate of its verdicts
-  violation {prompt, trajectory, penalty, violations, completion, cup}  one per trajectory (annotator majority)
+  violation {prompt, trajectory, penalty, violations, completion, cup, step_labels}  one per trajectory
+            (annotator majority); step_labels[k] = share of annotators who marked step k as violating a policy
+            (a process reward model's per-step label)
   rating    {prompt, response, score}  one per item: mean rating scaled to [0, 1]
 A job is claimed by one conditional UPDATE, so a redelivered task does nothing twice.
 """
@@ -172,6 +174,10 @@ def _violation_row(item: dict[str, Any], verdicts: list[dict[str, Any]]) -> dict
         "violations": dict(per_dimension),
         "completion": completion,
         "cup": int(full and not violated),
+        "step_labels": [
+            round(sum(any(x["step"] == k for x in v.get("violations", [])) for v in verdicts) / n, 4)
+            for k in range(len(item["trajectory"]))
+        ],
     }
 
 
@@ -342,6 +348,6 @@ def _columns(kind: str) -> list[str]:
     return {
         StudyKind.PAIRWISE: ["prompt", "chosen", "rejected"],
         StudyKind.RUBRIC: ["prompt", "response", "score", "rubric", "satisfied"],
-        StudyKind.VIOLATION: ["prompt", "trajectory", "penalty", "violations", "completion", "cup"],
+        StudyKind.VIOLATION: ["prompt", "trajectory", "penalty", "violations", "completion", "cup", "step_labels"],
         StudyKind.RATING: ["prompt", "response", "score"],
     }[StudyKind(kind)]

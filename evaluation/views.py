@@ -306,15 +306,26 @@ def results(request: HttpRequest, study_id: int) -> HttpResponse:
     return render(request, "evaluation/study_results.html", context)
 
 
+# The recipe "Train on this" opens for each study kind's reward export (the launch form offers the others too:
+# pairwise also trains reward_model; rubric scores also train reward_regression).
+TRAIN_RECIPES = {
+    StudyKind.PAIRWISE: "dpo",
+    StudyKind.RATING: "reward_regression",
+    StudyKind.RUBRIC: "rubric_judge",
+    StudyKind.VIOLATION: "process_reward_model",
+}
+
+
 def _train_link(job: ExportJob) -> str | None:
-    """A prefilled launch form for reward data (pairwise → DPO); None when the training app has no such page."""
-    if job.format != ExportFormat.REWARD or job.status != ExportStatus.DONE or job.study.kind != StudyKind.PAIRWISE:
+    """A prefilled launch form for a reward export; None when the training app has no such page."""
+    recipe = TRAIN_RECIPES.get(StudyKind(job.study.kind))
+    if job.format != ExportFormat.REWARD or job.status != ExportStatus.DONE or recipe is None:
         return None
     try:
         base = reverse("training:run_new")
     except NoReverseMatch:
         return None
-    return base + "?" + urlencode({"recipe": "dpo", "dataset": job.path})
+    return base + "?" + urlencode({"recipe": recipe, "dataset": job.path})
 
 
 @researcher_required

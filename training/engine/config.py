@@ -220,6 +220,33 @@ class RewardModelConfig(SequenceDataConfig):
     )
 
 
+class ScoreRewardConfig(SequenceDataConfig):
+    """A reward model fitted to scores people gave (a rating, a rubric pass rate): its scalar head regresses them."""
+
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    objective: Literal["regression", "classification"] = Field(
+        "regression",
+        description=(
+            "regression: mean squared error of the head's output to the score in [0, 1]; classification: binary "
+            "cross-entropy of its logit to the score (a label, or the share of annotators who said yes)."
+        ),
+    )
+
+
+class ProcessRewardConfig(ScoreRewardConfig):
+    """A process reward model: each step of an agent's trajectory, in the context of the task and the steps before
+    it, scored by whether people marked it as violating a policy."""
+
+    objective: Literal["regression", "classification"] = Field(
+        "classification",
+        description="classification: binary cross-entropy of the logit to the step's violation label (the default).",
+    )
+
+
+class RubricJudgeConfig(SFTConfig):
+    """A rubric judge taught people's per-item verdicts: the yes/no model the GRPO rubric_judge reward asks."""
+
+
 class DPOConfig(SequenceDataConfig):
     """Direct Preference Optimisation against a frozen reference model."""
 
@@ -382,6 +409,25 @@ RECIPES: dict[str, RecipeInfo] = {
             RewardModelConfig,
         ),
         RecipeInfo("dpo", "DPO", "Direct Preference Optimisation against a frozen reference.", DPOConfig),
+        RecipeInfo(
+            "reward_regression",
+            "Reward model (scores)",
+            "A reward model regressing people's scores: a rating study's or a rubric study's reward export.",
+            ScoreRewardConfig,
+        ),
+        RecipeInfo(
+            "process_reward_model",
+            "Process reward model (violations)",
+            "Scores each step of an agent's trajectory by whether it violates a policy: a violation study's export.",
+            ProcessRewardConfig,
+        ),
+        RecipeInfo(
+            "rubric_judge",
+            "Rubric judge",
+            "A yes/no judge of each rubric item, taught people's verdicts from a rubric study's export; GRPO's "
+            "rubric_judge reward uses it (reward = fraction of items satisfied).",
+            RubricJudgeConfig,
+        ),
         RecipeInfo(
             "grpo",
             "GRPO",

@@ -6,6 +6,16 @@ Accepted rows (TRL's "standard" and "conversational" formats):
 - preference: ``{"prompt", "chosen", "rejected"}``, where each may be a string or a list of messages;
 - prompt-only (GRPO): ``{"prompt"}`` plus optional ``answer`` / ``solution`` / ``ground_truth`` (what the
   verifiers compare with) and ``rubric`` (a list of item strings for the rubric judge).
+
+Rows of a human study's reward export, each read as what one recipe trains on:
+- scored: ``{"prompt", "response" (or "completion"), "score"}`` with a score in [0, 1] (rating and rubric
+  exports): a reward model's regression target. Rows whose score is null (every verdict "unclear") are left out.
+- steps: a violation export's ``{"prompt", "trajectory": [step, ...], "step_labels": [0..1 per step]}``, one
+  scored example per step: the task and the steps before it as the prompt, the step as the response, and the
+  share of annotators who marked it as violating a policy (a process reward model's label).
+- rubric_items: a rubric export's ``{"prompt", "response", "rubric": [item, ...], "satisfied": [0..1|null]}``,
+  one supervised example per judged item: ``JUDGE_TEMPLATE`` as the prompt, " yes" or " no" (the people's
+  majority) as the completion, what the rubric judge reward asks a model (rewards/models.py).
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ from typing import Any, Literal
 
 Message = dict[str, str]
 Renderer = Callable[[list[Message], bool], str]
-DatasetKind = Literal["supervised", "preference", "prompt"]
+DatasetKind = Literal["supervised", "preference", "prompt", "scored", "steps", "rubric_items"]
+JUDGE_TEMPLATE = "Task: {prompt}\nResponse: {response}\nDoes the response satisfy: {item}? Answer yes or no.\nAnswer:"
 _ROLES = {"system", "user", "assistant", "tool"}
 _ANSWER_FIELDS = ("answer", "solution", "ground_truth")
 
@@ -56,7 +67,31 @@ class PromptExample:
     rubric: tuple[str, ...] = field(default_factory=tuple)
 
 
-Example = SupervisedExample | PreferenceExample | PromptExample
+@dataclass(frozen=True)
+class ScoredExample:
+    """A prompt and a response with a score in [0, 1] (a rating, a rubric pass rate, a step's violation label)."""
+
+    prompt: str
+    response: str
+    score: float
+
+
+Example = SupervisedExample | PreferenceExample | PromptExample | ScoredExample
+
+
+def render_step(step: Any) -> str:
+    """One agent step as text: its action (and observation) when it is an object, else the value as written."""
+    if isinstance(step, dict):
+        action, observation = step.get("action", ""), step.get("observation", "")
+        text = f"action: {action}" if action != "" else json.dumps(step, ensure_ascii=False, sort_keys=True)
+        return f"{text}\nobservation: {observation}" if observation != "" else text
+    return step if isinstance(step, str) else json.dumps(step, ensure_ascii=False)
+
+
+def render_step_prompt(task: str, earlier: Sequence[Any]) -> str:
+    """The context a process reward model scores a step in: the task, then every earlier step."""
+    lines = [f"Task: {task}"] + [f"Step {i + 1}: {render_step(s)}" for i, s in enumerate(earlier)]
+    return "\n".join(lines) + f"\nStep {len(earlier) + 1}: "
 
 
 def render_plain(messages: list[Message], add_generation_prompt: bool) -> str:
@@ -85,7 +120,7 @@ def load_dataset(
         raise DatasetError(f"{path}: expected a .jsonl or .parquet file")
     if limit is not None:
         rows = itertools.islice(rows, limit)
-    examples = [_parse_row(row, where=where, kind=kind, render=render) for where, row in rows]
+    examples = [e for where, row in rows for e in _parse_rows(row, where=where, kind=kind, render=render)]
     if not examples:
         raise DatasetError(f"{path}: the file has no rows")
     return examples
@@ -112,6 +147,61 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         raise DatasetError(f"{path}: not a readable Parquet file ({error})") from None
     for number, row in enumerate(table.to_pylist(), start=1):
         yield f"{path}:row {number}", row
+
+
+def _parse_rows(row: Any, *, where: str, kind: DatasetKind, render: Renderer) -> list[Example]:
+    """The examples one row holds: one, or none (a null score), or one per step / rubric item."""
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: each row must be a JSON object, got {type(row).__name__}")
+    if kind == "scored":
+        prompt = _prompt(row, where=where, render=render)
+        name = "completion" if "completion" in row and "response" not in row else "response"
+        score = _score(row.get("score"), where=where, name="score", optional=True)
+        return [] if score is None else [ScoredExample(prompt, _completion(row, name, where=where), score)]
+    if kind == "steps":
+        return list(_steps(row, where=where))
+    if kind == "rubric_items":
+        return list(_rubric_items(row, where=where))
+    return [_parse_row(row, where=where, kind=kind, render=render)]
+
+
+def _score(value: Any, *, where: str, name: str, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise DatasetError(f"{where}: field {name!r} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _steps(row: dict[str, Any], *, where: str) -> Iterator[ScoredExample]:
+    for name in ("prompt", "trajectory", "step_labels"):
+        if name not in row:
+            raise DatasetError(f"{where}: missing field {name!r}")
+    task, trajectory, labels = row["prompt"], row["trajectory"], row["step_labels"]
+    if not isinstance(task, str):
+        raise DatasetError(f"{where}: field 'prompt' must be a string")
+    if not isinstance(trajectory, list) or not isinstance(labels, list) or len(labels) != len(trajectory):
+        raise DatasetError(f"{where}: fields 'trajectory' and 'step_labels' must be lists of the same length")
+    for k, step in enumerate(trajectory):
+        label = _score(labels[k], where=where, name=f"step_labels[{k}]")
+        assert label is not None
+        yield ScoredExample(render_step_prompt(task, trajectory[:k]), render_step(step), label)
+
+
+def _rubric_items(row: dict[str, Any], *, where: str) -> Iterator[SupervisedExample]:
+    for name in ("prompt", "response", "rubric", "satisfied"):
+        if name not in row:
+            raise DatasetError(f"{where}: missing field {name!r}")
+    items, satisfied = row["rubric"], row["satisfied"]
+    if not isinstance(items, list) or not isinstance(satisfied, list) or len(items) != len(satisfied):
+        raise DatasetError(f"{where}: fields 'rubric' and 'satisfied' must be lists of the same length")
+    goal, response = _text(row, "prompt", where=where), _text(row, "response", where=where)
+    for i, (item, share) in enumerate(zip(items, satisfied, strict=True)):
+        value = _score(share, where=where, name=f"satisfied[{i}]", optional=True)
+        if value is None or value == 0.5 or not isinstance(item, str):
+            continue  # no verdict, or people split evenly: nothing to teach
+        prompt = JUDGE_TEMPLATE.format(prompt=goal, response=response, item=item)
+        yield SupervisedExample(prompt=prompt, completion=" yes" if value > 0.5 else " no")
 
 
 def _parse_row(row: Any, *, where: str, kind: DatasetKind, render: Renderer) -> Example:

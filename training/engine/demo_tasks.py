@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from training.engine.data import Example, PreferenceExample, PromptExample, SupervisedExample
+from training.engine.data import Example, PreferenceExample, PromptExample, ScoredExample, SupervisedExample
 
 
 def addition_supervised(
@@ -62,6 +62,8 @@ def task_texts(examples: Sequence[Example]) -> list[str]:
             texts += [e.prompt, e.completion]
         elif isinstance(e, PreferenceExample):
             texts += [e.prompt, e.chosen, e.rejected]
+        elif isinstance(e, ScoredExample):
+            texts += [e.prompt, e.response]
         else:
             texts += [e.prompt, e.answer or "", *e.rubric]
     return texts

@@ -23,6 +23,7 @@ from training.engine.data import (
     DatasetKind,
     Example,
     PreferenceExample,
+    ScoredExample,
     SupervisedExample,
     load_dataset,
 )
@@ -37,11 +38,17 @@ DATASET_KINDS: dict[str, DatasetKind] = {
     "reward_model": "preference",
     "dpo": "preference",
     "grpo": "prompt",
+    "reward_regression": "scored",
+    "process_reward_model": "steps",
+    "rubric_judge": "rubric_items",
 }
 COLUMNS: dict[DatasetKind, str] = {
     "supervised": "prompt + completion, text, or messages",
     "preference": "prompt, chosen, rejected",
     "prompt": "prompt (and optionally answer / solution / ground_truth, rubric)",
+    "scored": "prompt, response (or completion), score",
+    "steps": "prompt, trajectory, step_labels (a violation study's reward export)",
+    "rubric_items": "prompt, response, rubric, satisfied (a rubric study's reward export)",
 }
 PATH_FIELDS = ("dataset_path", "eval_dataset_path")
 CHECK_ROWS = 20_000  # rows read at launch: enough to judge a file, bounded for a web request
@@ -173,11 +180,18 @@ def truncation_report(
         rejected = encode_completions(tokenizer, [e.rejected for e in pairs])
         for i, p in enumerate(prompts):
             report.add(i, [cut(p, chosen[i], limits, bos=bos), cut(p, rejected[i], limits, bos=bos)], pair=True)
-    elif examples and isinstance(examples[0], SupervisedExample):
-        completions = encode_completions(tokenizer, [cast(SupervisedExample, e).completion for e in examples])
+    elif examples and isinstance(examples[0], SupervisedExample | ScoredExample):
+        completions = encode_completions(tokenizer, [_answer(e) for e in examples])
         for i, p in enumerate(prompts):
             report.add(i, [cut(p, completions[i], limits, bos=bos)])
     return report
+
+
+def _answer(example: Example) -> str:
+    """What follows the prompt in a sequence the recipe trains on."""
+    if isinstance(example, ScoredExample):
+        return example.response
+    return cast(SupervisedExample, example).completion
 
 
 # --- sizing limits from the data ("Train on this") ------------------------------------------------------
@@ -233,8 +247,8 @@ def size_limits(
     for e in examples:
         if isinstance(e, PreferenceExample):
             completion_texts.append([e.chosen, e.rejected])
-        elif isinstance(e, SupervisedExample):
-            completion_texts.append([e.completion])
+        elif isinstance(e, SupervisedExample | ScoredExample):
+            completion_texts.append([_answer(e)])
         else:
             completion_texts.append([e.answer or ""])
     flat = encode_completions(tokenizer, [t for texts in completion_texts for t in texts])

@@ -11,6 +11,9 @@ _IMPLEMENTATIONS: dict[str, str] = {
     "sft": "training.engine.recipes.sft:SFTRecipe",
     "reward_model": "training.engine.recipes.preference:RewardModelRecipe",
     "dpo": "training.engine.recipes.preference:DPORecipe",
+    "reward_regression": "training.engine.recipes.scores:ScoreRewardRecipe",
+    "process_reward_model": "training.engine.recipes.scores:ScoreRewardRecipe",
+    "rubric_judge": "training.engine.recipes.scores:RubricJudgeRecipe",
     "grpo": "training.engine.recipes.grpo:GRPORecipe",
     "demo_grpo": "training.engine.recipes.grpo:GRPORecipe",
 }

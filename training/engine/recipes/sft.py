@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from training.engine.batching import EncodedRow, TokenBatch, encode_supervised, pad_rows
 from training.engine.config import DemoConfig, SequenceDataConfig, SFTConfig
-from training.engine.data import SupervisedExample, load_dataset, step_indices
+from training.engine.data import DatasetKind, SupervisedExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_supervised
 from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import sft_loss
@@ -23,18 +23,18 @@ from training.engine.truncation import Truncation, check_usable
 class SFTRecipe(Recipe):
     """Causal LM on prompt/completion data."""
 
+    dataset_kind: DatasetKind = "supervised"  # how dataset_path's rows are read (rubric_judge reads its own)
+
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         self.config = cast(SFTConfig, ctx.config)
         examples = self._examples(ctx)
-        self.tokenizer = ctx.tokenizer_for(list(examples), kind="supervised")
+        kind = self.dataset_kind
+        self.tokenizer = ctx.tokenizer_for(list(examples), kind=kind)
         render = chat_renderer(self.tokenizer)
         if ctx.config.dataset_path:  # re-read with the chat template, now that the tokenizer is known
-            examples = cast(
-                list[SupervisedExample],
-                load_dataset(ctx.config.dataset_path, kind="supervised", render=render),
-            )
-        train, held = ctx.held_out(examples, kind="supervised", render=render)
+            examples = cast(list[SupervisedExample], load_dataset(ctx.config.dataset_path, kind=kind, render=render))
+        train, held = ctx.held_out(examples, kind=kind, render=render)
         self.examples = cast(list[SupervisedExample], train)
         self.eval_examples = held
         self.rows = self._encode(ctx, self.examples)

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from training.engine.batching import encode_prompt, pad_left, positions
-from training.engine.data import PromptExample
+from training.engine.data import JUDGE_TEMPLATE, PromptExample
 from training.engine.modeling import frozen, moved
 
-JUDGE_TEMPLATE = "Task: {prompt}\nResponse: {response}\nDoes the response satisfy: {item}? Answer yes or no.\nAnswer:"
+__all__ = ["JUDGE_TEMPLATE", "RewardModelReward", "RubricJudge"]  # the template lives with the data it makes
 
 
 class RewardModelReward:
@@ -54,15 +59,10 @@ class RubricJudge:
         self.yes_id, self.no_id = self._answer_tokens(path)
 
     def _answer_tokens(self, path: str) -> tuple[int, int]:
-        """First-token ids of "yes" and "no", trying spellings until the two differ (a character tokenizer
-        would otherwise compare the leading space with itself)."""
-        unk = self.tokenizer.unk_token_id
-        for yes, no in ((" yes", " no"), ("yes", "no"), (" Yes", " No"), ("Yes", "No")):
-            y = self.tokenizer(yes, add_special_tokens=False)["input_ids"]
-            n = self.tokenizer(no, add_special_tokens=False)["input_ids"]
-            if y and n and y[0] != n[0] and unk not in (y[0], n[0]):
-                return int(y[0]), int(n[0])
-        raise ValueError(f"the judge's tokenizer ({path}) does not tell 'yes' from 'no' by their first token")
+        spelling = answer_spellings(self.tokenizer)
+        if spelling is None:
+            raise ValueError(f"the judge's tokenizer ({path}) does not tell 'yes' from 'no' by their first token")
+        return spelling[2], spelling[3]
 
     @torch.no_grad()
     def satisfied(self, prompt: str, response: str, items: Sequence[str]) -> list[bool]:
@@ -88,6 +88,19 @@ class RubricJudge:
             verdicts = self.satisfied(example.prompt, completion, example.rubric)
             scores.append(sum(verdicts) / len(verdicts))
         return scores
+
+
+def answer_spellings(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str, int, int] | None:
+    """How the judge reads "yes" and "no": the first spellings whose first tokens differ (a character tokenizer
+    would otherwise compare the leading space with itself), with those token ids. A judge trained on people's
+    verdicts (the rubric_judge recipe) is taught these same spellings."""
+    unk = tokenizer.unk_token_id
+    for yes, no in ((" yes", " no"), ("yes", "no"), (" Yes", " No"), ("Yes", "No")):
+        y = tokenizer(yes, add_special_tokens=False)["input_ids"]
+        n = tokenizer(no, add_special_tokens=False)["input_ids"]
+        if y and n and y[0] != n[0] and unk not in (y[0], n[0]):
+            return yes, no, int(y[0]), int(n[0])
+    return None
 
 
 def _right_pad(rows: list[list[int]], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
