@@ -82,6 +82,8 @@ class Run(models.Model):
     resume_checkpoint = models.ForeignKey(
         "Checkpoint", null=True, blank=True, on_delete=models.SET_NULL, related_name="resumed_runs"
     )
+    # Archived runs leave the run list (a filter shows them) but keep everything; deleting is separate.
+    archived_at = models.DateTimeField(null=True, blank=True)
     # Sequence number of the last live event: the page discards deltas older than its backlog.
     event_seq = models.BigIntegerField(default=0)
 

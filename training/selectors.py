@@ -66,11 +66,13 @@ class RunListFilters:
     tag: str = ""
     q: str = ""
     sort: str = "-created"  # -created | created | name | -name | metric:<key> | -metric:<key>
+    archived: bool = False  # the archived runs instead of the others
 
 
 def run_list(*, user: Any, filters: RunListFilters) -> QuerySet[Run]:
     """The run list page's rows: tags prefetched, the sort metric's final value annotated as `sort_value`."""
     qs = visible_runs(user=user).select_related("owner").prefetch_related("tags")
+    qs = qs.filter(archived_at__isnull=not filters.archived)
     if filters.status in RunStatus.values:
         qs = qs.filter(status=filters.status)
     if filters.recipe:
@@ -236,6 +238,16 @@ def last_error_line(*, run: Run) -> str | None:
     if line is None:
         line = lines[0] if lines else run.transitions.order_by("-at", "-id").values_list("note", flat=True).first()
     return line[:500] if line else None
+
+
+def run_contents(*, run: Run) -> dict[str, int]:
+    """What deleting a run removes, counted for its confirmation page."""
+    return {
+        "metric series": MetricSummary.objects.filter(run=run).count(),
+        "log lines": LogLine.objects.filter(run=run).count(),
+        "checkpoint records": run.checkpoints.count(),
+        "sample tables": RunTable.objects.filter(run=run).count(),
+    }
 
 
 def last_checkpoint(*, run: Run) -> Checkpoint | None:

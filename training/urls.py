@@ -17,4 +17,7 @@ urlpatterns = [
     path("<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("<int:run_id>/retry/", views.run_retry, name="run_retry"),
     path("<int:run_id>/resume/", views.run_resume, name="run_resume"),
+    path("<int:run_id>/edit/", views.run_edit, name="run_edit"),
+    path("<int:run_id>/archive/", views.run_archive, name="run_archive"),
+    path("<int:run_id>/delete/", views.run_delete, name="run_delete"),
 ]

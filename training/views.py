@@ -11,15 +11,17 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from arbiter.accounts.decorators import researcher_required
+from arbiter.dependants import HasDependants
 from training import selectors
-from training.forms import ApiKeyForm, LaunchForm, config_sections, diff_sections
+from training.forms import ApiKeyForm, LaunchForm, RunEditForm, config_sections, diff_sections
 from training.http import AuthedHttpRequest
 from training.models import ApiToken, Run, RunStatus
-from training.services import runs
+from training.services import run_records, runs
 from training.services.datasets import DataSizing, size_from_data
 
 
@@ -80,6 +82,7 @@ def run_list(request: AuthedHttpRequest) -> HttpResponse:
         tag=request.GET.get("tag", ""),
         q=request.GET.get("q", "").strip(),
         sort=request.GET.get("sort", "-created"),
+        archived=request.GET.get("archived") == "1",
     )
     qs = selectors.run_list(user=request.user, filters=filters)
     page = list(qs[:200])
@@ -107,7 +110,7 @@ def run_list(request: AuthedHttpRequest) -> HttpResponse:
         )
         for run in page
     ]
-    filtered = any((filters.status, filters.recipe, filters.tag, filters.q))
+    filtered = any((filters.status, filters.recipe, filters.tag, filters.q, filters.archived))
     context = {
         "runs": page,
         "rows": rows,
@@ -209,9 +212,7 @@ def _panel_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:
     }
 
 
-@researcher_required
-def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
-    run = selectors.get_run_for(user=request.user, run_id=run_id)
+def _detail_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:
     context = _panel_context(request, run)
     context.update(
         {
@@ -220,9 +221,16 @@ def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
             "children": selectors.run_children(user=request.user, run=run),
             "config_sections": config_sections(recipe=run.recipe, config=run.config or {}),
             "summaries": selectors.run_summaries(run=run),
+            "edit_form": RunEditForm(run=run),
         }
     )
-    return render(request, "training/run_detail.html", context)
+    return context
+
+
+@researcher_required
+def run_detail(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    run = selectors.get_run_for(user=request.user, run_id=run_id)
+    return render(request, "training/run_detail.html", _detail_context(request, run))
 
 
 @researcher_required
@@ -271,6 +279,75 @@ def _act(request: AuthedHttpRequest, run_id: int, action: str) -> HttpResponse:
     if getattr(request, "htmx", False):
         return render(request, "training/run_detail.html#status-panel", _panel_context(request, run))
     return redirect(run.get_absolute_url())
+
+
+def _header(
+    request: AuthedHttpRequest, run: Run, *, form: RunEditForm | None = None, status: int = 200
+) -> HttpResponse:
+    context = {
+        "run": run,
+        "tags": [t.name for t in run.tags.all()],
+        "can_change": selectors.can_change_run(user=request.user, run=run),
+        "edit_form": form or RunEditForm(run=run),
+    }
+    return render(request, "training/run_detail.html#run-head", context, status=status)
+
+
+@researcher_required
+@require_POST
+def run_edit(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    """Rename and re-tag (owner or admin); htmx gets the header back, a plain form the page."""
+    run = selectors.get_run_for(user=request.user, run_id=run_id, for_change=True)
+    form = RunEditForm(request.POST, run=run)
+    if form.is_valid():
+        try:
+            run_records.edit_run(run=run, name=form.cleaned_data["name"], tags=form.tag_list())
+        except ValidationError as exc:
+            form.add_service_errors(exc)
+        else:
+            if getattr(request, "htmx", False):
+                return _header(request, run)
+            return redirect(run.get_absolute_url())
+    run.refresh_from_db()
+    if getattr(request, "htmx", False):
+        return _header(request, run, form=form, status=422)
+    context = {**_detail_context(request, run), "edit_form": form, "edit_open": True}
+    return render(request, "training/run_detail.html", context, status=422)
+
+
+@researcher_required
+@require_POST
+def run_archive(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    """`archived=1` archives, `archived=0` brings the run back to the list."""
+    run = selectors.get_run_for(user=request.user, run_id=run_id, for_change=True)
+    try:
+        run_records.set_run_archived(run=run, archived=request.POST.get("archived", "1") == "1")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"Run #{run.id} {'archived' if run.archived_at else 'is back in the run list'}.")
+    return _redirect(request, run.get_absolute_url())
+
+
+@researcher_required
+def run_delete(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    """GET: what deleting would remove, or what stops it; POST: delete. A refusal is a 409 that lists dependants."""
+    run = selectors.get_run_for(user=request.user, run_id=run_id, for_change=True)
+    found = [] if run.is_active else run_records.dependants_of_run(run=run, user=request.user)
+    refusal = f"Run #{run.id} is {run.status}: cancel it before deleting it." if run.is_active else ""
+    if request.method == "POST" and not refusal and not found:
+        try:
+            run_records.delete_run(run=run, by=request.user)
+        except HasDependants as exc:
+            found = exc.dependants
+        except ValidationError as exc:
+            refusal = " ".join(exc.messages)
+        else:
+            messages.success(request, f"Run #{run_id} {run.name} was deleted.")
+            return _redirect(request, reverse("training:run_list"))
+    context = {"run": run, "dependants": found, "refusal": refusal, "counts": selectors.run_contents(run=run)}
+    status = 409 if request.method == "POST" else 200
+    return render(request, "training/run_delete.html", context, status=status)
 
 
 @researcher_required

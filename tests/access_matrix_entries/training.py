@@ -44,6 +44,10 @@ ENTRIES = {
     "training:run_cancel": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_retry": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_resume": Access(roles=RESEARCHERS, objects="run", method="post"),
+    # Rename/tag, archive and delete: the owner (or an admin); anyone else gets 404 as for every other run action.
+    "training:run_edit": Access(roles=RESEARCHERS, objects="run", method="post"),
+    "training:run_archive": Access(roles=RESEARCHERS, objects="run", method="post"),
+    "training:run_delete": Access(roles=RESEARCHERS, objects="run"),
     # The API: reads accept a session (researchers who may see the run); writes need a run token.
     "training_api:run_create": Access(auth="token", method="post"),
     "training_api:run_launch": Access(auth="token", method="post"),

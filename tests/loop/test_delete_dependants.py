@@ -1,0 +1,63 @@
+"""Deletes that the loop's links refuse: a run whose outputs a study judges, a study whose export trained a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from arbiter.dependants import HasDependants, dependants_of
+from loop.services.policies import policy_for_checkpoint
+from tests.loop.conftest import finished_export, judge, sourced_pairwise_study
+from training.models import Run
+from training.services.runs import launch_run
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def judged(researcher: Any, annotator: Any, run_with_checkpoints: Any) -> Any:
+    run = run_with_checkpoints(researcher)
+    early, late = (policy_for_checkpoint(checkpoint=c) for c in run.checkpoints.order_by("step"))
+    study = sourced_pairwise_study(researcher, [(early, late)] * 2, annotators=[annotator], name="early vs late")
+    judge(study, annotator, ["b", "a"])
+    return run, study
+
+
+def test_a_run_whose_samples_a_study_judges_is_not_deleted_and_the_page_names_the_study(
+    judged: Any, researcher: Any, client_for: Any
+) -> None:
+    run, study = judged
+    response = client_for(researcher).post(f"/runs/{run.id}/delete/")
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert f'<a href="/studies/{study.id}/">study #{study.id} early vs late</a>' in html
+    assert "its items were sampled from this run" in html
+    assert Run.objects.filter(id=run.id).exists()
+
+
+def test_a_study_whose_export_trained_a_run_names_that_run(judged: Any, researcher: Any, other_researcher: Any) -> None:
+    _, study = judged
+    job = finished_export(study, researcher)
+    trained = launch_run(owner=researcher, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
+    found = dependants_of(study, user=researcher)
+    assert [(d.label, d.reason) for d in found] == [(f"run #{trained.id} {trained.name}", "trained on its export")]
+    # Told to someone who may not see that run, the refusal does not leak its name.
+    told = [d.label for d in dependants_of(study, user=other_researcher)]
+    assert told == [f"run #{trained.id} of another researcher"]
+
+
+def test_protect_in_the_database_is_still_a_clear_refusal(judged: Any, researcher: Any) -> None:
+    """Without the loop's finder, the export's PROTECT foreign key alone refuses, and is reported the same way."""
+    from arbiter import dependants
+
+    _, study = judged
+    job = finished_export(study, researcher)
+    launch_run(owner=researcher, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
+    saved = dependants._FINDERS.pop("evaluation.Study")
+    try:
+        with pytest.raises(HasDependants, match="run input"):
+            dependants.delete_unless_needed(study, what=f"Study #{study.id}", user=researcher)
+    finally:
+        dependants._FINDERS["evaluation.Study"] = saved
+    study.refresh_from_db()

@@ -1,0 +1,112 @@
+"""Rename, tag, archive and delete a run from its page: the owner may, no one else may; delete refuses dependants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from arbiter.accounts.models import User
+from training.models import LogLine, Run, RunTag
+from training.services import runs
+
+pytestmark = pytest.mark.django_db
+
+
+def test_owner_renames_and_retags_a_run_and_htmx_gets_the_header_back(
+    client_for: Any, researcher: User, make_run: Any
+) -> None:
+    run = make_run(researcher, name="old")
+    RunTag.objects.create(run=run, name="drop-me")
+    response = client_for(researcher).post(
+        f"/runs/{run.id}/edit/", {"edit-name": "  new name ", "edit-tags": "a, b ,a, "}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="run-head"' in html and '<span id="run-name">new name</span>' in html and "<html" not in html
+    run.refresh_from_db()
+    assert run.name == "new name" and sorted(run.tags.values_list("name", flat=True)) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "tags", "field", "message"),
+    [
+        ("", "", "name", "This field is required."),
+        ("bad\x00name", "", "name", "Null characters are not allowed."),
+        ("ok", "x\ty", "tags", "control characters"),
+        ("ok", ",".join(f"t{i}" for i in range(21)), "tags", "At most 20 tags"),
+    ],
+)
+def test_bad_rename_is_a_422_naming_the_field_and_changes_nothing(
+    client_for: Any, researcher: User, make_run: Any, name: str, tags: str, field: str, message: str
+) -> None:
+    run = make_run(researcher, name="kept")
+    response = client_for(researcher).post(f"/runs/{run.id}/edit/", {"edit-name": name, "edit-tags": tags})
+    assert response.status_code == 422
+    errors = response.context["edit_form"].errors
+    assert message in " ".join(errors[field])
+    run.refresh_from_db()
+    assert run.name == "kept" and not run.tags.exists()
+
+
+def test_another_researcher_cannot_rename_archive_or_delete_even_a_shared_run(
+    client_for: Any, researcher: User, other_researcher: User, make_run: Any
+) -> None:
+    run = make_run(researcher, name="mine", shared=True)
+    other = client_for(other_researcher)
+    assert other.get(f"/runs/{run.id}/").status_code == 200  # shared: readable
+    assert 'id="run-edit"' not in other.get(f"/runs/{run.id}/").content.decode()
+    assert other.post(f"/runs/{run.id}/edit/", {"edit-name": "theirs"}).status_code == 404
+    assert other.post(f"/runs/{run.id}/archive/", {"archived": "1"}).status_code == 404
+    assert other.get(f"/runs/{run.id}/delete/").status_code == 404
+    assert other.post(f"/runs/{run.id}/delete/").status_code == 404
+    run.refresh_from_db()
+    assert run.name == "mine" and run.archived_at is None
+
+
+def test_archived_runs_leave_the_list_until_asked_for_and_come_back(
+    client_for: Any, researcher: User, make_run: Any
+) -> None:
+    run = make_run(researcher, name="to-archive")
+    client = client_for(researcher)
+    assert client.post(f"/runs/{run.id}/archive/", {"archived": "1"}).status_code == 302
+    assert "to-archive" not in client.get("/runs/").content.decode()
+    assert "to-archive" in client.get("/runs/", {"archived": "1"}).content.decode()
+    assert 'id="run-archived"' in client.get(f"/runs/{run.id}/").content.decode()
+    client.post(f"/runs/{run.id}/archive/", {"archived": "0"})
+    assert "to-archive" in client.get("/runs/").content.decode()
+
+
+def test_an_active_run_is_neither_archived_nor_deleted(client_for: Any, researcher: User, make_run: Any) -> None:
+    run = make_run(researcher, status="queued")
+    client = client_for(researcher)
+    client.post(f"/runs/{run.id}/archive/", {"archived": "1"})
+    response = client.post(f"/runs/{run.id}/delete/")
+    assert response.status_code == 409 and "cancel it before deleting it" in response.content.decode()
+    run.refresh_from_db()
+    assert run.archived_at is None
+
+
+def test_delete_removes_the_run_and_what_it_logged(client_for: Any, researcher: User, make_run: Any) -> None:
+    run = make_run(researcher, name="gone")
+    LogLine.objects.create(run=run, stream="stdout", seq=0, text="hi", time=0)
+    client = client_for(researcher)
+    confirm = client.get(f"/runs/{run.id}/delete/")
+    assert confirm.status_code == 200 and "1 log lines" in confirm.content.decode()
+    response = client.post(f"/runs/{run.id}/delete/")
+    assert response.status_code == 302 and response["Location"] == "/runs/"
+    assert not Run.objects.filter(id=run.id).exists() and not LogLine.objects.filter(run_id=run.id).exists()
+
+
+def test_delete_refuses_while_a_run_resumed_from_its_checkpoint_and_lists_it(
+    client_for: Any, researcher: User, make_run: Any
+) -> None:
+    run = make_run(researcher, name="base", config={"max_steps": 3})
+    run.checkpoints.create(step=2, path="/a/checkpoint-2")
+    child = runs.resume_run(run=run, by=researcher)
+    response = client_for(researcher).post(f"/runs/{run.id}/delete/")
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert f'<a href="/runs/{child.id}/">run #{child.id} base (resumed @2)</a>' in html
+    assert "resumed from its checkpoint" in html
+    assert Run.objects.filter(id=run.id).exists()
