@@ -7,13 +7,23 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 TRAINER_STATE = "trainer_state.pt"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@runtime_checkable
+class Saveable(Protocol):
+    """What a checkpoint folder is written from: a transformers model (whole weights) or a peft model (its
+    adapters and ``modules_to_save``: a PEFT folder)."""
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """Write the model's files into ``save_directory``."""
+        ...
 
 
 class TrainerState(TypedDict):
@@ -27,8 +37,9 @@ class TrainerState(TypedDict):
     recipe: NotRequired[list[object]]
 
 
-def save_model_folder(folder: Path, *, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Write a folder that ``from_pretrained``, vLLM and the next run's ``model_name_or_path`` can load."""
+def save_model_folder(folder: Path, *, model: Saveable, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Write a folder that the next run's ``model_name_or_path`` and sampling can load: a Hugging Face folder
+    (``from_pretrained``, vLLM), or for a LoRA run a PEFT folder (``adapters.load_merged`` makes it a plain model)."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -38,7 +49,7 @@ def save_checkpoint(
     *,
     output_dir: Path,
     step: int,
-    model: PreTrainedModel,
+    model: Saveable,
     tokenizer: PreTrainedTokenizerBase,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,

@@ -7,11 +7,16 @@ Configs are flat on purpose: a flat schema renders as a plain form, with no nest
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+# The linear layers of the built-in tiny Llama (modeling.tiny_llama_config): LoRA targets it can take.
+TINY_LINEAR = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
 RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge"]
 
@@ -103,6 +108,26 @@ class BaseRecipeConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory (about 1.16x slower)."
     )
+    finetuning: Literal["full", "lora", "qlora"] = Field(
+        "full",
+        description=(
+            "full: train every weight. lora: freeze the model and train low-rank adapters (peft), saved as PEFT "
+            "folders; the reference model is the base with the adapters switched off, not a second copy. "
+            "qlora: LoRA on a base quantised to 4-bit NF4 (bitsandbytes; needs a CUDA GPU)."
+        ),
+    )
+    lora_r: int = Field(16, ge=1, le=4096, description="LoRA rank r.")
+    lora_alpha: int = Field(32, ge=1, le=65536, description="LoRA alpha: updates are scaled by alpha / r.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    lora_target_modules: str = Field(
+        "all-linear",
+        min_length=1,
+        max_length=1000,
+        description=(
+            "Modules given adapters: all-linear (every linear layer but the output head), or comma-separated "
+            "module names such as q_proj,v_proj."
+        ),
+    )
     tiny_hidden_size: int = Field(128, ge=8, le=4096, description="Hidden size of the 'tiny' model.")
     tiny_num_layers: int = Field(4, ge=1, le=64, description="Decoder layers of the 'tiny' model.")
     tiny_num_heads: int = Field(4, ge=1, le=64, description="Attention heads of the 'tiny' model.")
@@ -137,6 +162,36 @@ class BaseRecipeConfig(BaseModel):
                 "gradient_accumulation_steps",
                 f"Must divide batch_size ({self.batch_size}) into equal micro-batches; {k} does not.",
             )
+        return self
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _target_modules_are_names(cls, value: str) -> str:
+        names = [part.strip() for part in value.split(",")]
+        if value.strip() != "all-linear" and not all(_MODULE_NAME.fullmatch(name) for name in names):
+            raise ValueError("must be all-linear or module names separated by commas (e.g. q_proj,v_proj)")
+        return value
+
+    @model_validator(mode="after")
+    def _combination_can_run(self) -> Self:
+        """Refuse what cannot run wherever the run lands (the engine re-checks what depends on its machine)."""
+        if self.finetuning == "qlora" and self.device == "cpu":
+            raise field_error(
+                self,
+                "finetuning",
+                "QLoRA quantises the base to 4 bits with bitsandbytes, which needs a CUDA GPU: set device to "
+                "auto or cuda, or use lora.",
+            )
+        if self.finetuning != "full" and self.model_name_or_path == "tiny":
+            targets = self.lora_target_modules.strip()
+            unknown = set() if targets == "all-linear" else {t.strip() for t in targets.split(",")} - TINY_LINEAR
+            if unknown:
+                raise field_error(
+                    self,
+                    "lora_target_modules",
+                    f"The tiny Llama has no module {', '.join(sorted(unknown))}; its linear layers are "
+                    f"{', '.join(sorted(TINY_LINEAR))}.",
+                )
         return self
 
     @model_validator(mode="after")
@@ -334,6 +389,18 @@ class GRPOConfig(BaseRecipeConfig):
         0, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
     )
     sft_learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Learning rate of the warm-start steps.")
+
+    @model_validator(mode="after")
+    def _adapters_reach_the_rollout_engine(self) -> Self:
+        """vLLM holds plain weights: the colocated sync does not merge adapters yet, so LoRA samples with HF."""
+        if self.finetuning != "full" and self.rollout_backend == "vllm":
+            raise field_error(
+                self,
+                "rollout_backend",
+                "LoRA/QLoRA runs sample with the Hugging Face backend (weight sync into vLLM does not merge "
+                "adapters yet): set it to hf or auto.",
+            )
+        return self
 
     @model_validator(mode="after")
     def _gtpo_is_its_authors_method(self) -> Self:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, trainers
@@ -12,6 +13,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BitsAndBytesConfig,
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
@@ -101,38 +103,103 @@ def load_tokenizer(path: str, *, texts: Iterable[str] = ()) -> PreTrainedTokeniz
     return tokenizer
 
 
+Head = Literal["causal_lm", "sequence_classifier"]
+
+
 def load_causal_lm(
-    path: str, *, config: BaseRecipeConfig, tokenizer: PreTrainedTokenizerBase, seed: int, device: torch.device
+    path: str,
+    *,
+    config: BaseRecipeConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    device: torch.device,
+    lora_base: bool = False,
 ) -> PreTrainedModel:
-    """A causal LM from ``path``, or a tiny Llama initialised deterministically from ``seed``; float32 weights
-    (the master copy: with ``dtype: bfloat16`` the compute runs under autocast, see ``compute_autocast``)."""
-    model: PreTrainedModel
-    if path == TINY:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(_tiny_config(config, tokenizer))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()  # type: ignore[no-untyped-call]  # untyped in transformers
-    return moved(model, device)
+    """A causal LM from ``path`` (a folder, a hub id, or a LoRA run's adapter folder, merged into its base), or
+    a tiny Llama initialised deterministically from ``seed``.
+
+    Weights are float32 (the master copy: with ``dtype: bfloat16`` the compute runs under autocast, see
+    ``compute_autocast``), except for ``lora_base``, the frozen base of a LoRA run, which nothing updates:
+    stored in bf16 when computing in bf16, in 4-bit NF4 for QLoRA.
+    """
+    return _load(path, "causal_lm", config=config, tokenizer=tokenizer, seed=seed, device=device, lora_base=lora_base)
 
 
 def load_sequence_classifier(
-    path: str, *, config: BaseRecipeConfig, tokenizer: PreTrainedTokenizerBase, seed: int, device: torch.device
+    path: str,
+    *,
+    config: BaseRecipeConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    device: torch.device,
+    lora_base: bool = False,
 ) -> PreTrainedModel:
-    """A one-logit sequence classifier (a reward model) from ``path`` or a tiny Llama."""
-    model: PreTrainedModel
-    if path == TINY:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = LlamaForSequenceClassification(_tiny_config(config, tokenizer))  # type: ignore[no-untyped-call]
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    """A one-logit sequence classifier (a reward model) from ``path`` or a tiny Llama (as ``load_causal_lm``)."""
+    model = _load(
+        path, "sequence_classifier", config=config, tokenizer=tokenizer, seed=seed, device=device, lora_base=lora_base
+    )
     if model.config.pad_token_id is None:
         # The classifier finds each sequence's last real token through pad_token_id.
         model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _load(
+    path: str,
+    head: Head,
+    *,
+    config: BaseRecipeConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    device: torch.device,
+    lora_base: bool,
+) -> PreTrainedModel:
+    # Imported here: peft is only needed by runs that meet an adapter.
+    from training.engine.adapters import is_adapter_folder, load_merged
+
+    dtype = torch.bfloat16 if lora_base and config.dtype == "bfloat16" else torch.float32
+    auto: Any = AutoModelForSequenceClassification if head == "sequence_classifier" else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"num_labels": 1} if head == "sequence_classifier" else {}
+    model: PreTrainedModel
+    if path == TINY:
+        cls: Any = LlamaForSequenceClassification if head == "sequence_classifier" else LlamaForCausalLM
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(_tiny_config(config, tokenizer))
+        return moved(moved(model, dtype), device)
+    if is_adapter_folder(path):
+        return moved(load_merged(path, head=head, dtype=dtype), device)
+    if lora_base and config.finetuning == "qlora":
+        # 4-bit weights are placed by the loader (a quantised model cannot be moved afterwards).
+        loaded: PreTrainedModel = auto.from_pretrained(
+            path, quantization_config=nf4_config(config), dtype=dtype, device_map={"": device}, **kwargs
+        )
+        return loaded
+    model = auto.from_pretrained(path, dtype=dtype, **kwargs)
     return moved(model, device)
+
+
+def nf4_config(config: BaseRecipeConfig) -> BitsAndBytesConfig:
+    """QLoRA's quantisation (Dettmers et al. 2023): 4-bit NormalFloat weights, double-quantised constants, matmuls
+    in the compute dtype."""
+    compute = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]  # untyped in transformers
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel, *, adapters: bool) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant, the variant PyTorch recommends:
+    it needs no input that requires grad, handles keyword arguments and nested no-grad code). Before adapters
+    are attached: the embeddings' output is then made to require grad as well, as peft and TRL do, since a
+    frozen base gives the first checkpointed layer no input that does."""
+    # Both untyped in transformers.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[no-untyped-call]
+    if adapters:
+        model.enable_input_require_grads()  # type: ignore[no-untyped-call]
 
 
 def moved(model: PreTrainedModel, target: torch.device | torch.dtype) -> PreTrainedModel:

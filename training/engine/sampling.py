@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from training.engine.adapters import is_adapter_folder, load_merged
 from training.engine.batching import encode_prompt
 from training.engine.data import Message, render_plain
 from training.engine.modeling import TINY, load_tokenizer, moved, resolve_device
@@ -115,7 +117,11 @@ def load_sampler_model(path: str, *, device: torch.device) -> tuple[PreTrainedMo
         raise ValueError("'tiny' is a random model built for training; sample from a checkpoint or a real model")
     tokenizer = load_tokenizer(path)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    loaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    loaded: PreTrainedModel
+    if is_adapter_folder(path):  # a LoRA run's checkpoint: its base with the adapter merged in
+        loaded = load_merged(path, head="causal_lm", dtype=dtype)
+    else:
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model = moved(loaded, device)
     model.train(False)
     return model, tokenizer
@@ -201,6 +207,15 @@ def _generator(
         from training.engine.rollout.vllm import VLLMRollout
 
         tokenizer = load_tokenizer(path)
+        merged_dir: tempfile.TemporaryDirectory[str] | None = None
+        if is_adapter_folder(path):
+            # vLLM loads plain weights: merge a LoRA checkpoint into its base in a folder of its own.
+            merged_dir = tempfile.TemporaryDirectory(prefix="arbiter-merged-")
+            merged = load_merged(path, head="causal_lm", dtype=torch.bfloat16)
+            merged.save_pretrained(merged_dir.name, safe_serialization=True)
+            tokenizer.save_pretrained(merged_dir.name)
+            del merged
+            path = merged_dir.name
         max_positions = _max_positions(AutoConfig.from_pretrained(path))
         engine = VLLMRollout(
             path,
@@ -220,6 +235,8 @@ def _generator(
             del engine
             gc.collect()
             torch.cuda.empty_cache()
+            if merged_dir is not None:
+                merged_dir.cleanup()
 
         return generate_vllm, tokenizer, max_positions, release_vllm
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import random
 import time
@@ -21,7 +22,18 @@ from training.engine.config import BaseRecipeConfig
 from training.engine.data import DatasetKind, Example, Renderer, load_dataset, render_plain, split_held_out
 from training.engine.demo_tasks import task_texts
 from training.engine.distributed import DistInfo, unwrap
-from training.engine.modeling import TINY, compute_autocast, load_tokenizer, resolve_device
+from training.engine.modeling import (
+    TINY,
+    Head,
+    compute_autocast,
+    enable_gradient_checkpointing,
+    frozen,
+    is_tiny,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve_device,
+)
 from training.engine.reporting import Reporter
 from training.engine.sample_tables import SampleTable
 from training.engine.spec import RunSpec
@@ -52,9 +64,11 @@ class RunContext:
                 f"batch_size {config.batch_size} does not split into {dist.world_size} process(es) x "
                 f"{config.gradient_accumulation_steps} accumulation step(s) of equal micro-batches"
             )
+        device = resolve_device(config.device)
+        check_machine(config, device)
         output_dir = Path(spec.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        return cls(spec, config, reporter, dist, resolve_device(config.device), output_dir)
+        return cls(spec, config, reporter, dist, device, output_dir)
 
     @property
     def rank_batch_size(self) -> int:
@@ -69,6 +83,43 @@ class RunContext:
     def say(self, line: str) -> None:
         """A line in the run's log (rank 0 only)."""
         _say(self, line)
+
+    def load_policy(self, tokenizer: PreTrainedTokenizerBase, *, head: Head = "causal_lm") -> torch.nn.Module:
+        """The trained model in train mode: the whole model (full fine-tuning), or its frozen base with LoRA
+        adapters (``finetuning`` lora / qlora: a ``PeftModel``), fresh or resumed from the checkpoint's.
+
+        A LoRA run never loads its base from the checkpoint: the base is the configured model, and when that
+        exists nowhere the adapter could name (the built-in tiny model, another run's adapter folder) it is
+        written once to ``<output_dir>/base``.
+        """
+        config, seed, device = self.config, self.spec.seed, self.device
+        load = load_sequence_classifier if head == "sequence_classifier" else load_causal_lm
+        if config.finetuning == "full":
+            whole = load(self.policy_path, config=config, tokenizer=tokenizer, seed=seed, device=device)
+            if config.gradient_checkpointing:
+                enable_gradient_checkpointing(whole, adapters=False)
+            whole.train()
+            return whole
+        from training.engine.adapters import attach_lora, is_adapter_folder
+
+        base_path = config.model_name_or_path
+        if is_tiny(base_path) or is_adapter_folder(base_path):
+            folder = self.output_dir / "base"
+            if self.dist.is_main and not (folder / "config.json").exists():
+                start = load(base_path, config=config, tokenizer=tokenizer, seed=seed, device=torch.device("cpu"))
+                checkpoints.save_model_folder(folder, model=start, tokenizer=tokenizer)
+                del start
+            if self.dist.enabled:
+                dist.barrier()  # the other ranks read what rank 0 wrote
+            base_path = str(folder)
+        base = load(base_path, config=config, tokenizer=tokenizer, seed=seed, device=device, lora_base=True)
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(base, adapters=True)
+        model = attach_lora(
+            base, config=config, head=head, base_path=base_path, resume_from=self.spec.resume_from, seed=seed
+        )
+        model.train()
+        return model
 
     def tokenizer_for(self, examples: list[Example], *, kind: DatasetKind | None = None) -> PreTrainedTokenizerBase:
         """The policy's tokenizer; for 'tiny' one trained on these examples' text (and the eval file's, given
@@ -90,6 +141,23 @@ class RunContext:
         else:
             train, held = split_held_out(examples, fraction=config.eval_fraction, seed=self.spec.seed)
         return train, held[: config.eval_max_examples]
+
+
+def check_machine(config: BaseRecipeConfig, device: torch.device) -> None:
+    """What the config check in the web tier cannot know, refused at start with the field to change: the
+    machine the run landed on (``device: auto`` may resolve to a CPU)."""
+    if config.finetuning == "qlora":
+        if device.type != "cuda":
+            raise ValueError(
+                f"finetuning: QLoRA needs a CUDA GPU (4-bit bitsandbytes kernels); this run is on {device.type}. "
+                "Use lora, or run on a GPU queue."
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("finetuning: QLoRA needs the bitsandbytes package, which this worker lacks.")
+    if config.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"dtype: {torch.cuda.get_device_name(device)} has no bfloat16 support (before Ampere): use float32."
+        )
 
 
 def chat_renderer(tokenizer: PreTrainedTokenizerBase) -> Renderer:
@@ -192,10 +260,34 @@ class Recipe(ABC):
         """Whether rank 0 may run the model by itself (for a table): not when FSDP shards the weights over ranks."""
         return not (self.ctx.dist.enabled and getattr(self.ctx.config, "distributed", "ddp") == "fsdp")
 
-    def saved_model(self) -> PreTrainedModel:
-        """The model a checkpoint holds."""
+    def sampling_model(self) -> PreTrainedModel:
+        """The transformers model to sample from: the trained model, or for LoRA the peft model's own (its
+        layers carry the adapters, active), which the lean KV-cache decoder knows how to run."""
         inner = unwrap(self.model)
+        get_base = getattr(inner, "get_base_model", None)  # a PeftModel's; duck-typed so peft stays optional
+        if callable(get_base):
+            inner = get_base()
         assert isinstance(inner, PreTrainedModel)
+        return inner
+
+    def reference_model(self, policy: torch.nn.Module, ref_path: str) -> torch.nn.Module:
+        """The frozen reference of DPO / GRPO's KL: for LoRA the policy's own base with adapters off (unless a
+        separate reference is configured), otherwise a frozen model from ``ref_path``."""
+        if callable(getattr(policy, "disable_adapter", None)) and not getattr(
+            self.ctx.config, "ref_model_name_or_path", ""
+        ):
+            from training.engine.adapters import AdapterDisabled
+
+            return AdapterDisabled(policy)  # type: ignore[arg-type]  # a PeftModel, checked above
+        ctx = self.ctx
+        return frozen(
+            load_causal_lm(ref_path, config=ctx.config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device)
+        )
+
+    def saved_model(self) -> checkpoints.Saveable:
+        """The model a checkpoint holds: a Hugging Face model, or a PEFT model (its adapters only)."""
+        inner = unwrap(self.model)
+        assert isinstance(inner, checkpoints.Saveable)
         return inner
 
 

@@ -40,7 +40,7 @@ from training.engine.losses import (
     k3_kl,
     sft_loss,
 )
-from training.engine.modeling import TINY, frozen, load_causal_lm
+from training.engine.modeling import TINY
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
 from training.engine.rewards import RewardBreakdown
 from training.engine.rewards.registry import build_reward
@@ -131,21 +131,20 @@ class GRPORecipe(Recipe):
         if held:  # the warm start must not teach the held-out prompts' answers either
             held_prompts = {e.prompt for e in cast(list[PromptExample], held)}
             self.warm_data = [w for w in self.warm_data if w.prompt not in held_prompts]
-        policy = load_causal_lm(
-            ctx.policy_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-        )
-        policy.train()
-        self.policy = policy
+        policy = ctx.load_policy(self.tokenizer)
         self.model = wrap_ddp(policy, ctx.dist)
+        self.policy = self.sampling_model()  # what the HF rollout runs (for LoRA: adapter layers in place)
         self.use_kl = config.beta > 0  # the config refuses beta > 0 with GTPO, which has no KL term
         self.ref = None
         if self.use_kl:
-            ref_path = config.ref_model_name_or_path or config.model_name_or_path
-            self.ref = frozen(
-                load_causal_lm(ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device)
-            )
+            # With LoRA: the policy's own frozen base, adapters off (no second copy).
+            self.ref = self.reference_model(policy, config.ref_model_name_or_path or config.model_name_or_path)
         self.reward = build_reward(config, device=ctx.device)
         self.backend_name = choose_backend(config.rollout_backend)
+        if self.backend_name == "vllm" and config.finetuning != "full":
+            # The config refuses an explicit vllm with adapters; 'auto' falls back, and says so.
+            ctx.say("LoRA: sampling with the Hugging Face backend (weight sync into vLLM does not merge adapters)")
+            self.backend_name = "hf"
         self.rollout = self._rollout_backend()
         self.batch: GenerationBatch | None = None
         # Skip autograd for rows whose gradient is exactly zero (see _policy_logps); the bench turns it off

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-from transformers import PreTrainedModel
 
 from training.engine.batching import IGNORE, TokenBatch, encode_pairs, token_logprobs
 from training.engine.config import DPOConfig, RewardModelConfig, SequenceDataConfig
@@ -13,7 +12,6 @@ from training.engine.data import PreferenceExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_preferences
 from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import bradley_terry_loss, dpo_loss
-from training.engine.modeling import frozen, load_causal_lm, load_sequence_classifier
 from training.engine.pairs import (
     EncodedPair,
     SharedPromptBatch,
@@ -106,11 +104,7 @@ class RewardModelRecipe(_PairRecipe):
         super().__init__(ctx)
         self.config = cast(RewardModelConfig, ctx.config)
         self._load_data(ctx)
-        model = load_sequence_classifier(
-            ctx.policy_path, config=ctx.config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-        )
-        model.train()
-        self.model = wrap_ddp(model, ctx.dist)
+        self.model = wrap_ddp(ctx.load_policy(self.tokenizer, head="sequence_classifier"), ctx.dist)
 
     def _pair_values(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
         b = len(pairs)
@@ -187,15 +181,10 @@ class DPORecipe(_PairRecipe):
         super().__init__(ctx)
         self.config = config = cast(DPOConfig, ctx.config)
         self._load_data(ctx)
-        policy = load_causal_lm(
-            ctx.policy_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-        )
-        policy.train()
+        policy = ctx.load_policy(self.tokenizer)
         # The reference is the starting model, never the checkpoint being resumed: the objective must not move.
-        ref_path = config.ref_model_name_or_path or config.model_name_or_path
-        self.ref = frozen(
-            load_causal_lm(ref_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device)
-        )
+        # With LoRA that is the policy's own frozen base, adapters off.
+        self.ref = self.reference_model(policy, config.ref_model_name_or_path or config.model_name_or_path)
         self.model = wrap_ddp(policy, ctx.dist)
         self.ref_cache = torch.full((len(self.pairs), 2), float("nan"))
         # One row per pair with the prompt computed once needs a 4-D mask: SDPA takes one, FlashAttention not.
@@ -310,8 +299,7 @@ class DPORecipe(_PairRecipe):
             return None
         config = self.config
         picked = self._table_examples()
-        model = unwrap(self.model)
-        assert isinstance(model, PreTrainedModel)
+        model = self.sampling_model()
         texts = greedy_completions(
             model,
             self.tokenizer,

@@ -6,7 +6,6 @@ import time
 from typing import cast
 
 import torch
-from transformers import PreTrainedModel
 
 from training.engine.batching import EncodedRow, TokenBatch, encode_supervised, pad_rows
 from training.engine.config import DemoConfig, SequenceDataConfig, SFTConfig
@@ -14,7 +13,6 @@ from training.engine.data import DatasetKind, SupervisedExample, load_dataset, s
 from training.engine.demo_tasks import sorting_supervised
 from training.engine.distributed import unwrap, wrap_ddp
 from training.engine.losses import sft_loss
-from training.engine.modeling import load_causal_lm
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
 from training.engine.sample_tables import SampleTable, fixed_indices, greedy_completions
 from training.engine.truncation import Truncation, check_usable
@@ -39,11 +37,7 @@ class SFTRecipe(Recipe):
         self.eval_examples = held
         self.rows = self._encode(ctx, self.examples)
         self.eval_rows = self._encode(ctx, cast(list[SupervisedExample], held), what="held-out") if held else []
-        policy = load_causal_lm(
-            ctx.policy_path, config=ctx.config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-        )
-        policy.train()
-        self.model = wrap_ddp(policy, ctx.dist)
+        self.model = wrap_ddp(ctx.load_policy(self.tokenizer), ctx.dist)
 
     def _encode(self, ctx: RunContext, examples: list[SupervisedExample], *, what: str = "") -> list[EncodedRow]:
         """Tokenise and truncate the dataset once; log what truncation did and stop on mostly unusable data."""
@@ -124,8 +118,7 @@ class SFTRecipe(Recipe):
         # Held-out examples when there are some (what the model has not trained on), else training ones.
         source = cast(list[SupervisedExample], self.eval_examples) or self.examples
         picked = [source[i] for i in fixed_indices(len(source), k=config.sample_table_rows, seed=0)]
-        model = unwrap(self.model)
-        assert isinstance(model, PreTrainedModel)
+        model = self.sampling_model()
         texts = greedy_completions(
             model,
             self.tokenizer,

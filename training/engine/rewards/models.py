@@ -12,6 +12,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from training.engine.adapters import is_adapter_folder, load_merged
 from training.engine.batching import encode_prompt, pad_left, positions
 from training.engine.data import JUDGE_TEMPLATE, PromptExample
 from training.engine.modeling import frozen, moved
@@ -24,7 +25,11 @@ class RewardModelReward:
 
     def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = frozen(moved(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), device))
+        if is_adapter_folder(path):  # a LoRA reward model: its base, adapters and score head merged
+            loaded = load_merged(path, head="sequence_classifier")
+        else:
+            loaded = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        self.model = frozen(moved(loaded, device))
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         self.device = device
@@ -53,7 +58,12 @@ class RubricJudge:
 
     def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = frozen(moved(AutoModelForCausalLM.from_pretrained(path), device))
+        loaded = (
+            load_merged(path, head="causal_lm")
+            if is_adapter_folder(path)
+            else AutoModelForCausalLM.from_pretrained(path)
+        )
+        self.model = frozen(moved(loaded, device))
         self.device = device
         self.batch_size = batch_size
         self.yes_id, self.no_id = self._answer_tokens(path)
