@@ -342,7 +342,12 @@ class Study:
             time.sleep(poll)
 
     def results(self) -> dict[str, Any]:
-        """Everything the results page shows, as data, every proportion with its 95% interval; plus quality."""
+        """Everything the results page shows, as data (the page's own computation), with its 95% intervals.
+
+        Win rates and pass rates: Wilson; Bradley–Terry: bootstrap; mean ratings: normal approximation
+        (`intervals` names each). Violation studies: ST-WebAgentBench's CuP and risk ratios, as its analysis
+        reports them (no intervals). Plus `quality` (gold accuracy, agreement) and the page's `charts` data.
+        """
         result: dict[str, Any] = self.api.get(f"/api/studies/{self.id}/results/")
         return result
 
