@@ -24,6 +24,13 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # Base URL that engine subprocesses and remote scripts use to reach the ingest API.
 ARBITER_PUBLIC_URL = env_str("ARBITER_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
 ARTIFACT_ROOT = env_path("ARTIFACT_ROOT", VAR_DIR / "artifacts")
+# Where artifacts live: empty = the local ARTIFACT_ROOT (embedded); s3://bucket/prefix for any S3-compatible
+# bucket (credentials from the standard AWS_* variables, endpoint from ARTIFACT_S3_ENDPOINT_URL).
+ARTIFACT_STORE_URL = env_str("ARTIFACT_STORE_URL", "").rstrip("/")
+ARTIFACT_S3_ENDPOINT_URL = env_str("ARTIFACT_S3_ENDPOINT_URL", "")
+# Folders on the GPU hosts an admin opens to every researcher's runs (shared base models, public datasets).
+ARBITER_MODEL_ROOTS = env_list("ARBITER_MODEL_ROOTS", [])
+ARBITER_DATASET_ROOTS = env_list("ARBITER_DATASET_ROOTS", [])
 
 INSTALLED_APPS = [
     "daphne",  # before staticfiles: its runserver serves ASGI (websockets) in development
@@ -43,6 +50,7 @@ INSTALLED_APPS = [
     "training",
     "evaluation",
     "loop",
+    "artifacts",
 ]
 
 MIDDLEWARE = [

@@ -34,6 +34,9 @@ from django.utils import timezone
 
 from arbiter.accounts.models import User
 from arbiter.csv_cells import safe_row
+from artifacts import services as artifact_services
+from artifacts.models import ArtifactKind
+from artifacts.services import canonical_uri, register_artifact
 from evaluation import conversations
 from evaluation.judgments import violated_policies
 from evaluation.models import ExportFormat, ExportJob, ExportStatus, Item, Judgment, RewardStyle, Study, StudyKind
@@ -226,14 +229,27 @@ def run_export(*, export_id: int) -> ExportJob | None:
         return None
     try:
         path, rows, sha256 = _write(job)
+        size = path.stat().st_size
+        stored_path = _publish(job, path)
     except Exception as exc:
         ExportJob.objects.filter(pk=job.pk).update(
             status=ExportStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
         )
         raise
-    job.path, job.rows, job.done, job.status = str(path), rows, job.total, ExportStatus.DONE
+    job.path, job.rows, job.done, job.status = stored_path, rows, job.total, ExportStatus.DONE
     job.sha256, job.finished_at = sha256, timezone.now()
-    job.save(update_fields=["path", "rows", "done", "status", "sha256", "finished_at"])
+    with transaction.atomic():
+        job.save(update_fields=["path", "rows", "done", "status", "sha256", "finished_at"])
+        # The export is an artifact of its study: readable by whoever may read the study, nobody else.
+        register_artifact(
+            owner=job.study.owner,
+            kind=ArtifactKind.DATASET if job.format == ExportFormat.REWARD else ArtifactKind.EXPORT,
+            uri=str(canonical_uri(stored_path)),
+            size=size,
+            sha256=sha256,
+            study=job.study,
+            export=job,
+        )
     return job
 
 
@@ -259,8 +275,21 @@ def delete_export(*, job: ExportJob) -> None:
     _remove_files(job)
 
 
+def _publish(job: ExportJob, path: Path) -> str:
+    """Put the written export into the artifact store; the name its row keeps (local path or s3:// URI)."""
+    if job.format == ExportFormat.REWARD:
+        name, _ = artifact_services.publish(path.parent)  # the version folder: data and manifest together
+        return str(path) if name == str(path.parent) else f"{name}/{path.name}"
+    name, _ = artifact_services.publish(path)
+    return name
+
+
 def _remove_files(job: ExportJob) -> None:
     if not job.path:
+        return
+    if job.path.startswith("s3://"):
+        folder = job.path.rsplit("/", 1)[0]
+        artifact_services.remove(folder if job.format == ExportFormat.REWARD else job.path)
         return
     root = Path(settings.ARTIFACT_ROOT).resolve()
     path = Path(job.path).resolve()

@@ -14,13 +14,14 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import researcher_required
+from artifacts import services as artifact_services
 from evaluation import display, examples, export, selectors, services
 from evaluation import results as results_module
 from evaluation.forms import ExportForm, ItemEditForm, ItemForm, StudyForm, UploadForm
@@ -372,9 +373,12 @@ def export_status(request: HttpRequest, study_id: int, export_id: int) -> HttpRe
 
 
 @researcher_required
-def export_download(request: HttpRequest, study_id: int, export_id: int) -> FileResponse:
+def export_download(request: HttpRequest, study_id: int, export_id: int) -> FileResponse | HttpResponseRedirect:
     study = _study(request, study_id)
     job = selectors.export_for(study=study, export_id=export_id)
+    if job.status == ExportStatus.DONE and job.path.startswith("s3://"):
+        # The bucket serves the bytes (a short-lived signed URL), not this web process.
+        return HttpResponseRedirect(artifact_services.download_url(job.path, filename=job.path.rsplit("/", 1)[-1]))
     path = Path(job.path)
     root = Path(settings.ARTIFACT_ROOT).resolve()
     if job.status != ExportStatus.DONE or not path.is_file() or root not in path.resolve().parents:

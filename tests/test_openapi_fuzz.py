@@ -65,6 +65,11 @@ class Identities:
             # A fresh run per case: a status report may end a run, and an ended run refuses its token.
             run, token = runs.create_external_run(owner=self.researcher, name="fuzz", config={})
             case.path_parameters["run_id"] = run.id
+            body = case.body if isinstance(case.body, dict) else {}
+            if case.operation.path.endswith("/checkpoints/") and str(body.get("path", "")).startswith("/"):
+                # A checkpoint must lie inside its run's location: put absolute paths there (a generated ".."
+                # may still climb out: a 400), and leave the URI cases as generated.
+                body["path"] = f"{django_settings.ARTIFACT_ROOT}/runs/{run.id}{body['path']}"
             return {"Authorization": f"Bearer {token}"}
         if "run_id" in (case.path_parameters or {}):
             case.path_parameters["run_id"] = self.read_run.id

@@ -256,9 +256,12 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         "step": STEP,
                         "path": {
                             "type": "string",
-                            "pattern": "^/[^\u0000]*$",
+                            "pattern": "^(/|file:///|s3://)[^\u0000]*$",
                             "maxLength": MAX_PATH,
-                            "description": "absolute",
+                            "description": (
+                                "absolute path or file:// / s3:// URI, inside the run's own artifact location "
+                                "(`<store>/runs/<run_id>/…`); anything else is a 400 naming `path`"
+                            ),
                         },
                     },
                 },

@@ -460,8 +460,8 @@ def parse_checkpoint(body: Any) -> tuple[int, str]:
     step, path = body.get("step"), body.get("path")
     if not _valid_step(step):
         raise PayloadError("step", f"must be an integer in [0, {MAX_STEP})")
-    if not isinstance(path, str) or not path.startswith("/") or len(path) > MAX_PATH:
-        raise PayloadError("path", f"must be an absolute path of at most {MAX_PATH} characters")
+    if not isinstance(path, str) or not path.startswith(("/", "file:///", "s3://")) or len(path) > MAX_PATH:
+        raise PayloadError("path", f"must be an absolute path or a file:// or s3:// URI of at most {MAX_PATH} chars")
     if "\x00" in path:
         raise PayloadError("path", "must not contain NUL characters")
     return step, path

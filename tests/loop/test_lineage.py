@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db.models import ProtectedError
 
 from evaluation import export
@@ -51,12 +52,14 @@ def test_a_run_launched_on_an_export_is_linked_to_it_and_so_is_its_retry(judged_
     assert RunInput.objects.get(run=again).export_id == job.pk
 
 
-def test_a_run_on_an_export_its_owner_cannot_see_is_not_linked(judged_study: Any, researcher: Any) -> None:
+def test_a_run_on_an_export_its_owner_cannot_see_is_refused_and_not_linked(judged_study: Any, researcher: Any) -> None:
     _, study = judged_study
     job = finished_export(study, researcher)
     stranger = UserFactory()
-    run = launch_run(owner=stranger, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
-    assert not RunInput.objects.filter(run=run).exists()
+    with pytest.raises(ValidationError) as info:  # issue 12.1: a run reads only what its owner may read
+        launch_run(owner=stranger, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
+    assert set(info.value.message_dict) == {"dataset_path"}
+    assert not RunInput.objects.exists()
 
 
 def test_an_export_a_run_trained_on_cannot_be_deleted(judged_study: Any, researcher: Any, client_for: Any) -> None:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client
 
 from arbiter.accounts.models import User
@@ -115,7 +116,8 @@ def test_valid_edge_values_are_accepted(external_run: tuple[Run, str]) -> None:
     top = 2**62 - 1
     metrics = {"points": [{"key": "k", "step": top, "value": 1.0}]}
     assert post(f"/api/runs/{run.id}/metrics/", metrics, token).status_code == 200
-    assert post(f"/api/runs/{run.id}/checkpoints/", {"step": top, "path": "/data/c"}, token).status_code == 200
+    inside = f"{settings.ARTIFACT_ROOT}/runs/{run.id}/c"  # checkpoints lie inside the run's own location
+    assert post(f"/api/runs/{run.id}/checkpoints/", {"step": top, "path": inside}, token).status_code == 200
     status = {"status": "failed", "exit_code": -(2**31)}
     assert post(f"/api/runs/{run.id}/status/", status, token).status_code == 200
     assert Run.objects.get(id=run.id).exit_code == -(2**31)

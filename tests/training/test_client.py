@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 import arbiter_client
 from arbiter.accounts.models import User
@@ -73,7 +74,7 @@ def test_init_log_finish_through_the_real_server(asgi_server: Any, researcher: U
     for step in range(50):
         run.log({"loss": 1 / (step + 1), "reward": step * 0.1}, step=step)
     run.log_text("hello from the script")
-    run.log_checkpoint(step=49, path="/data/ckpt-49")
+    run.log_checkpoint(step=49, path=f"{settings.ARTIFACT_ROOT}/runs/{run.id}/ckpt-49")  # inside its location
     assert run.finish(exit_code=0)
     record = Run.objects.get(id=run.id)
     assert record.status == "succeeded" and record.exit_code == 0

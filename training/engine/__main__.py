@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import traceback
+from pathlib import Path
 from types import FrameType
 
 from training.engine.reporting import Reporter
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers; bars are log noise
     dist = init_distributed()
     reporter: Reporter = open_reporter(rank=dist.rank)
+    if spec.output_uri and dist.rank == 0:
+        from training.engine.uploads import UploadingReporter
+
+        reporter = UploadingReporter(reporter, output_dir=Path(spec.output_dir), output_uri=spec.output_uri)
     code = EXIT_FAILED
     try:
         from training.engine.recipes import build_recipe

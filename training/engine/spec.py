@@ -20,6 +20,9 @@ class RunSpec(BaseModel):
     recipe: str = Field(description="A key of training.engine.config.RECIPES.")
     config: dict[str, Any] = Field(default_factory=dict, description="The recipe's config, validated on load.")
     output_dir: str = Field(description="Absolute folder for checkpoints and the final model.")
+    output_uri: str = Field(
+        "", description="s3:// location of the run in the artifact store: checkpoints are uploaded there as written."
+    )
     resume_from: str | None = Field(None, description="A checkpoint-<step> folder to resume from.")
     seed: int = Field(0, description="Seed of every random choice: init, data order, sampling.")
 

@@ -29,6 +29,9 @@ import psycopg
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from artifacts import services as artifact_services
+from artifacts import uris
+from artifacts.models import ArtifactKind
 from training import events
 from training.models import CHUNK_STEPS, Checkpoint, LogLine, MetricChunk, MetricKey, MetricSummary, Run, RunTable
 from training.payloads import ColumnBatch, LogBatch, MetricBatch, PayloadError, TableBatch
@@ -657,7 +660,18 @@ def record_logs(*, run_id: int, batch: LogBatch) -> int:
 
 
 def record_checkpoint(*, run: Run, step: int, path: str) -> Checkpoint:
-    checkpoint, _ = Checkpoint.objects.get_or_create(run=run, step=step, defaults={"path": path})
+    """Record a checkpoint the run wrote; its path must lie inside the run's own artifact location.
+
+    A run token is the run's credential, not its owner's: a checkpoint pointing anywhere else (another
+    run's folder, /etc) would hand that place to whoever can see this run (issue 12.3).
+    """
+    try:
+        uri = artifact_services.checkpoint_uri(run=run, value=path)
+    except (uris.BadUri, artifact_services.OutsideRunLocation) as exc:
+        raise PayloadError("path", str(exc)) from None
+    with transaction.atomic():
+        checkpoint, _ = Checkpoint.objects.get_or_create(run=run, step=step, defaults={"path": path})
+        artifact_services.register_artifact(owner=run.owner, kind=ArtifactKind.CHECKPOINT, uri=str(uri), run=run)
     return checkpoint
 
 

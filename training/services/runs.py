@@ -15,6 +15,9 @@ from django.utils import timezone
 from pydantic import ValidationError as PydanticValidationError
 
 from arbiter.accounts.models import User
+from artifacts.access import check_config_paths
+from artifacts.models import ArtifactKind
+from artifacts.services import register_artifact, run_uri
 
 if TYPE_CHECKING:
     from training.engine.config import BaseRecipeConfig
@@ -135,6 +138,8 @@ def launch_run(
     if queue not in run_queues():
         raise ValidationError({"queue": f"Unknown queue {queue!r}."})
     clean = validate_config(recipe=recipe, config=config)
+    # Every model and dataset the run would read must be one the launching user may read (issue 12.1).
+    check_config_paths(user=owner, config=clean)
     check_run_datasets(recipe=recipe, config=clean)  # files, columns, usable rows: a field error, not a traceback
     run = Run.objects.create(
         owner=owner,
@@ -190,7 +195,12 @@ def claim_run(*, run_id: int, worker: str, pid: int | None = None) -> tuple[Run,
         worker=worker[:200],
         token_hash=hash_token(token),
     )
-    return (run, token) if run else None
+    if run is None:
+        return None
+    # The run's whole store location is one artifact of the run (checkpoints, final/): whoever may see
+    # the run may train on what it wrote, nobody else.
+    register_artifact(owner=run.owner, kind=ArtifactKind.CHECKPOINT, uri=str(run_uri(run_id=run.id)), run=run)
+    return run, token
 
 
 def record_process(*, run_id: int, pid: int, pgid: int) -> None:

@@ -25,6 +25,8 @@ from typing import IO
 
 from django.conf import settings
 
+from artifacts import services as artifact_services
+from artifacts.localize import localize, localize_config
 from training.models import Run
 from training.services import ingest, runs
 
@@ -46,16 +48,22 @@ def output_dir(run: Run) -> Path:
 
 
 def write_spec(run: Run) -> Path:
+    """The engine's spec, with every artifact URI of its inputs resolved to a file on this worker."""
     out = output_dir(run)
     out.mkdir(parents=True, exist_ok=True)
+    store = artifact_services.default_store()
+    cache = Path(settings.ARTIFACT_ROOT) / "cache"
     spec = {
         "run_id": run.id,
         "recipe": run.recipe,
-        "config": run.config,
+        "config": localize_config(run.config, store=store, cache=cache),
         "output_dir": str(out),
-        "resume_from": run.resume_from or None,
+        "resume_from": localize(run.resume_from, store=store, cache=cache) if run.resume_from else None,
         "seed": int(run.config.get("seed", 0) or 0),
     }
+    if artifact_services.is_remote():
+        # Checkpoints go to the bucket as they are written (by the engine: a killed worker loses none).
+        spec["output_uri"] = str(artifact_services.run_uri(run_id=run.id))
     path = out / "spec.json"
     path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     return path
@@ -72,7 +80,11 @@ def engine_env(*, run: Run, token: str) -> dict[str, str]:
             "ARBITER_API_URL": settings.ARBITER_PUBLIC_URL,
             "ARBITER_RUN_ID": str(run.id),
             "ARBITER_RUN_TOKEN": token,
+            # The engine uploads checkpoints itself when the store is a bucket (credentials: AWS_* as inherited).
+            "ARTIFACT_S3_ENDPOINT_URL": str(getattr(settings, "ARTIFACT_S3_ENDPOINT_URL", "") or ""),
             "PYTHONUNBUFFERED": "1",  # lines reach the log as they are printed
+            # The engine runs in its run's own folder (see run_engine), so the code comes from PYTHONPATH.
+            "PYTHONPATH": os.pathsep.join(p for p in (str(settings.BASE_DIR), os.environ.get("PYTHONPATH", "")) if p),
         }
     )
     return env
@@ -125,11 +137,15 @@ def run_engine(*, run: Run, token: str, opts: SupervisorSettings | None = None) 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=engine_env(run=run, token=token),
-            cwd=str(settings.BASE_DIR),
+            # The run's own folder, not the code's: a hub-style model id ("org/name") must never name a
+            # folder that happens to sit in the working directory (the launch check allows hub ids as such).
+            cwd=str(spec.parent),
             start_new_session=True,
         )
-    except OSError as exc:
-        return runs.finish_run(run_id=run.id, exit_code=None, note=f"could not start the engine: {exc}")
+    except Exception as exc:  # an input that would not download, a spawn that failed: the run fails, saying why
+        logs.add("stderr", f"[arbiter] could not start the engine: {exc}")
+        logs.flush()
+        return runs.finish_run(run_id=run.id, exit_code=None, note=f"could not start the engine: {exc}"[:300])
     pgid = proc.pid  # start_new_session: the child leads its own group
     runs.record_process(run_id=run.id, pid=proc.pid, pgid=pgid)
     lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
