@@ -18,6 +18,7 @@ from artifacts.models import Artifact, ArtifactKind
 from artifacts.services import register_artifact
 from evaluation import export
 from evaluation.models import ExportJob
+from tests.loop.conftest import judge
 from training.models import Run, RunStatus
 from training.services import ingest, runs
 
@@ -102,9 +103,10 @@ def test_grpo_reward_and_judge_models_are_checked(researcher: User, other_resear
 
 
 def test_a_study_export_is_readable_by_whoever_may_read_the_study(
-    researcher: User, other_researcher: User, root: Path, make_study: Any
+    researcher: User, other_researcher: User, annotator: User, root: Path, make_study: Any
 ) -> None:
-    study = make_study(kind="pairwise", n_items=2)
+    study = make_study(kind="pairwise", n_items=2, annotators=[annotator])
+    judge(study, annotator, ["a", "b"])
     queued = ExportJob.objects.create(study=study, requested_by=researcher, format="reward")
     job = export.run_export(export_id=queued.pk)
     assert job is not None

@@ -19,6 +19,7 @@ from artifacts.services import default_store
 from artifacts.store import S3Store
 from evaluation import export
 from evaluation.models import ExportJob
+from tests.loop.conftest import judge
 from training.services import runs
 
 pytestmark = pytest.mark.django_db
@@ -53,9 +54,16 @@ def test_files_and_folders_round_trip_byte_for_byte(s3_store: str, tmp_path: Pat
 
 
 def test_a_reward_export_lives_in_the_bucket_and_downloads_from_it(
-    s3_store: str, researcher: User, other_researcher: User, make_study: Any, client_for: Any, settings: Any
+    s3_store: str,
+    researcher: User,
+    other_researcher: User,
+    annotator: User,
+    make_study: Any,
+    client_for: Any,
+    settings: Any,
 ) -> None:
-    study = make_study(kind="pairwise", n_items=3)
+    study = make_study(kind="pairwise", n_items=3, annotators=[annotator])
+    judge(study, annotator, ["a", "b", "tie"])
     queued = ExportJob.objects.create(study=study, requested_by=researcher, format="reward")
     job = export.run_export(export_id=queued.pk)
     assert job is not None

@@ -21,6 +21,13 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _tmp_is_a_dataset_root(settings: Any, tmp_path: Path) -> None:
+    # Launches read only what the researcher may read (artifacts.access): these files stand in for a folder
+    # an admin opened to every researcher, where a missing file may be named as missing.
+    settings.ARBITER_DATASET_ROOTS = [str(tmp_path)]
+
+
 PAIRS = [{"prompt": f"question {i}: ", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(12)]
 
 
