@@ -257,7 +257,8 @@ class Study:
         """Import items from a file (JSONL, JSON array, CSV, Parquet: the upload form's formats), bytes, or rows.
 
         Returns the import report ({"created": n, ...}). A file the server reads in the background
-        (a large one) is waited for, unless wait=False (then the report says "status": "queued").
+        (a large one) is waited for, unless wait=False (then the report says "status": "queued"; poll
+        `import_status(report["id"])`).
         Raises ImportRejected, naming the line and field of each bad row, when nothing was imported.
         """
         if isinstance(source, bytes):
@@ -290,10 +291,15 @@ class Study:
             report = self._wait_import(int(report["id"]), timeout)
         return report
 
+    def import_status(self, import_id: int) -> dict[str, Any]:
+        """An upload's report: status (queued, running, done, rejected, failed), percent read, rows, errors."""
+        report: dict[str, Any] = self.api.get(f"/api/studies/{self.id}/imports/{int(import_id)}/")
+        return report
+
     def _wait_import(self, import_id: int, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            report: dict[str, Any] = self.api.get(f"/api/studies/{self.id}/imports/{import_id}/")
+            report = self.import_status(import_id)
             if report["status"] == "rejected":
                 raise ImportRejected(422, json.dumps(report))
             if report["status"] == "failed":

@@ -445,8 +445,8 @@ def test_a_large_upload_is_read_by_a_worker_and_the_sdk_waits_for_it(
     assert queued["status"] in {"queued", "running", "done"} and queued["size_bytes"] == path.stat().st_size
     report = study.upload_items(path.read_bytes(), filename="again.jsonl")  # this one waits
     assert (report["status"], report["created"], report["percent"]) == ("done", 220, 100)
-    status = api.get(f"/api/studies/{study.id}/imports/{queued['id']}/")
-    assert status["filename"] == "large.jsonl"
+    first = study.import_status(queued["id"])
+    assert first["filename"] == "large.jsonl" and first["status"] in {"queued", "running", "done"}
     broken = [*rows, {"prompt": "no sides"}]
     path.write_bytes(jsonl(broken))
     with pytest.raises(arbiter_client.ImportRejected) as refused:
