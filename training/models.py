@@ -300,3 +300,22 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class PinnedPanel(models.Model):
+    """A metric chart a user pinned: shown first, in `position` order, on every run page that has that metric.
+
+    Per user and by metric name, not per run: a researcher who watches `reward` and `kl` wants them first on
+    every run, including runs that do not exist yet. Stored server-side so pins follow the user across browsers.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pinned_panels")
+    key = models.CharField(max_length=200)
+    position = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["user", "position"]
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="pinnedpanel_once_per_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} #{self.position}"

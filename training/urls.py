@@ -10,6 +10,7 @@ urlpatterns = [
     path("new/", views.run_new, name="run_new"),
     path("compare/", views.run_compare, name="run_compare"),
     path("keys/", views.api_keys, name="api_keys"),
+    path("pins/", views.panel_pins, name="panel_pins"),
     path("keys/<int:key_id>/revoke/", views.api_key_revoke, name="api_key_revoke"),
     path("<int:run_id>/", views.run_detail, name="run_detail"),
     path("<int:run_id>/panel/", views.run_panel, name="run_panel"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,10 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from arbiter.accounts.decorators import researcher_required
@@ -21,7 +22,7 @@ from training import selectors
 from training.forms import ApiKeyForm, LaunchForm, RunEditForm, config_sections, diff_sections
 from training.http import AuthedHttpRequest
 from training.models import ApiToken, Run, RunStatus
-from training.services import run_records, runs
+from training.services import panels, run_records, runs
 from training.services.datasets import DataSizing, size_from_data
 
 
@@ -222,6 +223,7 @@ def _detail_context(request: AuthedHttpRequest, run: Run) -> dict[str, Any]:
             "config_sections": config_sections(recipe=run.recipe, config=run.config or {}),
             "summaries": selectors.run_summaries(run=run),
             "edit_form": RunEditForm(run=run),
+            "pins": panels.pinned_keys(user=request.user),
         }
     )
     return context
@@ -348,6 +350,23 @@ def run_delete(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     context = {"run": run, "dependants": found, "refusal": refusal, "counts": selectors.run_contents(run=run)}
     status = 409 if request.method == "POST" else 200
     return render(request, "training/run_delete.html", context, status=status)
+
+
+@researcher_required
+@require_http_methods(["GET", "POST"])
+def panel_pins(request: AuthedHttpRequest) -> HttpResponse:
+    """The user's pinned chart panels: GET `{"keys": [...]}`; POST the same to replace them (order = position)."""
+    if request.method == "POST":
+        try:
+            body = json.loads(request.body or b"null")
+            keys = panels.clean_pins(body.get("keys") if isinstance(body, dict) else None)
+        except ValueError:
+            return JsonResponse({"error": "The body is not JSON.", "field": "body"}, status=400)
+        except ValidationError as exc:
+            field, errors = next(iter(exc.message_dict.items()))
+            return JsonResponse({"error": " ".join(errors), "field": field}, status=400)
+        panels.set_pins(user=request.user, keys=keys)
+    return JsonResponse({"keys": panels.pinned_keys(user=request.user)})
 
 
 @researcher_required

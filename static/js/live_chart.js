@@ -26,6 +26,10 @@ const FEW_POINTS = 50; // below this a trace also draws markers: 3 points of a b
 const CHART_HEIGHT = 220;
 const startedAt = root.dataset.started ? Number(root.dataset.started) : null;
 let sharedZoom = null; // [lo, hi] in axis units while the user has zoomed the shared x range
+// Pinned panels: metric names in the user's order, kept server-side per user (they apply to every run).
+let pins = JSON.parse(document.getElementById("panel-pins")?.textContent || "[]");
+const pinsUrl = root.dataset.pinsUrl;
+let saving = Promise.resolve();
 let rangeFrame = 0;
 
 function groupOf(key) {
@@ -48,8 +52,13 @@ function packGroups() {
     section.dataset.span = String(span);
     section.style.gridColumn = `span ${span}`;
     grid.style.gridTemplateColumns = `repeat(${span}, minmax(0, 1fr))`;
-    for (const div of grid.children) if (div.data) Plotly.Plots.resize(div);
+    for (const cell of grid.children) resizeCell(cell);
   }
+}
+
+function resizeCell(cell) {
+  const div = cell.querySelector(".chart");
+  if (div?.data) Plotly.Plots.resize(div);
 }
 window.addEventListener("resize", () => {
   for (const section of root.querySelectorAll("section.chart-group")) delete section.dataset.span;
@@ -64,7 +73,7 @@ function groupDiv(group) {
     section.dataset.group = group;
     section.innerHTML = `<h3></h3><div class="chart-grid"></div>`;
     section.querySelector("h3").textContent = group;
-    const sections = [...root.querySelectorAll("section.chart-group")];
+    const sections = [...root.querySelectorAll("section.chart-group:not(.pinned-group)")];
     const after = sections.find((s) => s.dataset.group > group);
     root.insertBefore(section, after || null);
   }
@@ -193,16 +202,96 @@ function scheduleSharedRange() {
   });
 }
 
+function pinnedGrid() {
+  let section = root.querySelector("section.pinned-group");
+  if (!section) {
+    section = document.createElement("section");
+    section.className = "chart-group pinned-group";
+    section.dataset.group = "pinned";
+    section.innerHTML = `<h3>pinned</h3><div class="chart-grid" id="pinned-panels"></div>`;
+    root.insertBefore(section, root.querySelector("section.chart-group"));
+  }
+  return section.querySelector(".chart-grid");
+}
+
+// Put a chart cell where it belongs: among the pinned ones in the user's order, else in its group by name.
+function place(cell) {
+  const key = cell.dataset.panel;
+  const at = pins.indexOf(key);
+  let grid;
+  let before;
+  if (at >= 0) {
+    grid = pinnedGrid();
+    before = [...grid.children].find((c) => c !== cell && pins.indexOf(c.dataset.panel) > at);
+  } else {
+    grid = groupDiv(groupOf(key));
+    before = [...grid.children].find((c) => c !== cell && c.dataset.panel > key);
+  }
+  if (cell.parentElement !== grid || cell.nextElementSibling !== (before || null)) grid.insertBefore(cell, before || null);
+  cell.classList.toggle("pinned", at >= 0);
+  const pin = cell.querySelector(".pin-toggle");
+  pin.setAttribute("aria-pressed", String(at >= 0));
+  pin.textContent = at >= 0 ? "Unpin" : "Pin";
+  pin.title = at >= 0 ? "Unpin" : "Pin to the top (remembered for you, on every run)";
+}
+
+function relayoutPanels() {
+  for (const cell of root.querySelectorAll(".chart-cell")) place(cell);
+  for (const section of root.querySelectorAll("section.chart-group")) {
+    if (!section.querySelector(".chart-grid").childElementCount) section.remove();
+    else delete section.dataset.span;
+  }
+  packGroups();
+  for (const cell of root.querySelectorAll(".chart-cell")) resizeCell(cell);
+}
+
+function savePins() {
+  const body = JSON.stringify({ keys: pins });
+  const csrf = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+  // One save after another, so the server ends with the last list whatever the network does.
+  saving = saving.then(() => fetch(pinsUrl, {
+    method: "POST", credentials: "same-origin", body,
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
+  })).then((r) => { window.arbiterLive.pinsSaved = r.ok ? body : `error ${r.status}`; }).catch(() => {});
+}
+
+function onPanelButton(ev) {
+  const button = ev.target.closest(".chart-tools button");
+  if (!button) return;
+  const key = button.closest(".chart-cell").dataset.panel;
+  if (button.classList.contains("pin-toggle")) {
+    pins = pins.includes(key) ? pins.filter((k) => k !== key) : [...pins, key];
+  } else {
+    // Swap with the neighbour on this page (pins of metrics this run lacks keep their places).
+    const shown = pins.filter((k) => series.has(k));
+    const j = shown.indexOf(key) + (button.classList.contains("move-earlier") ? -1 : 1);
+    if (j < 0 || j >= shown.length) return;
+    const a = pins.indexOf(key);
+    const b = pins.indexOf(shown[j]);
+    [pins[a], pins[b]] = [pins[b], pins[a]];
+  }
+  relayoutPanels();
+  savePins();
+}
+root.addEventListener("click", onPanelButton);
+
 function ensureChart(key) {
   let s = series.get(key);
   if (s) return s;
   document.getElementById("no-metrics")?.remove();
+  const cell = document.createElement("div");
+  cell.className = "chart-cell";
+  cell.dataset.panel = key;
+  cell.innerHTML = `<div class="chart-tools">
+    <button type="button" class="move-earlier" title="Move earlier">◀</button>
+    <button type="button" class="move-later" title="Move later">▶</button>
+    <button type="button" class="pin-toggle" aria-pressed="false"></button></div>`;
+  for (const b of cell.querySelectorAll("button")) b.setAttribute("aria-label", `${b.className} ${key}`);
   const div = document.createElement("div");
   div.className = "chart";
   div.dataset.key = key;
-  const grid = groupDiv(groupOf(key));
-  const siblings = [...grid.children];
-  grid.insertBefore(div, siblings.find((c) => c.dataset.key > key) || null);
+  cell.appendChild(div);
+  place(cell);
   packGroups();
   s = { steps: [], values: [], times: [], div, zoomed: false, smoothAcc: null, silent: false };
   series.set(key, s);
@@ -444,6 +533,8 @@ window.arbiterLive = {
   finalRead: false,
   points: (key) => series.get(key)?.steps.length ?? 0,
   keys: () => [...series.keys()],
+  pinned: () => [...root.querySelectorAll("#pinned-panels .chart-cell")].map((c) => c.dataset.panel),
+  pinsSaved: null,
   runId,
 };
 bindControls();

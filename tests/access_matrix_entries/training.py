@@ -36,6 +36,7 @@ ENTRIES = {
     "training:run_new": Access(roles=RESEARCHERS),
     "training:run_compare": Access(roles=RESEARCHERS),
     "training:api_keys": Access(roles=RESEARCHERS),
+    "training:panel_pins": Access(roles=RESEARCHERS),  # the user's own pins only: nothing of others to reach
     # Revoking someone else's key is a 404 (the key is looked up among the user's own).
     "training:api_key_revoke": Access(roles=RESEARCHERS, objects="api_key", method="post"),
     "training:run_detail": Access(roles=RESEARCHERS, objects="run"),
