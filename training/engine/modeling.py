@@ -196,8 +196,12 @@ def enable_gradient_checkpointing(model: PreTrainedModel, *, adapters: bool) -> 
     it needs no input that requires grad, handles keyword arguments and nested no-grad code). Before adapters
     are attached: the embeddings' output is then made to require grad as well, as peft and TRL do, since a
     frozen base gives the first checkpointed layer no input that does."""
-    # Both untyped in transformers.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[no-untyped-call]
+    kwargs = {"use_reentrant": False}
+    # transformers 5.24 renamed it (the old name warns); the GPU image's transformers 5.20 may only have the old one.
+    if callable(getattr(model, "activation_checkpointing_enable", None)):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # type: ignore[no-untyped-call]
     if adapters:
         model.enable_input_require_grads()  # type: ignore[no-untyped-call]
 
