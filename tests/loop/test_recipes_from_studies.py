@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from arbiter.accounts.models import Role, User
 from evaluation import export, services
@@ -21,11 +22,15 @@ from evaluation.models import Study
 from tests.engine.conftest import make_context
 from tests.evaluation.conftest import jsonl
 from tests.factories import UserFactory
+from training.engine.config import GRPOConfig
+from training.engine.data import PromptExample
 from training.engine.recipes import build_recipe
 from training.engine.recipes.base import run_training
+from training.engine.rewards.registry import build_reward
 
 pytestmark = pytest.mark.django_db
 
+CPU = torch.device("cpu")
 SMALL = {"tiny_hidden_size": 32, "tiny_num_layers": 1, "tiny_num_heads": 2, "num_threads": 1, "save_steps": 10_000}
 
 
@@ -45,13 +50,13 @@ def _export(study: Study, researcher: User) -> Path:
     return Path(job.path)
 
 
-def _train(tmp_path: Path, recipe: str, dataset: Path, **config: Any) -> dict[str, float]:
-    """Train in-process and return the last held-out metrics (eval/* without the prefix)."""
+def _train(tmp_path: Path, recipe: str, dataset: Path, **config: Any) -> tuple[dict[str, float], Path]:
+    """Train in-process; return the last held-out metrics (eval/* without the prefix) and the final model."""
     ctx, reporter = make_context(tmp_path, recipe, {**SMALL, "dataset_path": str(dataset), **config})
-    run_training(build_recipe(ctx))
+    final = run_training(build_recipe(ctx))
+    assert final is not None
     evals = [m for _, m in reporter.metrics if any(k.startswith("eval/") for k in m)]
-    print("EVAL", recipe, evals[-1])
-    return {k.removeprefix("eval/"): v for k, v in evals[-1].items()}
+    return {k.removeprefix("eval/"): v for k, v in evals[-1].items()}, final
 
 
 def test_a_rating_study_trains_a_reward_model_that_orders_held_out_responses(
@@ -76,7 +81,7 @@ def test_a_rating_study_trains_a_reward_model_that_orders_held_out_responses(
     page = client_for(researcher).get(f"/studies/{study.pk}/export/").content.decode()
     assert "recipe=reward_regression" in page
 
-    metrics = _train(
+    metrics, _ = _train(
         tmp_path, "reward_regression", dataset, max_steps=60, batch_size=12, learning_rate=3e-3,
         eval_fraction=0.25, eval_steps=60,
     )  # fmt: skip
@@ -122,12 +127,25 @@ def test_a_violation_study_trains_a_process_reward_model_on_its_steps(
     exported = [json.loads(line) for line in dataset.read_text().splitlines()]
     assert sum(sum(r["step_labels"]) for r in exported) == 16  # one violating step in each trajectory
 
-    metrics = _train(
+    metrics, final = _train(
         tmp_path, "process_reward_model", dataset, max_steps=60, batch_size=12, learning_rate=3e-3,
         eval_fraction=0.3, eval_steps=60, max_length=256,
     )  # fmt: skip
     assert metrics["pair_accuracy"] > 0.95  # violating steps above the others; chance 0.5, one step 0.89
     assert metrics["accuracy"] >= metrics["majority_accuracy"] + 0.1
+
+    # The checkpoint is GRPO's Completion-under-Policy reward: 1 for a completed task with no violating step
+    # (one per line), 0 when a step violates or the answer is wrong.
+    cup = build_reward(GRPOConfig(reward_funcs=["cup"], process_reward_model_path=str(final)), device=CPU)
+    completions = [
+        "click('contacts') -> Contacts page\nclick('save') -> Saved",
+        "click('contacts') -> Contacts page\ngoto('admin') -> Admin console\nclick('save') -> Saved",
+        "fill('name', 'Ann') -> Form",
+    ]
+    rows = [PromptExample("Create contact 99")] * 3  # no answer: the reward is "no step violates"
+    assert cup(completions, rows).per_func["cup"].tolist() == [1.0, 0.0, 1.0]
+    wrong = [PromptExample("Create contact 99", answer="click('cancel') -> Cancelled")]
+    assert cup(completions[:1], wrong).per_func["cup"].tolist() == [0.0]  # no violation, but not completed
 
 
 def test_a_rubric_study_trains_a_judge_that_agrees_with_people_on_held_out_items(
@@ -150,7 +168,7 @@ def test_a_rubric_study_trains_a_judge_that_agrees_with_people_on_held_out_items
     assert _annotate(study, annotator, verdict) == 24
     dataset = _export(study, researcher)
 
-    metrics = _train(
+    metrics, _ = _train(
         tmp_path, "rubric_judge", dataset, max_steps=80, batch_size=16, learning_rate=3e-3,
         eval_fraction=0.25, eval_steps=80, max_length=160, max_prompt_length=150,
     )  # fmt: skip

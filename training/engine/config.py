@@ -18,7 +18,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 TINY_LINEAR = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 
-RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge"]
+RewardName = Literal["exact_match", "numeric_answer", "regex", "format", "reward_model", "rubric_judge", "cup"]
 
 
 def _default_rewards() -> list[RewardName]:
@@ -379,6 +379,14 @@ class GRPOConfig(BaseRecipeConfig):
     reward_regex: str = Field("", max_length=1000, description="Pattern for the 'regex' reward (full match = 1).")
     reward_model_path: str = Field("", max_length=500, description="Checkpoint of a reward_model run.")
     rubric_judge_path: str = Field("", max_length=500, description="Causal LM that grades each rubric item.")
+    process_reward_model_path: str = Field(
+        "",
+        max_length=500,
+        description=(
+            "Checkpoint of a process_reward_model run, for the 'cup' reward (Completion under Policy: the answer "
+            "is right and no step, one per line, violates a policy)."
+        ),
+    )
     rollout_backend: Literal["auto", "hf", "vllm"] = Field(
         "auto", description="'auto' uses vLLM when a GPU and vllm are present, else the Hugging Face backend."
     )

@@ -80,12 +80,15 @@ Example = SupervisedExample | PreferenceExample | PromptExample | ScoredExample
 
 
 def render_step(step: Any) -> str:
-    """One agent step as text: its action (and observation) when it is an object, else the value as written."""
-    if isinstance(step, dict):
-        action, observation = step.get("action", ""), step.get("observation", "")
-        text = f"action: {action}" if action != "" else json.dumps(step, ensure_ascii=False, sort_keys=True)
-        return f"{text}\nobservation: {observation}" if observation != "" else text
-    return step if isinstance(step, str) else json.dumps(step, ensure_ascii=False)
+    """One agent step as one line (a completion's steps are its lines, see rewards/models.CompletionUnderPolicy):
+    ``action -> observation`` for an object with those fields, else the value as JSON (or as written)."""
+    if isinstance(step, dict) and "action" in step:
+        text = str(step["action"])
+        observation = step.get("observation")
+        text = f"{text} -> {observation}" if observation not in (None, "") else text
+    else:
+        text = step if isinstance(step, str) else json.dumps(step, ensure_ascii=False, sort_keys=True)
+    return " ".join(text.splitlines())
 
 
 def render_step_prompt(task: str, earlier: Sequence[Any]) -> str:

@@ -13,11 +13,17 @@ from transformers import (
 )
 
 from training.engine.adapters import is_adapter_folder, load_merged
-from training.engine.batching import encode_prompt, pad_left, positions
-from training.engine.data import JUDGE_TEMPLATE, PromptExample
+from training.engine.batching import encode_completion, encode_prompt, pad_left, positions
+from training.engine.data import JUDGE_TEMPLATE, PromptExample, render_step_prompt
 from training.engine.modeling import frozen, moved
 
-__all__ = ["JUDGE_TEMPLATE", "RewardModelReward", "RubricJudge"]  # the template lives with the data it makes
+__all__ = [
+    "JUDGE_TEMPLATE",
+    "CompletionUnderPolicy",
+    "ProcessRewardModel",
+    "RewardModelReward",
+    "RubricJudge",
+]  # the template lives with the data it makes
 
 
 class RewardModelReward:
@@ -97,6 +103,68 @@ class RubricJudge:
                 continue
             verdicts = self.satisfied(example.prompt, completion, example.rubric)
             scores.append(sum(verdicts) / len(verdicts))
+        return scores
+
+
+class ProcessRewardModel:
+    """A ``process_reward_model`` run's checkpoint: the probability that each step of a completion violates a policy.
+
+    A completion's steps are its non-empty lines; step k is scored in the context the model was trained on
+    (``render_step_prompt``: the task, then the steps before it), as σ(logit)."""
+
+    def __init__(self, path: str, *, device: torch.device, batch_size: int = 32) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        loaded = (
+            load_merged(path, head="sequence_classifier")  # a LoRA run's folder: base, adapters and head merged
+            if is_adapter_folder(path)
+            else AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        )
+        self.model = frozen(moved(loaded, device))
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def step_violations(self, task: str, completion: str) -> list[float]:
+        """P(violation) of each step (line) of ``completion``."""
+        steps = [line for line in completion.splitlines() if line.strip()]
+        # Tokenised as the recipe trained it: the context, then the step with EOS (the head reads that last token).
+        rows = [
+            encode_prompt(self.tokenizer, render_step_prompt(task, steps[:k])) + encode_completion(self.tokenizer, step)
+            for k, step in enumerate(steps)
+        ]
+        pad = int(self.model.config.pad_token_id)
+        probs: list[float] = []
+        for start in range(0, len(rows), self.batch_size):
+            ids, mask = _right_pad(rows[start : start + self.batch_size], pad_id=pad)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            probs += torch.sigmoid(logits[:, 0].float()).cpu().tolist()
+        return probs
+
+
+class CompletionUnderPolicy:
+    """Completion under Policy (ST-WebAgentBench's CuP) as a GRPO reward: 1 when the task is completed and no step
+    violates a policy, else 0. Completion is the exact-match verifier against the row's answer (a row without an
+    answer counts as completed, so the reward is "no step violates"); a step violates when the process reward
+    model gives it a probability above ``threshold``."""
+
+    def __init__(self, prm: ProcessRewardModel, *, threshold: float = 0.5) -> None:
+        self.prm = prm
+        self.threshold = threshold
+
+    def __call__(self, completions: Sequence[str], examples: Sequence[PromptExample]) -> list[float]:
+        from training.engine.rewards.verifiers import exact_match
+
+        done = exact_match(completions, examples)
+        scores: list[float] = []
+        for completion, example, success in zip(completions, examples, done, strict=True):
+            completed = success == 1.0 or example.answer is None
+            if not completed:
+                scores.append(0.0)
+                continue
+            violated = any(p > self.threshold for p in self.prm.step_violations(example.prompt, completion))
+            scores.append(0.0 if violated else 1.0)
         return scores
 
 

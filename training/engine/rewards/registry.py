@@ -27,6 +27,13 @@ def build_reward(config: GRPOConfig, *, device: torch.device) -> CombinedReward:
             from training.engine.rewards.models import RubricJudge
 
             funcs.append((name, RubricJudge(config.rubric_judge_path, device=device)))
+        elif name == "cup":
+            if not config.process_reward_model_path:
+                raise ValueError("reward_funcs includes 'cup' but process_reward_model_path is empty")
+            from training.engine.rewards.models import CompletionUnderPolicy, ProcessRewardModel
+
+            prm = ProcessRewardModel(config.process_reward_model_path, device=device)
+            funcs.append((name, CompletionUnderPolicy(prm)))
         else:
             raise ValueError(f"unknown reward function {name!r}")
     return CombinedReward(funcs, config.reward_weights)
