@@ -26,7 +26,6 @@ from training.engine.batching import EncodedRow, encode_prompt, encode_supervise
 from training.engine.config import ScoreRewardConfig
 from training.engine.data import DatasetKind, ScoredExample, SupervisedExample, load_dataset, step_indices
 from training.engine.distributed import unwrap, wrap_ddp
-from training.engine.modeling import load_sequence_classifier
 from training.engine.recipes.base import Recipe, RunContext
 from training.engine.recipes.sft import SFTRecipe
 from training.engine.rewards.models import answer_spellings
@@ -75,11 +74,7 @@ class ScoreRewardRecipe(Recipe):
         self.rows, self.scores = self._encode(self.examples)
         self.eval_rows, self.eval_scores = self._encode(cast(list[ScoredExample], held), what="held-out ")
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        model = load_sequence_classifier(
-            ctx.policy_path, config=config, tokenizer=self.tokenizer, seed=ctx.spec.seed, device=ctx.device
-        )
-        model.train()
-        self.model = wrap_ddp(model, ctx.dist)
+        self.model = wrap_ddp(ctx.load_policy(self.tokenizer, head="sequence_classifier"), ctx.dist)
 
     def _encode(self, examples: list[ScoredExample], *, what: str = "") -> tuple[list[EncodedRow], torch.Tensor]:
         if not examples:
