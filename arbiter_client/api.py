@@ -19,13 +19,17 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from ._http import ArbiterError, Connection
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class Api:
@@ -37,6 +41,7 @@ class Api:
         if not url or not api_key:
             raise ValueError("arbiter_client.Api needs url and api_key (or ARBITER_URL and ARBITER_API_KEY)")
         self.url = url
+        self.timeout = timeout
         self._conn = Connection(url, api_key, timeout=timeout)
 
     def get(self, path: str, **params: Any) -> Any:
@@ -46,9 +51,22 @@ class Api:
         return self._conn.request("POST", path, payload)
 
     def download(self, path: str, target: str | os.PathLike[str], **params: Any) -> Path:
-        """GET `path` and write the answer's bytes to `target` (CSV, Parquet, JSONL exports)."""
+        """GET `path` and write the answer's bytes to `target` (CSV, Parquet, JSONL exports).
+
+        A redirect (an export kept in an S3 bucket answers with a signed URL) is followed without the API
+        key: the signature is the credential, and the key must not reach another host.
+        """
         answer = self._conn.exchange("GET", path + _query(params), accept="*/*")
         out = Path(target)
+        location = answer.headers.get("location")
+        if answer.status in REDIRECTS and location:
+            url = urljoin(self._conn.base + "/", location)
+            if urlsplit(url).scheme not in {"http", "https"}:
+                raise ArbiterError(answer.status, json.dumps({"error": f"redirected to {url!r}"}))
+            request = urllib.request.Request(url, method="GET")  # noqa: S310 - http(s) only, checked above
+            with urllib.request.urlopen(request, timeout=self.timeout) as remote, out.open("wb") as fh:  # noqa: S310
+                shutil.copyfileobj(remote, fh, 1 << 20)
+            return out
         out.write_bytes(answer.data)
         return out
 

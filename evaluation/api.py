@@ -21,13 +21,14 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import OperationalError
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from arbiter.accounts.models import Role, User
 from arbiter.db import busy_response
+from artifacts import services as artifact_services
 from evaluation import api_payloads, export, results, selectors, services
 from evaluation.forms import MAX_UPLOAD_BYTES
 from evaluation.models import ExportJob, ExportStatus, ImportJob, ImportStatus, Item, Study
@@ -414,12 +415,18 @@ def export_status(request: HttpRequest, study_id: int, export_id: int) -> HttpRe
 
 
 @api_view("GET")
-def export_download(request: HttpRequest, study_id: int, export_id: int) -> FileResponse:
-    """The export's file, the same bytes as the export page's download; 409 while it is being written."""
+def export_download(request: HttpRequest, study_id: int, export_id: int) -> FileResponse | HttpResponseRedirect:
+    """The export's file, the same bytes as the export page's download; 409 while it is being written.
+
+    An export kept in an S3 bucket is a redirect to a short-lived signed URL, as on the page: the bucket
+    serves the bytes (the SDK follows it without sending the API key there).
+    """
     _, found = _study(request, study_id)
     job = _export(found, export_id)
     if job.status != ExportStatus.DONE:
         raise ApiError(409, f"the export is {job.status}: download it once it is done", "export_id")
+    if job.path.startswith("s3://"):
+        return HttpResponseRedirect(artifact_services.download_url(job.path, filename=job.path.rsplit("/", 1)[-1]))
     path = Path(job.path)
     root = Path(settings.ARTIFACT_ROOT).resolve()
     if not path.is_file() or root not in path.resolve().parents:

@@ -420,6 +420,7 @@ def study_paths() -> dict[str, Any]:
                             "text/csv": {"schema": {"type": "string"}},
                         },
                     },
+                    "302": {"description": "An export kept in an S3 bucket: its signed URL (Location), short-lived."},
                     "409": _error("The export is not done yet."),
                     **ACCESS,
                 },

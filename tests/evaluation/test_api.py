@@ -18,12 +18,14 @@ from django.urls import reverse
 import arbiter_client
 from arbiter.accounts.models import Role, User
 from evaluation.models import ImportJob, Item, Judgment, Study
+from tests.artifacts import conftest as bucket_fixtures
 from tests.evaluation.conftest import jsonl, pairwise_row, rating_row, rubric_row, violation_row
 from tests.factories import UserFactory
 from training.services import runs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+s3_server, s3_store = bucket_fixtures.s3_server, bucket_fixtures.s3_store  # a moto S3 server, a bucket store
 ROW_MAKERS = {"pairwise": pairwise_row, "rubric": rubric_row, "violation": violation_row, "rating": rating_row}
 
 
@@ -478,3 +480,71 @@ def test_the_transfer_gzip_is_undone_once_and_the_upload_limit_is_the_forms(rese
     big = client.post(path, gzip.compress(jsonl(_rows(3))), content_type="application/octet-stream", **headers)
     assert big.status_code == 413 and big.json()["field"] == "body"
     assert Item.objects.filter(study_id=study["id"]).count() == 3
+
+
+def test_an_export_in_the_bucket_downloads_through_the_same_signed_redirect_as_the_page(
+    s3_store: str, researcher: User, make_study: Any
+) -> None:
+    import requests
+
+    from evaluation import export
+
+    annotator = UserFactory(role=Role.ANNOTATOR)
+    study = make_study(n_items=3, annotators=[annotator])
+    _judge_by_form(study, annotator, [{"choice": "left"}, {"choice": "tie"}, {"choice": "right"}])
+    key = _key(researcher)
+    started = _post(key, f"/api/studies/{study.pk}/exports/", {"format": "judgments_csv"})
+    assert started.status_code == 202, started.content
+    job = export.run_export(export_id=started.json()["id"])  # the worker's side, here in-process
+    assert job is not None and job.path.startswith(s3_store)
+    url = f"/api/studies/{study.pk}/exports/{job.pk}/download/"
+    answer = Client().get(url, HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert answer.status_code == 302
+    page = Client()
+    page.force_login(researcher)
+    from_page = page.get(reverse("evaluation:export_download", kwargs={"study_id": study.pk, "export_id": job.pk}))
+    data = requests.get(answer["Location"], timeout=30).content
+    assert data == requests.get(from_page["Location"], timeout=30).content
+    assert data.decode().splitlines()[0] == ",".join(export.CSV_FIELDS) and len(data.splitlines()) == 4
+
+
+def test_the_sdk_follows_a_download_redirect_without_sending_its_key_there(tmp_path: Any) -> None:
+    import http.server
+    import threading
+
+    seen: dict[str, Any] = {}
+
+    class Bucket(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen["bucket"] = (self.path, self.headers.get("Authorization"))
+            body = b"a,b\n1,2\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    bucket = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bucket)
+
+    class Arbiter(Bucket):
+        def do_GET(self) -> None:
+            seen["arbiter"] = (self.path, self.headers.get("Authorization"))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{bucket.server_port}/b/export.csv?X-Amz-Signature=s")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Arbiter)
+    for s in (bucket, server):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        api = arbiter_client.Api(f"http://127.0.0.1:{server.server_port}", "arb_u_secret")
+        out = api.download("/api/studies/1/exports/2/download/", tmp_path / "export.csv")
+    finally:
+        server.shutdown()
+        bucket.shutdown()
+    assert out.read_bytes() == b"a,b\n1,2\n"
+    assert seen["arbiter"] == ("/api/studies/1/exports/2/download/", "Bearer arb_u_secret")
+    assert seen["bucket"] == ("/b/export.csv?X-Amz-Signature=s", None)
