@@ -3,7 +3,13 @@
 Access is decided at connect, then re-decided (paperless-ngx's consumers re-check on every message):
 
 - on every message a socket forwards, from a decision cached for LIVE_ACCESS_RECHECK_S seconds, so
-  the live path pays a clock read per message and one database check per socket every few seconds;
+  the live path pays a clock read per message and one database check per socket every few seconds.
+  A socket that keeps streaming re-decides in the background before its decision expires (at a
+  random 50-80% of its age, so sockets opened together do not all check at once): a message never
+  waits for that check, which otherwise ran in the process's one database thread, queued behind
+  every other socket's, and was most of the live p99 (bench/bench_runs.py (c)). Every message is
+  still sent under a decision whose check began less than LIVE_ACCESS_RECHECK_S ago; past that,
+  the message waits for a fresh one, as before;
 - at once, when something that decides access changes: a user logs out, is saved (deactivated,
   role or password changed) or deleted; a run or study is saved, deleted or unshared. The signal
   handlers below send "access.recheck" to the groups concerned (the user's own group `user.<id>`,
@@ -16,7 +22,10 @@ that fails it is closed with code 4403, the code a refused connect gets.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 import time
 from collections.abc import Iterable
 from importlib import import_module
@@ -64,6 +73,9 @@ class AccessCheckedConsumer(AsyncJsonWebsocketConsumer):
 
     revoked = False
     _valid_until = 0.0
+    _refresh_at = 0.0
+    _invalidated_at = 0.0  # when access last changed: a check begun before it decides nothing
+    _refresh: asyncio.Task[None] | None = None
     _groups: list[str] = []
 
     def allowed(self, user: Any) -> bool:
@@ -81,28 +93,59 @@ class AccessCheckedConsumer(AsyncJsonWebsocketConsumer):
         for group in self._groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
-        self._valid_until = time.monotonic() + settings.LIVE_ACCESS_RECHECK_S
+        self._decided(started=time.monotonic())
         return True
 
     async def disconnect(self, code: int) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
         for group in self._groups:
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def still_allowed(self) -> bool:
-        """True while the cached decision is fresh, else decide again; closes the socket when refused."""
+        """True while the cached decision is fresh, else decide again; closes the socket when refused.
+
+        A fresh decision past its refresh point starts the next check in the background (see the module
+        docstring) and answers at once."""
         if self.revoked:
             return False
-        if time.monotonic() < self._valid_until:
+        now = time.monotonic()
+        if now < self._valid_until:
+            if now >= self._refresh_at and self._refresh is None:
+                self._refresh = asyncio.create_task(self._refresh_decision())
             return True
+        return await self._decide()
+
+    async def _decide(self) -> bool:
+        started = time.monotonic()
         if await database_sync_to_async(self._recheck)():
-            self._valid_until = time.monotonic() + settings.LIVE_ACCESS_RECHECK_S
+            self._decided(started=started)
             return True
-        self.revoked = True
-        await self.close(code=CLOSE_FORBIDDEN)
+        if not self.revoked:
+            self.revoked = True
+            await self.close(code=CLOSE_FORBIDDEN)
         return False
+
+    async def _refresh_decision(self) -> None:
+        try:
+            await self._decide()
+        except Exception:  # the database away: the decision expires and the next message decides (or fails) itself
+            logger.warning("background access re-check failed", exc_info=True)
+        finally:
+            self._refresh = None
+
+    def _decided(self, *, started: float) -> None:
+        """Access was granted by a check that began at `started`: valid for the interval from then."""
+        interval = settings.LIVE_ACCESS_RECHECK_S
+        if started >= self._invalidated_at and started + interval > self._valid_until:
+            self._valid_until = started + interval
+            self._refresh_at = started + interval * random.uniform(0.5, 0.8)  # noqa: S311 - spreading load
 
     async def access_recheck(self, message: dict[str, Any]) -> None:
         self._valid_until = 0.0
+        self._invalidated_at = time.monotonic()  # a background check already under way may predate the change
         await self.still_allowed()
 
     def _recheck(self) -> bool:

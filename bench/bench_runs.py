@@ -18,8 +18,8 @@ docker/Dockerfile's WEB_WORKERS; `--workers 1` is `runplatform`'s), with Postgre
     which on a shared box is other people's work).
 (b) chart read: a 1,000-bucket read of a 100,000-point and of a 1,000,000-point series; server time
     (selector + JSON, in-process) and HTTP round trip, median and p95 of 20 reads; plus a zoomed read.
-(c) live: 50 websocket clients on one run (the run page's socket); a script in its own process calls
-    `run.log({"t": time.time()}, step=i)` every 50 ms through arbiter_client; each client measures
+(c) live: 50 websocket clients on one run (the run page's socket, each its own session); a script in
+    its own process calls `run.log({"t": time.time()}, step=i)` every 50 ms through arbiter_client; each client measures
     arrival - t: the whole path log call -> HTTP ingest -> commit -> channel layer (Redis) ->
     consumer -> websocket. p50 / p95 / p99 over all clients and points.
     Measured after VACUUM ANALYZE and a CHECKPOINT of the freshly loaded tables (steady state: no
@@ -403,14 +403,14 @@ def produce(url: str, run_id: int | str, token: str, n: int | str) -> None:
 
 
 async def live(
-    port: int, run_id: int, token: str, cookie: str, clients: int, n: int, *, same_process: bool
+    port: int, run_id: int, token: str, cookies: list[str], clients: int, n: int, *, same_process: bool
 ) -> list[float]:
     latencies: list[float] = []
     ready, done = asyncio.Event(), asyncio.Event()
     counter = [0]
     tasks = [
         asyncio.create_task(ws_client(port, f"/ws/runs/{run_id}/", cookie, latencies, ready, counter, clients, done))
-        for _ in range(clients)
+        for cookie in cookies
     ]
     await asyncio.wait_for(ready.wait(), 30)
     await asyncio.sleep(0.5)
@@ -450,9 +450,9 @@ def session_cookie() -> str:
 def bench_live(server: Server, args: argparse.Namespace) -> list[Row]:
     run_id, token = new_run("live")
     same = args.producer_in_bench
-    cookie = session_cookie()
+    cookies = [session_cookie() for _ in range(args.clients)]  # one browser session per dashboard
     with CpuShare(server) as cpu:
-        lat = asyncio.run(live(server.port, run_id, token, cookie, args.clients, args.live_points, same_process=same))
+        lat = asyncio.run(live(server.port, run_id, token, cookies, args.clients, args.live_points, same_process=same))
     expected = args.clients * args.live_points
     where = "in the bench process" if same else "in its own process"
     p99 = pct(lat, 0.99) * 1e3

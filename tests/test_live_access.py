@@ -6,18 +6,23 @@ product makes it (a service, the logout view, a model save), plus one behind the
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.contrib.auth import get_user
+from django.contrib.sessions.backends.cached_db import SessionStore
 from django.test import Client
 
 from arbiter.accounts.models import User
 from arbiter.asgi import application
 from evaluation import services as study_services
 from evaluation.models import Study
+from training.consumers import RunConsumer
 from training.models import Run
 from training.payloads import MetricBatch
 from training.services import ingest, runs
@@ -86,8 +91,6 @@ async def test_an_unshare_behind_the_signals_back_stops_the_stream_within_the_re
     settings.LIVE_ACCESS_RECHECK_S = 0.3
     other = await _open(f"/ws/runs/{shared_run.id}/", await sync_to_async(_logged_in)(other_researcher))
     await sync_to_async(Run.objects.filter(id=shared_run.id).update)(shared=False)  # no signal
-    import asyncio
-
     await asyncio.sleep(0.5)
     await _log_point(shared_run, 1)
     assert await _closed_forbidden(other)
@@ -151,3 +154,48 @@ async def test_unsharing_a_study_closes_the_readers_socket(how: str, researcher:
 
     await sync_to_async(unshare)()
     assert await _closed_forbidden(other)
+
+
+class _CountingRunConsumer(RunConsumer):
+    """The run page's consumer, counting the access decisions it makes (each one is real: session, user, run)."""
+
+    calls = 0
+
+    def allowed(self, user: Any) -> bool:
+        self.calls += 1
+        return super().allowed(user)
+
+
+async def _consumer_for(run: Run, client: Client) -> _CountingRunConsumer:
+    key = await sync_to_async(lambda: client.session.session_key)()
+    consumer = _CountingRunConsumer()
+    consumer.run_id = run.id
+    consumer.scope = {"session": SessionStore(key), "user": await sync_to_async(get_user)(client)}
+    return consumer
+
+
+async def test_a_streaming_socket_decides_again_before_its_decision_expires_and_never_waits_for_it(
+    shared_run: Run, other_researcher: User, settings: Any
+) -> None:
+    settings.LIVE_ACCESS_RECHECK_S = 2.0
+    consumer = await _consumer_for(shared_run, await sync_to_async(_logged_in)(other_researcher))
+    consumer._decided(started=time.monotonic())
+    await asyncio.sleep(1.65)  # past the refresh point (50-80% of the interval), before the expiry
+    assert await consumer.still_allowed()  # answered from the decision it has...
+    refresh = consumer._refresh
+    assert refresh is not None and consumer.calls == 0  # ...while the next one is made in the background
+    await refresh
+    assert consumer.calls == 1
+    await asyncio.sleep(0.6)  # the first decision has expired; the background one holds
+    assert await consumer.still_allowed()
+    assert consumer.calls == 1
+
+
+async def test_a_check_begun_before_an_access_change_grants_nothing(shared_run: Run, researcher: User) -> None:
+    consumer = await _consumer_for(shared_run, await sync_to_async(_logged_in)(researcher))
+    begun = time.monotonic()
+    consumer._invalidated_at = time.monotonic()  # what access_recheck records when a change is announced
+    consumer._decided(started=begun)
+    assert consumer._valid_until == 0.0
+    consumer._decided(started=time.monotonic())
+    assert consumer._valid_until > time.monotonic()
