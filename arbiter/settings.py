@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from arbiter.env import database_from_url, env_bool, env_int, env_list, env_path, env_str
 
@@ -173,13 +174,20 @@ if EMBEDDED:
         "store_processed": False,
     }
 else:
+    # channels_redis' pub/sub layer: a group message is one PUBLISH; each web process receives it once and
+    # hands it to its sockets in memory. With the list-based core layer every socket's copy was its own
+    # BZPOPMIN round trip, one after another in each process: at 50 dashboards, most of the live p99
+    # (bench/bench_runs.py (c)). Delivery is at most once, all a socket needs (a hint: pages repair gaps
+    # from `seq`); what waits for a slow browser is bounded by the consumer's Coalescer, which takes each
+    # message off the layer's queue at once. Pub/sub ignores Redis database numbers, so the prefix carries
+    # it: two deployments or test runs on one Redis server, on different databases, never hear each other.
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # capacity bounds each socket's queue: group_send drops to a full channel (a socket is a hint).
-            # socket_timeout: channels_redis blocks on BZPOPMIN for up to 5 s, and redis-py 8 gives up on
-            # a read after 5 s by default: the race ended the consumer of every socket idle for 5 s.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 200, "expiry": 30},
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": f"arbiter.{urlparse(REDIS_URL).path.strip('/') or '0'}.",
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import urlparse
+
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.test import Client
 
@@ -32,8 +37,24 @@ async def _connect(run: Run, user: User | None) -> tuple[WebsocketCommunicator, 
     return comm, connected
 
 
-async def test_channel_layer_is_redis() -> None:
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+async def test_channel_layer_is_redis_pubsub_and_deaf_to_other_redis_databases() -> None:
+    """Pub/sub ignores Redis database numbers: the prefix keeps two deployments on one server apart."""
+    config = settings.CHANNEL_LAYERS["default"]
+    assert config["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    db = urlparse(settings.REDIS_URL).path.strip("/") or "0"
+    ours = get_channel_layer()
+    other = RedisPubSubChannelLayer(hosts=config["CONFIG"]["hosts"], prefix=f"arbiter.{int(db) + 1}.")
+    mine, theirs = await ours.new_channel(), await other.new_channel()
+    await ours.group_add("run.1", mine)
+    await other.group_add("run.1", theirs)
+    try:
+        await other.group_send("run.1", {"type": "run.event", "payload": "theirs"})
+        await ours.group_send("run.1", {"type": "run.event", "payload": "ours"})
+        assert (await asyncio.wait_for(ours.receive(mine), 5))["payload"] == "ours"
+        assert (await asyncio.wait_for(other.receive(theirs), 5))["payload"] == "theirs"
+    finally:
+        await ours.group_discard("run.1", mine)
+        await other.flush()
 
 
 async def test_owner_receives_metrics_and_logs_after_commit(researcher: User) -> None:
