@@ -37,11 +37,20 @@ class TrainerState(TypedDict):
     recipe: NotRequired[list[object]]
 
 
-def save_model_folder(folder: Path, *, model: Saveable, tokenizer: PreTrainedTokenizerBase) -> None:
+def save_model_folder(
+    folder: Path,
+    *,
+    model: Saveable,
+    tokenizer: PreTrainedTokenizerBase,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write a folder that the next run's ``model_name_or_path`` and sampling can load: a Hugging Face folder
-    (``from_pretrained``, vLLM), or for a LoRA run a PEFT folder (``adapters.load_merged`` makes it a plain model)."""
+    (``from_pretrained``, vLLM), or for a LoRA run a PEFT folder (``adapters.load_merged`` makes it a plain model).
+
+    ``state_dict``: the full weights when ``model`` holds only a shard of them (FSDP2; distributed.full_model_state).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
 
 
@@ -51,19 +60,24 @@ def save_checkpoint(
     step: int,
     model: Saveable,
     tokenizer: PreTrainedTokenizerBase,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     recipe_states: list[object] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``<output_dir>/checkpoint-<step>/`` atomically: a cancel mid-write never leaves a half checkpoint."""
+    """Write ``<output_dir>/checkpoint-<step>/`` atomically: a cancel mid-write never leaves a half checkpoint.
+
+    ``optimizer_state`` is the full (unsharded) state (distributed.full_optimizer_state), ``state_dict`` the
+    full weights when ``model`` is sharded: one checkpoint, loadable by any number of processes.
+    """
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model_folder(tmp, model=model, tokenizer=tokenizer)
+    save_model_folder(tmp, model=model, tokenizer=tokenizer, state_dict=state_dict)
     state: TrainerState = {
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": capture_rng(),
         "recipe": recipe_states if recipe_states is not None else [],

@@ -105,6 +105,13 @@ class BaseRecipeConfig(BaseModel):
         ),
     )
     num_threads: int = Field(0, ge=0, le=256, description="CPU threads for torch; 0 keeps torch's default.")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description=(
+            "With several GPUs (torchrun): 'ddp' keeps a whole model per GPU; 'fsdp' shards weights, gradients "
+            "and optimiser state over them (FSDP2). batch_size stays the global batch either way."
+        ),
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory (about 1.16x slower)."
     )

@@ -9,19 +9,30 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from training.engine import checkpoints
 from training.engine.config import BaseRecipeConfig
 from training.engine.data import DatasetKind, Example, Renderer, load_dataset, render_plain, split_held_out
 from training.engine.demo_tasks import task_texts
-from training.engine.distributed import DistInfo, unwrap
+from training.engine.distributed import (
+    DistInfo,
+    all_mean,
+    all_sum,
+    full_model_state,
+    full_optimizer_state,
+    gathered,
+    grad_norm_value,
+    load_optimizer_state,
+    unwrap,
+)
 from training.engine.modeling import (
     TINY,
     Head,
@@ -56,6 +67,7 @@ class RunContext:
     def create(cls, *, spec: RunSpec, reporter: Reporter, dist: DistInfo) -> RunContext:
         """Validate the recipe config, pick the device and make the output folder."""
         config = spec.recipe_config()
+        dist = replace(dist, strategy=config.distributed)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         parts = dist.world_size * config.gradient_accumulation_steps
@@ -177,6 +189,10 @@ class Recipe(ABC):
 
     model: torch.nn.Module  # what the optimiser updates (DDP-wrapped under torchrun)
     tokenizer: PreTrainedTokenizerBase
+    # False: train_step's metrics are means over this rank's equal share of the batch, and the loop averages
+    # them over ranks. True: the recipe already reduced them to the whole batch's values (token-weighted
+    # means, stds, minima ...), the same on every rank.
+    metrics_are_global = False
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -210,6 +226,8 @@ class Recipe(ABC):
     def gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[object]:
         """Around one micro-batch's backward: under DDP, gradients are all-reduced on the last one only (each
         reduction in between would be undone work: accumulation sums them locally first)."""
+        if isinstance(self.model, FSDPModule):
+            return _fsdp_gradient_sync(self.model, last=last)
         no_sync = getattr(self.model, "no_sync", None)
         if last or no_sync is None:
             return contextlib.nullcontext()
@@ -228,12 +246,7 @@ class Recipe(ABC):
 
     def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
         """Sums over every rank's share (the identity on one process)."""
-        if not self.ctx.dist.enabled:
-            return sums
-        keys = sorted(sums)
-        total = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.ctx.device)
-        dist.all_reduce(total)
-        return dict(zip(keys, total.tolist(), strict=True))
+        return all_sum(sums, self.ctx.dist)
 
     def after_update(self, step: int) -> None:
         """Called after each optimiser step (GRPO pushes weights into its rollout engine here)."""
@@ -258,7 +271,7 @@ class Recipe(ABC):
 
     def can_sample_alone(self) -> bool:
         """Whether rank 0 may run the model by itself (for a table): not when FSDP shards the weights over ranks."""
-        return not (self.ctx.dist.enabled and getattr(self.ctx.config, "distributed", "ddp") == "fsdp")
+        return not self.ctx.dist.fsdp
 
     def sampling_model(self) -> PreTrainedModel:
         """The transformers model to sample from: the trained model, or for LoRA the peft model's own (its
@@ -289,6 +302,16 @@ class Recipe(ABC):
         inner = unwrap(self.model)
         assert isinstance(inner, checkpoints.Saveable)
         return inner
+
+
+@contextlib.contextmanager
+def _fsdp_gradient_sync(model: FSDPModule, *, last: bool) -> Iterator[None]:
+    """FSDP2's no_sync: reduce-scatter gradients on the last micro-batch only (set_requires_gradient_sync)."""
+    model.set_requires_gradient_sync(last)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def schedule_factor(config: BaseRecipeConfig, step: int) -> float:
@@ -324,7 +347,7 @@ def run_training(recipe: Recipe) -> Path | None:
     start = 0
     if ctx.spec.resume_from:
         state = checkpoints.load_trainer_state(Path(ctx.spec.resume_from))
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], ctx.dist)
         scheduler.load_state_dict(state["scheduler"])
         checkpoints.restore_rng(state["rng"])
         recipe.load_state_dict(checkpoints.recipe_state(state, rank=ctx.dist.rank, world_size=ctx.dist.world_size))
@@ -339,8 +362,11 @@ def run_training(recipe: Recipe) -> Path | None:
         # bf16 autocast around forward and backward only: the weights, gradients, clipping and AdamW stay float32.
         with compute_autocast(config, ctx.device):
             metrics = recipe.train_step(step)
+        if not recipe.metrics_are_global:
+            metrics = all_mean(metrics, ctx.dist)
         if config.max_grad_norm > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+            # Gradients are already reduced over ranks here (DDP all-reduce, FSDP2 reduce-scatter): a global norm.
+            metrics["grad_norm"] = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -362,10 +388,11 @@ def run_training(recipe: Recipe) -> Path | None:
                 ctx.reporter.log_table(table.name, step, table.columns, [list(r) for r in table.rows])
         if step % config.save_steps == 0 or step == config.max_steps:
             _checkpoint(recipe, step, optimizer, scheduler)
+    full = full_model_state(recipe.model, ctx.dist)  # every rank takes part in gathering FSDP2 shards
     if not ctx.dist.is_main:
         return None
     final = ctx.output_dir / "final"
-    checkpoints.save_model_folder(final, model=recipe.saved_model(), tokenizer=recipe.tokenizer)
+    checkpoints.save_model_folder(final, model=recipe.saved_model(), tokenizer=recipe.tokenizer, state_dict=full)
     _say(ctx, f"final model written to {final}")
     return final
 
@@ -382,7 +409,13 @@ def _evaluate(recipe: Recipe, step: int) -> None:
     model.train(False)
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), compute_autocast(ctx.config, ctx.device):
+        # gathered: under FSDP2 ranks evaluate shares of different sizes, so their forwards must not need collectives
+        with (
+            gathered(recipe.model, ctx.dist),
+            torch.random.fork_rng(devices=devices),
+            torch.no_grad(),
+            compute_autocast(ctx.config, ctx.device),
+        ):
             torch.manual_seed(ctx.spec.seed * 1_000_003 + step + 7_777_777)
             began = time.perf_counter()
             found = recipe.evaluate(step)
@@ -410,6 +443,9 @@ def _checkpoint(
     if ctx.dist.enabled:
         per_rank = [None] * ctx.dist.world_size
         dist.all_gather_object(per_rank, local)
+    # Collectives under FSDP2 (every rank gathers its shards); plain reads otherwise. Rank 0 alone writes.
+    weights = full_model_state(recipe.model, ctx.dist)
+    optimizer_state = full_optimizer_state(optimizer, ctx.dist)
     if not ctx.dist.is_main:
         return
     path = checkpoints.save_checkpoint(
@@ -417,9 +453,10 @@ def _checkpoint(
         step=step,
         model=recipe.saved_model(),
         tokenizer=recipe.tokenizer,
-        optimizer=optimizer,
+        optimizer_state=optimizer_state,
         scheduler=scheduler,
         recipe_states=per_rank,
+        state_dict=weights,
     )
     ctx.reporter.log_checkpoint(step, str(path))
     _say(ctx, f"checkpoint written to {path}")

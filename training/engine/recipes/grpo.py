@@ -19,13 +19,21 @@ from dataclasses import dataclass, fields
 from typing import cast
 
 import torch
-import torch.distributed as dist
 
 from training.engine.batching import encode_pairs, encode_prompt, pad_left, positions, token_logprobs_and_entropy
 from training.engine.config import DemoGRPOConfig, GRPOConfig
 from training.engine.data import PromptExample, SupervisedExample, load_dataset, step_batch
 from training.engine.demo_tasks import addition_prompts, addition_supervised
-from training.engine.distributed import unwrap, wrap_ddp
+from training.engine.distributed import (
+    DistInfo,
+    all_gather_rows,
+    all_max,
+    all_min,
+    all_sum,
+    gathered,
+    unwrap,
+    wrap_model,
+)
 from training.engine.losses import (
     GTPOConflicts,
     aggregate_token_loss,
@@ -42,9 +50,10 @@ from training.engine.losses import (
 )
 from training.engine.modeling import TINY
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
+from training.engine.recipes.sft import global_token_metrics
 from training.engine.rewards import RewardBreakdown
 from training.engine.rewards.registry import build_reward
-from training.engine.rollout import Rollout, RolloutBackend, choose_backend
+from training.engine.rollout import Rollout, RolloutBackend, choose_backend, rollout_seed
 from training.engine.rollout.hf import HFRollout
 from training.engine.sample_tables import SampleTable, fixed_indices
 
@@ -116,7 +125,13 @@ def _to_cpu(value: object) -> object:
 
 
 class GRPORecipe(Recipe):
-    """Group Relative Policy Optimisation (Shao et al. 2024) with Dr. GRPO, DAPO, GTPO and GRPO-Guard options."""
+    """Group Relative Policy Optimisation (Shao et al. 2024) with Dr. GRPO, DAPO, GTPO and GRPO-Guard options.
+
+    Under torchrun each rank samples and trains on its share of the step's prompts; rewards are gathered so
+    advantages and every logged metric are those of the whole generation batch (as TRL gathers them).
+    """
+
+    metrics_are_global = True  # reduced over ranks in _sft_step, _generate and _policy_step
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -132,7 +147,7 @@ class GRPORecipe(Recipe):
             held_prompts = {e.prompt for e in cast(list[PromptExample], held)}
             self.warm_data = [w for w in self.warm_data if w.prompt not in held_prompts]
         policy = ctx.load_policy(self.tokenizer)
-        self.model = wrap_ddp(policy, ctx.dist)
+        self.model = wrap_model(policy, ctx.dist)
         self.policy = self.sampling_model()  # what the HF rollout runs (for LoRA: adapter layers in place)
         self.use_kl = config.beta > 0  # the config refuses beta > 0 with GTPO, which has no KL term
         self.ref = None
@@ -242,7 +257,8 @@ class GRPORecipe(Recipe):
                 torch.autograd.backward(loss)
             loss_total += float(loss.detach())
             correct += accuracy * counts[i]
-        return {"sft/loss": loss_total, "sft/mean_token_accuracy": correct / max(sum(counts), 1)}
+        found = global_token_metrics(loss_total, correct, float(sum(counts)), self.ctx.dist)
+        return {"sft/loss": found["loss"], "sft/mean_token_accuracy": found["mean_token_accuracy"]}
 
     @torch.no_grad()
     def _generate(self, rl_step: int) -> GenerationBatch:
@@ -259,13 +275,23 @@ class GRPORecipe(Recipe):
                 world_size=self.ctx.dist.world_size,
             ),
         )
-        prompt_rows, rollout, scored = self._sample_and_score(examples)
+        info = self.ctx.dist
+        prompt_rows, rollout, scored = self._sample_and_score(
+            examples,
+            seed=rollout_seed(self.ctx.spec.seed, generation_index),
+            first_prompt=info.rank * len(examples),
+            total_prompts=config.batch_size,
+        )
         device = self.ctx.device
         completion_ids = rollout.completion_ids.to(device)
         completion_mask = rollout.completion_mask.to(device)
         lengths = completion_mask.sum(1)
-        rewards = scored.total
-        advantages = group_advantages(rewards, group_size=g, scale=config.scale_rewards).to(device)
+        # The whole generation batch's rewards (every rank's rows in rank order = the single-process order):
+        # advantages (batch scaling needs every reward) and metrics come from them; this rank keeps its rows.
+        local_rewards = scored.total
+        rewards = all_gather_rows(local_rewards, info)
+        mine = slice(info.rank * local_rewards.numel(), (info.rank + 1) * local_rewards.numel())
+        advantages = group_advantages(rewards, group_size=g, scale=config.scale_rewards)[mine].to(device)
         prompt_ids, prompt_mask = pad_left(prompt_rows, pad_id=self.pad_id)
         input_ids = torch.cat([prompt_ids.repeat_interleave(g, dim=0).to(device), completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask.repeat_interleave(g, dim=0).to(device), completion_mask], dim=1)
@@ -274,40 +300,55 @@ class GRPORecipe(Recipe):
         )
         if self.ref is not None:
             batch.ref_logps = self._logps(self.ref, batch)[0]
-        lengths_f = lengths.float()
+        lengths_f = all_gather_rows(lengths.float(), info)
+        finished = all_gather_rows(rollout.finished.float(), info)
         batch.metrics = {
             "reward": float(rewards.mean()),
             **reward_spread_metrics(rewards, group_size=g, scale=config.scale_rewards),
             "completions/mean_length": float(lengths_f.mean()),
             "completions/min_length": float(lengths_f.min()),
             "completions/max_length": float(lengths_f.max()),
-            "completions/clipped_ratio": float((~rollout.finished).float().mean()),
+            "completions/clipped_ratio": float((1.0 - finished).mean()),
         }
-        for name, values in scored.per_func.items():
+        for name in sorted(scored.per_func):
+            values = all_gather_rows(scored.per_func[name], info)
             batch.metrics[f"rewards/{name}/mean"] = float(values.mean())
             batch.metrics[f"rewards/{name}/std"] = float(values.std()) if values.numel() > 1 else 0.0
-        self.tokens_seen += float(attention_mask.sum()) * self.ctx.dist.world_size
+        self.tokens_seen += all_sum({"tokens": float(attention_mask.sum())}, info)["tokens"]
         if self.ctx.dist.is_main and self.config.sample_table_steps:
-            k = min(config.sample_table_rows, len(rewards))
+            k = min(config.sample_table_rows, len(local_rewards))
             texts = self.tokenizer.batch_decode(
                 [ids[:n] for ids, n in zip(rollout.completion_ids[:k].tolist(), lengths[:k].tolist(), strict=True)],
                 skip_special_tokens=True,
             )
             repeated = [e for e in examples for _ in range(g)][:k]
-            self.last_samples = self._table(repeated, texts, rewards, scored.per_func, advantages)
+            self.last_samples = self._table(repeated, texts, local_rewards, scored.per_func, advantages)
         return batch
 
-    def _sample_and_score(self, examples: list[PromptExample]) -> tuple[list[list[int]], Rollout, RewardBreakdown]:
-        """G completions per prompt from the rollout backend, decoded and scored by the reward functions."""
+    def _sample_and_score(
+        self,
+        examples: list[PromptExample],
+        *,
+        seed: int | None = None,
+        first_prompt: int = 0,
+        total_prompts: int | None = None,
+    ) -> tuple[list[list[int]], Rollout, RewardBreakdown]:
+        """G completions per prompt from the rollout backend, decoded and scored by the reward functions
+        (``seed`` and the prompt shard: see RolloutBackend.generate)."""
         config = self.config
         prompt_rows = [encode_prompt(self.tokenizer, e.prompt)[-config.max_length :] for e in examples]
-        rollout = self.rollout.generate(
-            prompt_rows,
-            n=config.num_generations,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-        )
+        # Under FSDP2 the HF backend samples from full weights, each rank at its own pace (see gathered).
+        with gathered(self.model, self.ctx.dist):
+            rollout = self.rollout.generate(
+                prompt_rows,
+                n=config.num_generations,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=seed,
+                first_prompt=first_prompt,
+                total_prompts=total_prompts,
+            )
         lengths = rollout.completion_mask.sum(1)
         texts = self.tokenizer.batch_decode(
             [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths.tolist(), strict=True)],
@@ -438,6 +479,7 @@ class GRPORecipe(Recipe):
         gtpo_moves_idle = self.config.variant == "gtpo" and self.config.gtpo_entropy_penalty > 0
         if (
             not self.zero_advantage_shortcut
+            or self.ctx.dist.fsdp  # sharded forwards are collectives: every rank must run the same passes
             or gtpo_moves_idle
             or batch.ref_logps is not None
             or not bool(idle.any())
@@ -461,11 +503,9 @@ class GRPORecipe(Recipe):
         config = self.config
         k = config.gradient_accumulation_steps
         mask = batch.completion_mask.float()
-        num_items = float(mask.sum())
-        if self.ctx.dist.enabled:
-            total = torch.tensor(num_items, device=mask.device)
-            dist.all_reduce(total)
-            num_items = float(total) / self.ctx.dist.world_size  # DDP averages gradients over ranks
+        info = self.ctx.dist
+        # DAPO's N_gen: tokens of the whole generation batch; ÷ world_size because gradients are averaged.
+        num_items = self.token_normaliser(float(mask.sum()))
         gtpo = config.variant == "gtpo"
         conflicts = (
             gtpo_conflict_weights(
@@ -479,6 +519,8 @@ class GRPORecipe(Recipe):
             else None
         )
         scale = 1.0 if gtpo or config.loss_type == "dapo" else 1.0 / k
+        # GTPO sums over completions: the batch's loss is the sum of the ranks' (gradients are averaged).
+        grad_scale = scale * info.world_size if gtpo else scale
         n = batch.completion_ids.size(0)
         pieces: dict[str, list[torch.Tensor]] = {}
         loss_total = 0.0
@@ -491,7 +533,7 @@ class GRPORecipe(Recipe):
                     loss, found = self._gtpo_loss(micro, logps, entropy, _conflict_rows(conflicts, index))
                 else:
                     loss, found = self._clipped_loss(micro, logps, num_items)
-                torch.autograd.backward(loss * scale)
+                torch.autograd.backward(loss * grad_scale)
             loss_total += float(loss.detach()) * scale
             for key, value in {"logps": logps.detach(), "entropy": entropy, **found}.items():
                 pieces.setdefault(key, []).append(value)
@@ -500,11 +542,36 @@ class GRPORecipe(Recipe):
             # First pass over the batch: these weights sampled it, so π_old is this very forward (detached).
             batch.old_logps = joined["logps"]
         metrics = dict(batch.metrics)
-        metrics["loss"] = loss_total
-        metrics["entropy"] = float((joined["entropy"] * mask).sum() / mask.sum().clamp(min=1.0))
+        # Sums over every rank's tokens and completions, so each metric is the whole batch's.
+        sums = {
+            "loss": loss_total,
+            "tokens": float(mask.sum()),
+            "entropy": float((joined["entropy"] * mask).sum()),
+            "kl": float((joined["kl"] * mask).sum()) if "kl" in joined else 0.0,
+            "kept": float(joined["keep"].float().sum()) if "keep" in joined else 0.0,
+            "rows": float(mask.size(0)),
+            "conflict": float((conflicts.conflict.float() * mask).sum()) if conflicts is not None else 0.0,
+        }
+        clip: dict[str, float] = {}
+        if "ratio" in joined:
+            clip = clip_ratio_metrics(
+                joined["ratio"],
+                batch.advantages,
+                batch.completion_mask,
+                epsilon_low=config.epsilon_low,
+                epsilon_high=config.epsilon_high,
+            )
+            for key in ("low", "high", "region"):  # back to counts, so the fractions are over every rank's tokens
+                sums[f"clip/{key}"] = clip[f"clip_ratio/{key}_mean"] * max(sums["tokens"], 1.0)
+        total = all_sum(sums, info)
+        tokens_all = max(total["tokens"], 1.0)
+        # The loss: GTPO's is a sum over completions (so over ranks); the others' per-rank values are shares of
+        # a mean whose gradients are averaged (so their mean over ranks).
+        metrics["loss"] = total["loss"] if gtpo else total["loss"] / info.world_size
+        metrics["entropy"] = total["entropy"] / tokens_all
         metrics["num_tokens"] = self.tokens_seen
         if conflicts is not None:
-            kept = float(joined["keep"].mean())
+            kept = total["kept"] / max(total["rows"], 1.0)
             if kept == 0.0 and self.ctx.dist.is_main:
                 seq_entropy = joined["seq_entropy"]
                 print(  # noqa: T201 - stdout is the run's log
@@ -513,21 +580,16 @@ class GRPORecipe(Recipe):
                     f"gtpo_entropy_threshold={config.gtpo_entropy_threshold}",
                     flush=True,
                 )
-            metrics["gtpo/conflict_frac"] = float((conflicts.conflict.float() * mask).sum() / mask.sum().clamp(min=1.0))
+            metrics["gtpo/conflict_frac"] = total["conflict"] / tokens_all
             metrics["gtpo/kept_frac"] = kept
             metrics["gtpo/filtered_ratio"] = 1.0 - kept
             return metrics
         if "kl" in joined:
-            metrics["kl"] = float((joined["kl"] * mask).sum() / mask.sum().clamp(min=1.0))
-        metrics.update(
-            clip_ratio_metrics(
-                joined["ratio"],
-                batch.advantages,
-                batch.completion_mask,
-                epsilon_low=config.epsilon_low,
-                epsilon_high=config.epsilon_high,
-            )
-        )
+            metrics["kl"] = total["kl"] / tokens_all
+        for key in ("low", "high", "region"):
+            metrics[f"clip_ratio/{key}_mean"] = total[f"clip/{key}"] / tokens_all
+        metrics["clip_ratio/low_min"] = _nan_reduced(clip["clip_ratio/low_min"], info, minimum=True)
+        metrics["clip_ratio/high_max"] = _nan_reduced(clip["clip_ratio/high_max"], info, minimum=False)
         return metrics
 
     def _clipped_loss(
@@ -588,6 +650,16 @@ def _conflict_rows(conflicts: GTPOConflicts, index: torch.Tensor) -> GTPOConflic
         conflict=conflicts.conflict.index_select(0, index),
         count=conflicts.count.index_select(0, index),
     )
+
+
+def _nan_reduced(value: float, info: DistInfo, *, minimum: bool) -> float:
+    """The minimum (or maximum) over ranks of a value that is NaN where a rank had nothing to take it over."""
+    if not info.enabled:
+        return value
+    blank = math.inf if minimum else -math.inf
+    local = {"v": blank if math.isnan(value) else value}
+    found = (all_min(local, info) if minimum else all_max(local, info))["v"]
+    return float("nan") if math.isinf(found) else found
 
 
 def reward_spread_metrics(rewards: torch.Tensor, *, group_size: int, scale: str) -> dict[str, float]:

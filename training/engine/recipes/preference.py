@@ -10,7 +10,7 @@ from training.engine.batching import IGNORE, TokenBatch, encode_pairs, token_log
 from training.engine.config import DPOConfig, RewardModelConfig, SequenceDataConfig
 from training.engine.data import PreferenceExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_preferences
-from training.engine.distributed import unwrap, wrap_ddp
+from training.engine.distributed import unwrap, wrap_model
 from training.engine.losses import bradley_terry_loss, dpo_loss
 from training.engine.pairs import (
     EncodedPair,
@@ -104,7 +104,7 @@ class RewardModelRecipe(_PairRecipe):
         super().__init__(ctx)
         self.config = cast(RewardModelConfig, ctx.config)
         self._load_data(ctx)
-        self.model = wrap_ddp(ctx.load_policy(self.tokenizer, head="sequence_classifier"), ctx.dist)
+        self.model = wrap_model(ctx.load_policy(self.tokenizer, head="sequence_classifier"), ctx.dist)
 
     def _pair_values(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
         b = len(pairs)
@@ -185,7 +185,7 @@ class DPORecipe(_PairRecipe):
         # The reference is the starting model, never the checkpoint being resumed: the objective must not move.
         # With LoRA that is the policy's own frozen base, adapters off.
         self.ref = self.reference_model(policy, config.ref_model_name_or_path or config.model_name_or_path)
-        self.model = wrap_ddp(policy, ctx.dist)
+        self.model = wrap_model(policy, ctx.dist)
         self.ref_cache = torch.full((len(self.pairs), 2), float("nan"))
         # One row per pair with the prompt computed once needs a 4-D mask: SDPA takes one, FlashAttention not.
         self.shared_prompt = supports_shared_prompt(policy) and supports_shared_prompt(self.ref)

@@ -11,17 +11,29 @@ from training.engine.batching import EncodedRow, TokenBatch, encode_supervised, 
 from training.engine.config import DemoConfig, SequenceDataConfig, SFTConfig
 from training.engine.data import DatasetKind, SupervisedExample, load_dataset, step_indices
 from training.engine.demo_tasks import sorting_supervised
-from training.engine.distributed import unwrap, wrap_ddp
+from training.engine.distributed import DistInfo, all_sum, unwrap, wrap_model
 from training.engine.losses import sft_loss
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
 from training.engine.sample_tables import SampleTable, fixed_indices, greedy_completions
 from training.engine.truncation import Truncation, check_usable
 
 
+def global_token_metrics(loss: float, correct: float, tokens: float, info: DistInfo) -> dict[str, float]:
+    """SFT's metrics over every rank's tokens. ``loss`` is this rank's share of the token mean times
+    world_size (token_normaliser: gradients are averaged over ranks), so the ranks' mean is the global mean."""
+    total = all_sum({"loss": loss, "correct": correct, "tokens": tokens}, info)
+    return {
+        "loss": total["loss"] / info.world_size,
+        "mean_token_accuracy": total["correct"] / max(total["tokens"], 1.0),
+        "num_tokens": total["tokens"],
+    }
+
+
 class SFTRecipe(Recipe):
     """Causal LM on prompt/completion data."""
 
     dataset_kind: DatasetKind = "supervised"  # how dataset_path's rows are read (rubric_judge reads its own)
+    metrics_are_global = True  # token-weighted over every rank's rows (train_step)
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -37,7 +49,7 @@ class SFTRecipe(Recipe):
         self.eval_examples = held
         self.rows = self._encode(ctx, self.examples)
         self.eval_rows = self._encode(ctx, cast(list[SupervisedExample], held), what="held-out") if held else []
-        self.model = wrap_ddp(ctx.load_policy(self.tokenizer), ctx.dist)
+        self.model = wrap_model(ctx.load_policy(self.tokenizer), ctx.dist)
 
     def _encode(self, ctx: RunContext, examples: list[SupervisedExample], *, what: str = "") -> list[EncodedRow]:
         """Tokenise and truncate the dataset once; log what truncation did and stop on mostly unusable data."""
@@ -84,8 +96,7 @@ class SFTRecipe(Recipe):
                 torch.autograd.backward(loss)
             loss_total += float(loss.detach())
             correct += accuracy * counts[i]
-        n_tokens = sum(counts)
-        return {"loss": loss_total, "mean_token_accuracy": correct / max(n_tokens, 1), "num_tokens": float(n_tokens)}
+        return global_token_metrics(loss_total, correct, float(sum(counts)), self.ctx.dist)
 
     def _tokens(self, rows: list[EncodedRow]) -> TokenBatch:
         completion_only = getattr(self.config, "completion_only_loss", True)

@@ -31,13 +31,29 @@ class RolloutBackend(Protocol):
         temperature: float = 1.0,
         top_p: float = 1.0,
         return_logprobs: bool = False,
+        seed: int | None = None,
+        first_prompt: int = 0,
+        total_prompts: int | None = None,
     ) -> Rollout:
-        """Sample ``n`` completions for each tokenised prompt."""
+        """Sample ``n`` completions for each tokenised prompt.
+
+        ``seed``: draw from a stream of this seed alone (``rollout_seed``) rather than torch's global one.
+        ``first_prompt`` / ``total_prompts``: these prompts are [first, first + len) of a step's ``total``
+        prompts split over ranks; with a seed, a prompt's completions then depend on its place in the whole
+        step, not on how many processes share it (a 2-process run samples what a 1-process run samples).
+        """
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the sampler use ``model``'s current weights (after an optimiser step)."""
         ...
+
+
+def rollout_seed(run_seed: int, generation_index: int) -> int:
+    """The sampling seed of one generation batch: a pure function of the run's seed and the batch's index, so
+    a resumed run samples exactly what the uninterrupted one did (a backend seeded once at start-up would
+    continue its stream from wherever the restart left it)."""
+    return (run_seed * 1_000_003 + generation_index * 7_919 + 0x5EED) % (2**31 - 1)
 
 
 def vllm_available() -> bool:

@@ -15,8 +15,15 @@ from training.engine.rollout import Rollout
 from training.engine.rollout.kv_decode import make_decoder
 
 
-def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
-    """Sample one token per row from logits (B, V) with temperature and nucleus filtering; temperature 0 is greedy."""
+def sample_next(
+    logits: torch.Tensor, *, temperature: float, top_p: float, uniform: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sample one token per row from logits (B, V) with temperature and nucleus filtering; temperature 0 is greedy.
+
+    Inverse-CDF sampling from one uniform number per row (``uniform``, (B,); drawn from torch's global stream
+    when not given): a row's token depends on its own number only, so rows can be sampled in any grouping
+    (several processes, each its share) and draw what one process sampling them all would.
+    """
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -26,7 +33,12 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float) -> to
         drop = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
+    if uniform is None:
+        uniform = torch.rand(logits.size(0), device=logits.device)
+    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+    # right=True: the first token whose cumulative mass exceeds u, so a token of zero mass is never chosen.
+    target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.size(-1) - 1)
 
 
 class HFRollout:
@@ -47,9 +59,17 @@ class HFRollout:
         temperature: float = 1.0,
         top_p: float = 1.0,
         return_logprobs: bool = False,
+        seed: int | None = None,
+        first_prompt: int = 0,
+        total_prompts: int | None = None,
     ) -> Rollout:
-        """Sample ``n`` completions per prompt; stops early once every row has produced EOS."""
+        """Sample ``n`` completions per prompt; stops early once every row has produced EOS (see
+        RolloutBackend.generate for ``seed`` and the prompt shard)."""
         device = next(self.model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        # Each decode step draws one number per row of the whole step (every rank's rows) and keeps its own.
+        all_rows = (total_prompts if total_prompts is not None else len(prompts)) * n
+        first_row = first_prompt * n
         was_training = self.model.training
         self.model.train(False)  # eval mode; restored below
         rows = [p for p in prompts for _ in range(n)]
@@ -67,7 +87,11 @@ class HFRollout:
         next_pos = pos[:, -1:] + 1
         live = torch.arange(batch, device=device)  # the rows the decoder still computes, in its order
         for t in range(max_new_tokens):
-            token = torch.where(done, pad, sample_next(logits, temperature=temperature, top_p=top_p))
+            uniform = None
+            if temperature != 0 and (generator is not None or all_rows != batch):
+                drawn = torch.rand(all_rows, generator=generator, device=device)
+                uniform = drawn[first_row : first_row + batch]
+            token = torch.where(done, pad, sample_next(logits, temperature=temperature, top_p=top_p, uniform=uniform))
             tokens[:, t] = token
             if logps is not None:
                 scale = temperature or 1.0  # greedy rows report the log-prob of the unscaled distribution

@@ -63,18 +63,29 @@ class VLLMRollout:
         temperature: float = 1.0,
         top_p: float = 1.0,
         return_logprobs: bool = False,
+        seed: int | None = None,
+        first_prompt: int = 0,
+        total_prompts: int | None = None,
     ) -> Rollout:
-        """Sample ``n`` completions per tokenised prompt in one vLLM call."""
+        """Sample ``n`` completions per tokenised prompt in one vLLM call (one request per prompt; with a seed,
+        each request's seed is derived from it and the prompt's place in the step: see prompt_seeds)."""
         import vllm
         from vllm.inputs import TokensPrompt
 
-        params = vllm.SamplingParams(
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_new_tokens,
-            logprobs=0 if return_logprobs else None,  # 0 = the sampled token's log-prob only
-        )
+        seeds: list[int | None] = [None] * len(prompts)
+        if seed is not None:
+            seeds = list(prompt_seeds(seed, first_prompt, len(prompts)))
+        params = [
+            vllm.SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_new_tokens,
+                logprobs=0 if return_logprobs else None,  # 0 = the sampled token's log-prob only
+                seed=s,
+            )
+            for s in seeds
+        ]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], sampling_params=params, use_tqdm=False
         )
@@ -110,6 +121,12 @@ class VLLMRollout:
             except AttributeError:
                 continue
         return None
+
+
+def prompt_seeds(seed: int, first_prompt: int, count: int) -> list[int]:
+    """Per-request seeds: prompt i of a step (counted over every rank's prompts) gets seed + i, so its G
+    completions are the same whichever rank samples it and however many ranks share the step."""
+    return [(seed + first_prompt + i) % (2**31 - 1) for i in range(count)]
 
 
 def _named_weights(model: torch.nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
