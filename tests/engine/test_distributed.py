@@ -53,6 +53,8 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "grpo": ("grpo", GRPO),
     "sft_fsdp": ("sft", {**SFT, "distributed": "fsdp"}),
     "dpo_fsdp": ("dpo", {**DPO, "distributed": "fsdp"}),
+    # sampling from gathered shards; gradients reduce-scattered on the last micro-batch only
+    "grpo_fsdp_accum": ("grpo", {**GRPO, "distributed": "fsdp", "gradient_accumulation_steps": 2}),
 }
 
 
