@@ -328,9 +328,16 @@ class Study:
                 raise TimeoutError(f"import {import_id} still {report['status']} after {timeout:.0f} s")
             time.sleep(1.0)
 
-    def items(self, *, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        """A page of the study's items as stored (payload, gold flag, judgments so far)."""
-        page: list[dict[str, Any]] = self.api.get(f"/api/studies/{self.id}/items/", offset=offset, limit=limit)["items"]
+    def items(
+        self, *, offset: int = 0, limit: int = 100, status: str | None = None, q: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A page of the study's items as stored (payload, gold flag, judgments so far), in queue order.
+
+        status: unjudged, judged, waiting, flagged or gold (the item browser's filters); q: text to search for.
+        """
+        page: list[dict[str, Any]] = self.api.get(
+            f"/api/studies/{self.id}/items/", offset=offset, limit=limit, status=status, q=q
+        )["items"]
         return page
 
     def assign(self, annotators: Iterable[str]) -> list[str]:

@@ -102,6 +102,7 @@ def test_a_script_goes_from_a_file_to_a_finished_studys_results(
     report = study.upload_items(rows[6:], filename="rest.jsonl")
     assert (report["created"], report["container"]) == (6, "jsonl")
     assert [i["payload"]["prompt"] for i in study.items(limit=5)] == [r["prompt"] for r in rows[:5]]
+    assert [i["payload"]["prompt"] for i in study.items(q="Question 11?")] == ["Question 11?"]
 
     assert study.assign([second.username]) == sorted([first.username, second.username])
     assert study.annotators() == sorted([first.username, second.username])
@@ -111,6 +112,7 @@ def test_a_script_goes_from_a_file_to_a_finished_studys_results(
     assert _annotate(record, first, ["left", "left", "right"]) == 12
     assert _annotate(record, second, ["left", "tie", "right", "right"]) == 12
     done = study.wait_until_complete(timeout=30, poll=0.2)
+    assert len(study.items(status="judged", limit=1000)) == 12 and study.items(status="unjudged") == []
     assert (done["judgments"], done["target"], done["percent"]) == (24, 24, 100.0)
 
     results = study.results()
