@@ -13,7 +13,9 @@ from training.selectors import dashboard_runs
 def dashboard_context(*, user: Any) -> dict[str, Any]:
     """The dashboard stays a thin page: each app's own selector decides what the user may see."""
     studies = list(
-        study_list_for(user=user).annotate(judged=Sum("items__judgment_count"), target=Sum("items__overlap"))[:8]
+        study_list_for(user=user, archived=False).annotate(
+            judged=Sum("items__judgment_count"), target=Sum("items__overlap")
+        )[:8]
     )
     rows = [
         {"study": s, "judged": s.judged or 0, "target": s.target or 0, "percent": _percent(s.judged, s.target)}

@@ -275,3 +275,24 @@ class SkipForm(forms.Form):
     assignment = forms.IntegerField(widget=forms.HiddenInput)
     flag = forms.BooleanField(required=False)
     reason = forms.CharField(required=False, max_length=500)
+
+
+class StudyLabelsForm(forms.Form):
+    """Rename and re-tag a study from its page: shape here, rules in arbiter.labels (via study_records)."""
+
+    name = forms.CharField(max_length=200)
+    tags = forms.CharField(required=False, max_length=2000, help_text="Comma-separated.")
+
+    def __init__(self, data: Any = None, *, study: Study) -> None:
+        initial = {"name": study.name, "tags": ", ".join(t.name for t in study.tags.all())}
+        super().__init__(data, initial=initial, prefix="labels")
+
+    def tag_list(self) -> list[str]:
+        return [t.strip() for t in self.cleaned_data.get("tags", "").split(",") if t.strip()]
+
+    def add_service_errors(self, exc: ValidationError) -> None:
+        if hasattr(exc, "error_dict"):
+            for name, errors in exc.error_dict.items():
+                self.add_error(name if name in self.fields else None, errors)
+        else:
+            self.add_error(None, exc)

@@ -51,6 +51,8 @@ class Study(models.Model):
     annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="annotated_studies")
     item_count = models.PositiveIntegerField(default=0, editable=False)  # kept by services.add_items
     created_at = models.DateTimeField(auto_now_add=True)
+    # Archived: off the study list (a filter shows it) and out of annotators' queues; nothing is deleted.
+    archived_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -71,6 +73,20 @@ class Study(models.Model):
     @property
     def scale(self) -> list[str]:
         return list(self.scale_labels) or DEFAULT_SCALE
+
+
+class StudyTag(models.Model):
+    """A study's tags as rows, like a run's: the study list filters by tag with an index lookup."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="tags")
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "name"], name="studytag_unique")]
+        indexes = [models.Index(fields=["name"], name="studytag_name")]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Item(models.Model):

@@ -32,8 +32,14 @@ from evaluation.models import Assignment, ExportJob, ImportJob, Item, Judgment, 
 # --------------------------------------------------------------------------- access
 
 
-def study_list_for(*, user: User) -> QuerySet[Study]:
-    qs = Study.objects.select_related("owner").annotate(item_total=Count("items", distinct=True))
+def study_list_for(*, user: User, archived: bool | None = None, tag: str = "") -> QuerySet[Study]:
+    """Studies the user may read; `archived` True/False keeps only archived/other ones (None: all, as the API lists)."""
+    qs = Study.objects.select_related("owner").prefetch_related("tags")
+    qs = qs.annotate(item_total=Count("items", distinct=True))
+    if archived is not None:
+        qs = qs.filter(archived_at__isnull=not archived)
+    if tag:
+        qs = qs.filter(tags__name=tag)
     if user.is_admin_role:
         return qs
     return qs.filter(Q(owner=user) | Q(shared_with=user)).distinct()
@@ -342,7 +348,7 @@ def own_assignment(*, user: User, study_id: int, assignment_id: int) -> Assignme
 
 
 def annotator_queue(*, user: User) -> list[tuple[Study, AnnotatorProgress]]:
-    studies = Study.objects.filter(annotators=user).order_by("-created_at")
+    studies = Study.objects.filter(annotators=user, archived_at__isnull=True).order_by("-created_at")
     return [(s, annotator_progress(study=s, annotator=user)) for s in studies]
 
 

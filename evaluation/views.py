@@ -21,13 +21,15 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import researcher_required
+from arbiter.dependants import HasDependants
 from artifacts import services as artifact_services
 from evaluation import display, examples, export, selectors, services
 from evaluation import results as results_module
-from evaluation.forms import ExportForm, ItemEditForm, ItemForm, StudyForm, UploadForm
+from evaluation.forms import ExportForm, ItemEditForm, ItemForm, StudyForm, StudyLabelsForm, UploadForm
 from evaluation.importers import RowInvalid, parse_all
-from evaluation.models import ExportFormat, ExportJob, ExportStatus, ImportJob, Study, StudyKind
+from evaluation.models import ExportFormat, ExportJob, ExportStatus, ImportJob, Judgment, Study, StudyKind
 from evaluation.rendering import render_markdown
+from evaluation.services import study_records
 
 
 def _study(request: HttpRequest, study_id: int, *, edit: bool = False) -> Study:
@@ -39,8 +41,53 @@ def _study(request: HttpRequest, study_id: int, *, edit: bool = False) -> Study:
 
 @researcher_required
 def study_list(request: HttpRequest) -> HttpResponse:
-    studies = selectors.study_list_for(user=request.user)  # type: ignore[arg-type]
-    return render(request, "evaluation/study_list.html", {"studies": studies})
+    archived = request.GET.get("archived") == "1"
+    tag = request.GET.get("tag", "").strip()
+    studies = selectors.study_list_for(user=request.user, archived=archived, tag=tag)  # type: ignore[arg-type]
+    return render(request, "evaluation/study_list.html", {"studies": studies, "archived": archived, "tag": tag})
+
+
+@researcher_required
+@require_POST
+def study_labels(request: HttpRequest, study_id: int) -> HttpResponse:
+    """Rename and re-tag from the study page (owner or admin; readers it is shared with get 403, others 404)."""
+    study = _study(request, study_id, edit=True)
+    form = StudyLabelsForm(request.POST, study=study)
+    if form.is_valid():
+        try:
+            study_records.edit_study_labels(study=study, name=form.cleaned_data["name"], tags=form.tag_list())
+        except ValidationError as exc:
+            form.add_service_errors(exc)
+        else:
+            return redirect("evaluation:study_detail", study_id=study.pk)
+    study.refresh_from_db()
+    context = {**_detail_context(request, study), "labels_form": form}
+    return render(request, "evaluation/study_detail.html", context, status=422)
+
+
+@researcher_required
+@require_POST
+def study_archive(request: HttpRequest, study_id: int) -> HttpResponse:
+    study = _study(request, study_id, edit=True)
+    study_records.set_study_archived(study=study, archived=request.POST.get("archived", "1") == "1")
+    return redirect("evaluation:study_detail", study_id=study.pk)
+
+
+@researcher_required
+def study_delete(request: HttpRequest, study_id: int) -> HttpResponse:
+    """GET: what deleting removes, or what stops it; POST: delete. A refusal is a 409 that lists dependants."""
+    study = _study(request, study_id, edit=True)
+    found = study_records.dependants_of_study(study=study, user=request.user)  # type: ignore[arg-type]
+    if request.method == "POST" and not found:
+        try:
+            study_records.delete_study(study=study, by=request.user)  # type: ignore[arg-type]
+        except HasDependants as exc:
+            found = exc.dependants
+        else:
+            return redirect("evaluation:study_list")
+    counts = {"items": study.items.count(), "judgments": Judgment.objects.filter(study=study).count()}
+    context = {"study": study, "dependants": found, "counts": counts}
+    return render(request, "evaluation/study_delete.html", context, status=409 if request.method == "POST" else 200)
 
 
 @researcher_required
@@ -97,17 +144,22 @@ def study_edit(request: HttpRequest, study_id: int) -> HttpResponse:
 @researcher_required
 def study_detail(request: HttpRequest, study_id: int) -> HttpResponse:
     study = _study(request, study_id)
+    return render(request, "evaluation/study_detail.html", _detail_context(request, study))
+
+
+def _detail_context(request: HttpRequest, study: Study) -> dict[str, Any]:
     flagged = list(selectors.flagged_assignments(study=study)[:50])
     for assignment in flagged:
         assignment.summary = display.item_summary(item=assignment.item)  # type: ignore[attr-defined]
-    context = {
+    return {
         "study": study,
         "progress": selectors.study_progress(study_id=study.pk),
         "annotators": study.annotators.order_by("username"),
         "flagged": flagged,
         "can_edit": selectors.can_edit_study(user=request.user, study=study),  # type: ignore[arg-type]
+        "tags": [t.name for t in study.tags.all()],
+        "labels_form": StudyLabelsForm(study=study),
     }
-    return render(request, "evaluation/study_detail.html", context)
 
 
 FORMAT_HELP = {

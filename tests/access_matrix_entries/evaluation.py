@@ -84,6 +84,10 @@ ENTRIES = {
     "evaluation:study_create": Access(roles=RESEARCHERS),
     "evaluation:study_detail": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:study_edit": Access(roles=RESEARCHERS, objects="study"),
+    # Rename/tag, archive, delete: the owner or an admin (a reader it is shared with gets 403, anyone else 404).
+    "evaluation:study_labels": Access(roles=RESEARCHERS, objects="study", method="post"),
+    "evaluation:study_archive": Access(roles=RESEARCHERS, objects="study", method="post"),
+    "evaluation:study_delete": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:items_upload": Access(roles=RESEARCHERS, objects="study"),
     "evaluation:import_status": Access(roles=RESEARCHERS, objects="import_job"),
     "evaluation:item_list": Access(roles=RESEARCHERS, objects="study"),

@@ -61,3 +61,17 @@ def test_protect_in_the_database_is_still_a_clear_refusal(judged: Any, researche
     finally:
         dependants._FINDERS["evaluation.Study"] = saved
     study.refresh_from_db()
+
+
+def test_the_study_page_refuses_with_a_409_listing_the_run_that_trained_on_its_export(
+    judged: Any, researcher: Any, client_for: Any
+) -> None:
+    _, study = judged
+    job = finished_export(study, researcher)
+    trained = launch_run(owner=researcher, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
+    response = client_for(researcher).post(f"/studies/{study.pk}/delete/")
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert f'<a href="/runs/{trained.id}/">run #{trained.id} {trained.name}</a>' in html
+    assert "trained on its export" in html
+    assert type(study).objects.filter(pk=study.pk).exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,36 +13,12 @@ from django.utils import timezone
 from arbiter import dependants
 from arbiter.accounts.models import User
 from arbiter.dependants import Dependant
+from arbiter.labels import clean_name, clean_tags
 from training import selectors
 from training.models import Run, RunTag
 
-MAX_TAGS = 20
 # Config fields that may name another run's checkpoint as a model: a run so configured trained on ours.
 MODEL_PATH_FIELDS = ("model_name_or_path", "ref_model_name_or_path", "reward_model_path", "rubric_judge_path")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def clean_name(name: str, *, field: str = "name", max_length: int = 200) -> str:
-    name = name.strip()
-    if not name:
-        raise ValidationError({field: "A name cannot be empty."})
-    if _CONTROL.search(name):
-        raise ValidationError({field: "A name cannot contain control characters."})
-    if len(name) > max_length:
-        raise ValidationError({field: f"At most {max_length} characters ({len(name)} given)."})
-    return name
-
-
-def clean_tags(tags: Iterable[str], *, field: str = "tags") -> list[str]:
-    names = sorted({t.strip() for t in tags if t.strip()})
-    for name in names:
-        if _CONTROL.search(name):
-            raise ValidationError({field: "A tag cannot contain control characters."})
-        if len(name) > 50:
-            raise ValidationError({field: f"Tag {name[:20]!r}… is longer than 50 characters."})
-    if len(names) > MAX_TAGS:
-        raise ValidationError({field: f"At most {MAX_TAGS} tags ({len(names)} given)."})
-    return names
 
 
 @transaction.atomic
