@@ -176,6 +176,7 @@ def test_another_researchers_study_is_404_a_shared_one_read_only_and_annotators_
     assert no_key.value.status == 401
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize("kind", ["pairwise", "rubric", "violation", "rating"])
 def test_each_kind_is_created_with_its_settings_and_takes_its_items(researcher: User, kind: str) -> None:
     key = _key(researcher)
@@ -240,6 +241,7 @@ BAD_STUDIES = [
 ]
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize(("body", "field"), BAD_STUDIES)
 def test_a_bad_study_is_a_400_naming_its_field(researcher: User, body: Any, field: str) -> None:
     answer = _post(_key(researcher), "/api/studies/", body)
@@ -248,6 +250,7 @@ def test_a_bad_study_is_a_400_naming_its_field(researcher: User, body: Any, fiel
     assert not Study.objects.exists()
 
 
+@pytest.mark.sqlite
 def test_only_annotators_are_assigned_and_researchers_shared(researcher: User, other_researcher: User) -> None:
     key = _key(researcher)
     annotator = UserFactory(role=Role.ANNOTATOR)
@@ -269,6 +272,7 @@ def test_only_annotators_are_assigned_and_researchers_shared(researcher: User, o
     assert _post(key, path, {"add": "x"}).json()["field"] == "add"
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -287,6 +291,7 @@ def test_bad_item_page_parameters_are_400s(researcher: User, query: str, field: 
     assert answer.status_code == 400 and answer.json()["field"] == field
 
 
+@pytest.mark.sqlite
 def test_a_browser_session_writes_only_with_its_csrf_token(researcher: User) -> None:
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(researcher)
@@ -333,6 +338,7 @@ def _api_results(user: User, study_id: int) -> dict[str, Any]:
     return dict(answer.json())
 
 
+@pytest.mark.sqlite
 @pytest.mark.parametrize("kind", ["rubric", "rating"])
 def test_results_json_is_what_the_results_page_shows(kind: str, researcher: User, make_study: Any) -> None:
     annotators = [UserFactory(role=Role.ANNOTATOR) for _ in range(2)]
@@ -361,6 +367,7 @@ def test_results_json_is_what_the_results_page_shows(kind: str, researcher: User
             assert f"<td>{row['model']}</td><td>{row['wins']}</td><td>{row['losses']}</td>" in html
 
 
+@pytest.mark.sqlite
 def test_violation_results_json_has_people_the_automatic_judge_and_their_agreement(
     researcher: User, make_study: Any, annotator: User
 ) -> None:
@@ -458,6 +465,7 @@ def test_a_large_upload_is_read_by_a_worker_and_the_sdk_waits_for_it(
     assert [e["line"] for e in refused.value.errors] == [221] and refused.value.valid_count == 220
 
 
+@pytest.mark.sqlite
 def test_the_transfer_gzip_is_undone_once_and_the_upload_limit_is_the_forms(researcher: User, monkeypatch: Any) -> None:
     import gzip
 
