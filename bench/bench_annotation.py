@@ -6,7 +6,10 @@ pairwise study of 10,000 items (a prompt and two ~300-word answers), overlap 2. 
 (DESIGN.md): p95 < 20 ms at 1 annotator and < 50 ms at 32, for each request (fetch, submit).
 With no think time 32 annotators are 32 requests always in flight: their p95 is queueing, about
 32 / (requests per second) on top of one request's time, so this is the machine's throughput as
-much as one request's latency. Also: the import time of the 10,000 items and the export time of
+much as one request's latency. Then 32 annotators again, each pausing 1-3 s (uniform) after every
+submit, for twice as long: a very fast person (two 300-word answers take most people 20-60 s), so
+their p95 is what an annotator waits for a page while 31 others work. Both are printed against the
+budget. Also: the import time of the 10,000 items and the export time of
 all judgments (topped up to the full 20,000 = 10,000 x overlap). Afterwards the database is
 checked: no item over its overlap, no (item, annotator) twice, and every submit the server
 accepted stored.
@@ -43,7 +46,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import SERVER_LOG, Row, Server, print_table  # noqa: E402
+from harness import SERVER_LOG, Row, Server, print_table, session_backend  # noqa: E402
 
 BUDGET_MS = {1: 20.0, 32: 50.0}  # p95 of each request (DESIGN.md)
 
@@ -186,7 +189,16 @@ def _postgres_processes() -> list[Any]:
     return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
 
 
-def run_level(port: int, study_id: int, sessions: list[str], seconds: float, servers: list[Any]) -> dict[str, Any]:
+def run_level(
+    port: int,
+    study_id: int,
+    sessions: list[str],
+    seconds: float,
+    servers: list[Any],
+    think: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """`sessions` annotators loop for `seconds`; with `think` = (lo, hi) each pauses a uniform lo..hi
+    seconds after every submit (seeded per annotator), as a person reading the next item would."""
     fetch: list[float] = []
     submit: list[float] = []
     loop: list[float] = []
@@ -198,6 +210,7 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
 
     def annotator(session_key: str) -> None:
         client = Client(port, session_key)
+        pause = random.Random(session_key)
         my_fetch, my_submit, my_loop, my_ok = [], [], [], []
         perf = time.perf_counter
         next_path, submit_path = f"/annotate/{study_id}/", f"/annotate/{study_id}/submit/"
@@ -225,6 +238,8 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
                     errors.append(f"submit answered {status}")
                     break
                 my_ok.append(int(match.group(1)))
+                if think is not None:
+                    time.sleep(pause.uniform(*think))
         except Exception as exc:  # reported in the table
             errors.append(repr(exc))
         with lock:
@@ -260,7 +275,7 @@ def run_level(port: int, study_id: int, sessions: list[str], seconds: float, ser
 
 def level_rows(results: list[Any]) -> list[Row]:
     rows = []
-    for level, r in results:
+    for level, r, think in results:
         n = len(r["accepted"])
         p95 = {req: _pct(r[req], 95) * 1000 for req in ("fetch", "submit", "loop")}
         budget = BUDGET_MS.get(level)
@@ -270,7 +285,9 @@ def level_rows(results: list[Any]) -> list[Row]:
         )
         rows.append(
             Row(
-                f"{level} annotator{'s' if level > 1 else ''}: {n} judgments, {n / r['elapsed']:.1f}/s, "
+                f"{level} annotator{'s' if level > 1 else ''}"
+                f"{f', think {think[0]:g}-{think[1]:g} s' if think else ', no think time'}: "
+                f"{n} judgments, {n / r['elapsed']:.1f}/s, "
                 f"{len(r['errors'])} errors",
                 cells,
                 f"p95 < {budget:.0f} ms each" if budget else "",
@@ -290,7 +307,9 @@ def level_rows(results: list[Any]) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--levels", default="1,8,32")
+    parser.add_argument("--levels", default="1,8,32", help="annotators at once, no think time (saturation)")
+    parser.add_argument("--paced", type=int, default=32, help="then this many annotators with think time (0: none)")
+    parser.add_argument("--think", default="1,3", help="think time after each submit: uniform LO,HI seconds")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per concurrency level")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (docker: WEB_WORKERS=2)")
     parser.add_argument("--settings", default="arbiter.settings", help="DJANGO_SETTINGS_MODULE for the servers")
@@ -331,7 +350,9 @@ def main() -> None:
 
     session_store = import_module(settings.SESSION_ENGINE).SessionStore
     researcher = User.objects.create_user("bench-researcher", password=None, role=Role.RESEARCHER)
-    per_server = sum(levels) + 1
+    think = tuple(float(x) for x in args.think.split(","))
+    assert len(think) == 2, "--think LO,HI"
+    per_server = sum(levels) + args.paced + 1
     annotators = [
         User.objects.create_user(f"bench-a{i}", password=None, role=Role.ANNOTATOR) for i in range(per_server + 2)
     ]
@@ -339,7 +360,7 @@ def main() -> None:
     def session_for(user: User) -> str:
         store = session_store()
         store[SESSION_KEY] = str(user.pk)
-        store[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+        store[BACKEND_SESSION_KEY] = session_backend()
         store[HASH_SESSION_KEY] = user.get_session_auth_hash()
         store.create()
         return str(store.session_key)
@@ -359,7 +380,11 @@ def main() -> None:
         run_level(server.port, study.pk, [session_for(pool.pop())], 2.0, server.processes)  # warm caches, connections
         for level in levels:
             sessions = [session_for(pool.pop()) for _ in range(level)]
-            results.append((level, run_level(server.port, study.pk, sessions, args.seconds, server.processes)))
+            results.append((level, run_level(server.port, study.pk, sessions, args.seconds, server.processes), None))
+        if args.paced:
+            sessions = [session_for(pool.pop()) for _ in range(args.paced)]
+            paced = run_level(server.port, study.pk, sessions, 2 * args.seconds, server.processes, think=think)
+            results.append((args.paced, paced, think))
     finally:
         server.stop()
 
@@ -372,7 +397,7 @@ def main() -> None:
         .filter(n__gt=1)
         .count()
     )
-    accepted = {a for _, r in results for a in r["accepted"]}
+    accepted = {a for _, r, _ in results for a in r["accepted"]}
     stored = set(
         Judgment.objects.filter(study=study, assignment_id__in=accepted).values_list("assignment_id", flat=True)
     )
@@ -441,11 +466,11 @@ def main() -> None:
     )
     for fmt, seconds in exports.items():
         rows.append(Row(f"export {fmt} of {total_judgments:,} judgments", f"{seconds:.2f} s"))
-    errors = [e for _, r in results for e in r["errors"]]
+    errors = [e for _, r, _ in results for e in r["errors"]]
     notes = [f"error: {e}" for e in errors[:3]] + ([f"server log: {SERVER_LOG}"] if errors else [])
     print_table(
         f"Annotator loop over HTTP: uvicorn x{args.workers} (arbiter/server.py), PostgreSQL (pool {db_pool}/process);\n"
-        f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, no think time, {args.seconds:.0f} s each",
+        f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, {args.seconds:.0f} s a level (paced 2x)",
         rows,
         notes=[*notes, "CPU: client = this bench's annotator threads; postgres counts every backend on the server."],
     )

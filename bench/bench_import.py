@@ -35,7 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import command_line  # noqa: E402
+from harness import command_line, session_backend  # noqa: E402
 
 DB_NAME = "arbiter_bench_import"
 
@@ -195,7 +195,7 @@ def main() -> None:
 
     store = import_module(settings.SESSION_ENGINE).SessionStore()
     store[SESSION_KEY] = str(researcher.pk)
-    store[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    store[BACKEND_SESSION_KEY] = session_backend()
     store[HASH_SESSION_KEY] = researcher.get_session_auth_hash()
     store.create()
     csrf = _get_new_csrf_string()

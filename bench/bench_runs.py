@@ -50,7 +50,7 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import Row, Server, print_table  # noqa: E402
+from harness import Row, Server, print_table, session_backend  # noqa: E402
 
 DB_NAME = "arbiter_bench_runs"
 LIVE_BUDGET_MS = 50.0
@@ -441,7 +441,7 @@ def session_cookie() -> str:
     user = User.objects.get(username="bench")
     store = SessionStore()
     store[SESSION_KEY] = str(user.pk)
-    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[BACKEND_SESSION_KEY] = session_backend()
     store[HASH_SESSION_KEY] = user.get_session_auth_hash()
     store.create()
     return f"{settings.SESSION_COOKIE_NAME}={store.session_key}"

@@ -74,6 +74,15 @@ class Row:
     met: bool | None = None  # None: nothing to judge (no budget, or a detail row)
 
 
+def session_backend() -> str:
+    """The backend a real login records in the session: the first configured one that can load users
+    (django-axes' backend, listed first, only guards authenticate())."""
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    return next(p for p in settings.AUTHENTICATION_BACKENDS if hasattr(import_string(p), "get_user"))
+
+
 def command_line() -> str:
     """How this table was produced, to quote beside any figure taken from it (README)."""
     env = " ".join(f"{k}=..." for k in ("DATABASE_URL", "REDIS_URL") if k in os.environ)
