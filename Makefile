@@ -49,7 +49,7 @@ check: install-dev
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy arbiter arbiter_client training evaluation loop artifacts
+	$(VENV)/bin/mypy arbiter arbiter_client training evaluation loop artifacts workers arbiter_worker
 
 lint: check
 

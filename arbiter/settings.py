@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "evaluation",
     "loop",
     "artifacts",
+    "workers",
 ]
 
 MIDDLEWARE = [

@@ -62,6 +62,8 @@ class Run(models.Model):
     recipe = models.CharField(max_length=64)
     config = models.JSONField(default=dict, blank=True)
     queue = models.CharField(max_length=32, default="gpu")
+    # GPUs the run asks for: it starts (under torchrun when > 1) only on a worker with that many free slots.
+    gpus = models.PositiveSmallIntegerField(default=1)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     # Visible to every researcher when true; otherwise to its owner and admins only.
     shared = models.BooleanField(default=False)

@@ -213,3 +213,17 @@ def test_a_run_token_records_checkpoints_only_inside_its_run(researcher: User, r
     assert good.status_code == 200, good.content
     assert list(run.checkpoints.values_list("step", flat=True)) == [11]
     assert Artifact.objects.get(run=run).uri == f"file://{os.path.realpath(inside)}"
+
+
+def test_every_path_field_of_every_recipe_is_checked() -> None:
+    """A new recipe field that names a file must join the launch check (artifacts.localize.INPUT_FIELDS)."""
+    from artifacts.localize import INPUT_FIELDS
+    from training.engine.config import RECIPES
+
+    named = {
+        name
+        for info in RECIPES.values()
+        for name in info.config_cls.model_fields
+        if name.endswith(("_path", "_name_or_path"))
+    }
+    assert named <= set(INPUT_FIELDS), named - set(INPUT_FIELDS)

@@ -49,6 +49,9 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
 }
 
 
+MAX_GPUS_PER_RUN = 64
+
+
 def run_queues() -> list[str]:
     return list(getattr(settings, "ARBITER_RUN_QUEUES", ["gpu"]))
 
@@ -131,12 +134,15 @@ def launch_run(
     parent: Run | None = None,
     origin: str = RunOrigin.LAUNCHED,
     resume_checkpoint: Checkpoint | None = None,
+    gpus: int = 1,
 ) -> Run:
     """Create a queued run and enqueue its supervisor on `queue` once the row is committed."""
     if not owner.is_researcher:
         raise ValidationError("Only researchers launch runs.")
     if queue not in run_queues():
         raise ValidationError({"queue": f"Unknown queue {queue!r}."})
+    if not 1 <= gpus <= MAX_GPUS_PER_RUN:
+        raise ValidationError({"gpus": f"A run uses 1 to {MAX_GPUS_PER_RUN} GPUs."})
     clean = validate_config(recipe=recipe, config=config)
     # Every model and dataset the run would read must be one the launching user may read (issue 12.1).
     check_config_paths(user=owner, config=clean)
@@ -151,6 +157,7 @@ def launch_run(
         parent=parent,
         origin=origin,
         resume_checkpoint=resume_checkpoint,
+        gpus=gpus,
         resume_from=resume_checkpoint.path if resume_checkpoint else "",
     )
     _set_tags(run, tags)
@@ -358,6 +365,7 @@ def retry_run(*, run: Run, by: User) -> Run:
         config=run.config,
         name=f"{lineage_base_name(run.name)} (retry {number})",
         queue=run.queue,
+        gpus=run.gpus,
         tags=run.tags.values_list("name", flat=True),
         parent=run,
         origin=RunOrigin.RETRY,
@@ -379,6 +387,7 @@ def resume_run(*, run: Run, by: User) -> Run:
         config=run.config,
         name=f"{lineage_base_name(run.name)} (resumed @{checkpoint.step})",
         queue=run.queue,
+        gpus=run.gpus,
         tags=run.tags.values_list("name", flat=True),
         parent=run,
         origin=RunOrigin.RESUME,
