@@ -17,7 +17,13 @@ from typing import Any
 from artifacts import uris
 from artifacts.store import LocalStore, S3Store
 
-MODEL_FIELDS = ("model_name_or_path", "ref_model_name_or_path", "reward_model_path", "rubric_judge_path")
+MODEL_FIELDS = (
+    "model_name_or_path",
+    "ref_model_name_or_path",
+    "reward_model_path",
+    "rubric_judge_path",
+    "process_reward_model_path",
+)
 DATASET_FIELDS = ("dataset_path", "eval_dataset_path")
 INPUT_FIELDS = (*MODEL_FIELDS, *DATASET_FIELDS)
 
