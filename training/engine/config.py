@@ -400,6 +400,41 @@ class GRPOConfig(BaseRecipeConfig):
     vllm_gpu_memory_utilization: float = Field(
         0.3, gt=0.0, le=0.95, description="Fraction of GPU memory the colocated vLLM engine may take."
     )
+    vllm_max_model_len: int = Field(
+        0,
+        ge=0,
+        le=1_048_576,
+        description=(
+            "vLLM's context length; 0 = max_length + max_new_tokens, capped at the model's max positions "
+            "(a value above the model's positions is refused when the run starts)."
+        ),
+    )
+    vllm_enable_sleep_mode: bool = Field(
+        True,
+        description="Put vLLM to sleep (level 1: weights to CPU, KV cache freed) while the trainer steps.",
+    )
+    vllm_importance_sampling_correction: bool = Field(
+        True,
+        description=(
+            "Weight the loss by π_trainer / π_vLLM of the sampled tokens (vLLM's processed log-probs), bounded by "
+            "the mode below, as TRL's vllm_importance_sampling_correction (vLLM samples in another precision)."
+        ),
+    )
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        Field(
+            "token_truncate",
+            description=(
+                "TRL's modes: per token or per sequence; truncate (clamp the ratio to [clip_min, clip_max]) or mask "
+                "(0 outside). token_truncate is TIS (Yao et al. 2025); TRL 1.16's own default is sequence_mask."
+            ),
+        )
+    )
+    vllm_importance_sampling_clip_max: float | None = Field(
+        3.0, gt=0.0, le=1000.0, description="Upper bound C_max of the importance ratio (TRL's default 3.0)."
+    )
+    vllm_importance_sampling_clip_min: float | None = Field(
+        None, ge=0.0, le=1000.0, description="Lower bound C_min of the importance ratio; empty: none (TRL's default)."
+    )
     sft_warmup_steps: int = Field(
         0, ge=0, le=1_000_000, description="Supervised steps on the data's completions before RL (warm start)."
     )
@@ -418,6 +453,20 @@ class GRPOConfig(BaseRecipeConfig):
         return self
 
     @model_validator(mode="after")
+    def _importance_sampling_bounds_are_ordered(self) -> Self:
+        """C_min above C_max would clamp every ratio to one value (truncate) or mask every token (mask)."""
+        low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if low is None and high is None and self.vllm_importance_sampling_mode.endswith("_truncate"):
+            raise field_error(
+                self, "vllm_importance_sampling_clip_max", "Truncation needs a bound: give an upper (or lower) one."
+            )
+        if low is not None and high is not None and low > high:
+            raise field_error(
+                self, "vllm_importance_sampling_clip_min", "The lower bound must not exceed the upper bound."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _gtpo_is_its_authors_method(self) -> Self:
         """Settings GTPO's definition excludes are refused, not silently ignored (each error names its field)."""
         if self.variant == "gtpo":
@@ -426,6 +475,12 @@ class GRPOConfig(BaseRecipeConfig):
             if self.num_iterations != 1:
                 raise field_error(
                     self, "num_iterations", "GTPO takes one optimiser pass per generation batch: set it to 1."
+                )
+            if self.rollout_backend == "vllm" and self.vllm_importance_sampling_correction:
+                raise field_error(
+                    self,
+                    "vllm_importance_sampling_correction",
+                    "GTPO's loss (its authors') has no importance-sampling term: turn the correction off.",
                 )
             if self.scale_rewards != "none":
                 raise field_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -315,3 +316,38 @@ def guard_normalised_log_ratio(logps: torch.Tensor, old_logps: torch.Tensor, mas
     m = mask.to(log_ratio.dtype)
     centre = (log_ratio.detach() * m).sum(0, keepdim=True) / m.sum(0, keepdim=True).clamp(min=1.0)
     return (log_ratio - centre) * m
+
+
+def vllm_importance_sampling_ratio(
+    trainer_logps: torch.Tensor,
+    sampling_logps: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    mode: str,
+    clip_min: float | None,
+    clip_max: float | None,
+) -> torch.Tensor:
+    """The weight that corrects for sampling with vLLM rather than the trained model, as TRL computes it
+    (huggingface/trl trl/trainer/grpo_trainer.py, _generate_and_score_completions, at f2cd577 of 2026-07-24;
+    the same lines in TRL 1.16): with δ = (log π_trainer - log π_vLLM)·m per token,
+
+        token_*:    ρ_it = exp(δ_it)                      (B, T)
+        sequence_*: ρ_i  = exp(Σ_t δ_it)                  (B, 1)
+        *_truncate: ρ ← clamp(ρ, C_min, C_max)            (token_truncate with C_min empty is TIS, Yao et al. 2025)
+        *_mask:     ρ ← 0 where ρ < C_min or ρ > C_max
+
+    ``trainer_logps`` are π_old's (the weights that sampled, computed by the trainer), ``sampling_logps`` vLLM's
+    processed log-probs of the same tokens (logprobs_mode="processed_logprobs": after temperature and top-p,
+    like the trainer's). The per-token loss is multiplied by ρ (before the KL term is added), as TRL does.
+    """
+    diff = (trainer_logps - sampling_logps) * mask
+    if mode.startswith("sequence_"):
+        diff = diff.sum(dim=-1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("_truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    if mode.endswith("_mask"):
+        low = clip_min if clip_min is not None else -math.inf
+        high = clip_max if clip_max is not None else math.inf
+        return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    raise ValueError(f"unknown vLLM importance sampling mode {mode!r}")

@@ -30,6 +30,8 @@ from training.engine.distributed import (
     all_max,
     all_min,
     all_sum,
+    barrier,
+    full_model_state,
     gathered,
     unwrap,
     wrap_model,
@@ -47,6 +49,7 @@ from training.engine.losses import (
     guard_normalised_log_ratio,
     k3_kl,
     sft_loss,
+    vllm_importance_sampling_ratio,
 )
 from training.engine.modeling import TINY
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
@@ -71,6 +74,8 @@ class GenerationBatch:
     old_logps: torch.Tensor | None  # (N, T), set by the first pass when num_iterations > 1
     ref_logps: torch.Tensor | None  # (N, T), only when beta > 0
     metrics: dict[str, float]
+    # (N, T) vLLM's processed log-probs of the sampled tokens, for the importance-sampling correction
+    sampling_logps: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor) -> GenerationBatch:
         """The completions at ``index`` (the same columns): a micro-batch, or part of one for a forward pass."""
@@ -84,6 +89,7 @@ class GenerationBatch:
             old_logps=None if self.old_logps is None else self.old_logps.index_select(0, index),
             ref_logps=None if self.ref_logps is None else self.ref_logps.index_select(0, index),
             metrics={},
+            sampling_logps=None if self.sampling_logps is None else self.sampling_logps.index_select(0, index),
         )
 
     def state(self) -> dict[str, object]:
@@ -95,7 +101,7 @@ class GenerationBatch:
         """The inverse of ``state``, tensors moved to ``device``."""
 
         def optional(name: str) -> torch.Tensor | None:
-            value = state[name]
+            value = state.get(name)  # sampling_logps: absent from checkpoints older than it
             assert value is None or isinstance(value, torch.Tensor), name
             return None if value is None else value.to(device)
 
@@ -117,6 +123,7 @@ class GenerationBatch:
             old_logps=optional("old_logps"),
             ref_logps=optional("ref_logps"),
             metrics={str(k): float(v) for k, v in metrics.items()},
+            sampling_logps=optional("sampling_logps"),
         )
 
 
@@ -161,6 +168,11 @@ class GRPORecipe(Recipe):
             ctx.say("LoRA: sampling with the Hugging Face backend (weight sync into vLLM does not merge adapters)")
             self.backend_name = "hf"
         self.rollout = self._rollout_backend()
+        # TRL's vllm_importance_sampling_correction: only when vLLM samples, and not for GTPO (its authors' loss
+        # has no such term; the config refuses the pair when vllm is asked for by name).
+        self.importance_sampling = (
+            self.backend_name == "vllm" and config.vllm_importance_sampling_correction and config.variant != "gtpo"
+        )
         self.batch: GenerationBatch | None = None
         # Skip autograd for rows whose gradient is exactly zero (see _policy_logps); the bench turns it off
         # to time the full pass, as TRL runs it.
@@ -179,21 +191,31 @@ class GRPORecipe(Recipe):
 
     def _rollout_backend(self) -> RolloutBackend:
         if self.backend_name == "vllm":
-            from training.engine.rollout.vllm import VLLMRollout
+            from training.engine.rollout.vllm import VLLMRollout, cap_max_model_len, model_max_positions
 
-            path = self.ctx.policy_path
-            if path == TINY:  # vLLM loads from a folder: hand it the freshly built weights
+            path, info, config = self.ctx.policy_path, self.ctx.dist, self.config
+            if path == TINY:  # vLLM loads from a folder: hand it the freshly built weights (rank 0 writes)
                 from training.engine.checkpoints import save_model_folder
 
                 folder = self.ctx.output_dir / "rollout-init"
-                save_model_folder(folder, model=self.policy, tokenizer=self.tokenizer)
+                full = full_model_state(self.model, info)
+                if info.is_main:
+                    save_model_folder(folder, model=self.policy, tokenizer=self.tokenizer, state_dict=full)
+                barrier(info)
                 path = str(folder)
+            max_model_len = cap_max_model_len(
+                config.vllm_max_model_len,
+                needed=config.max_length + config.max_new_tokens,
+                model_max_positions=model_max_positions(path),
+            )
             return VLLMRollout(
                 path,
                 pad_token_id=int(self.tokenizer.pad_token_id or 0),
-                gpu_memory_utilization=self.config.vllm_gpu_memory_utilization,
-                max_model_len=self.config.max_length + self.config.max_new_tokens,
-                seed=self.ctx.spec.seed,
+                gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                max_model_len=max_model_len,
+                seed=self.ctx.spec.seed + info.rank,  # the engine's own stream; each request has its seed
+                external_launcher=info.enabled,
+                enable_sleep_mode=config.vllm_enable_sleep_mode,
             )
         return HFRollout(
             self.policy, pad_token_id=int(self.tokenizer.pad_token_id or 0), eos_token_id=self.tokenizer.eos_token_id
@@ -300,6 +322,8 @@ class GRPORecipe(Recipe):
         )
         if self.ref is not None:
             batch.ref_logps = self._logps(self.ref, batch)[0]
+        if self.importance_sampling and rollout.logprobs is not None:
+            batch.sampling_logps = rollout.logprobs.to(device)
         lengths_f = all_gather_rows(lengths.float(), info)
         finished = all_gather_rows(rollout.finished.float(), info)
         batch.metrics = {
@@ -348,6 +372,7 @@ class GRPORecipe(Recipe):
                 seed=seed,
                 first_prompt=first_prompt,
                 total_prompts=total_prompts,
+                return_logprobs=self.importance_sampling,
             )
         lengths = rollout.completion_mask.sum(1)
         texts = self.tokenizer.batch_decode(
@@ -586,11 +611,35 @@ class GRPORecipe(Recipe):
             return metrics
         if "kl" in joined:
             metrics["kl"] = total["kl"] / tokens_all
+        if "is_weight" in joined:
+            metrics.update(self._importance_sampling_metrics(joined, mask))
         for key in ("low", "high", "region"):
             metrics[f"clip_ratio/{key}_mean"] = total[f"clip/{key}"] / tokens_all
         metrics["clip_ratio/low_min"] = _nan_reduced(clip["clip_ratio/low_min"], info, minimum=True)
         metrics["clip_ratio/high_max"] = _nan_reduced(clip["clip_ratio/high_max"], info, minimum=False)
         return metrics
+
+    def _importance_sampling_metrics(self, joined: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, float]:
+        """TRL's sampling/* metrics over every rank's tokens: |log π_trainer - log π_vLLM| (mean, max) and the
+        importance weight (min, mean, max; per sequence in the sequence modes, per real token otherwise)."""
+        info, real = self.ctx.dist, mask.bool()
+        gap = joined["logp_gap"][real]
+        per_sequence = self.config.vllm_importance_sampling_mode.startswith("sequence_")
+        weight = joined["is_weight"][:, 0] if per_sequence else joined["is_weight"][real]
+        sums = all_sum(
+            {"gap": float(gap.sum()), "gaps": gap.numel(), "w": float(weight.sum()), "ws": weight.numel()}, info
+        )
+        low = all_min({"w": float(weight.min()) if weight.numel() else math.inf}, info)["w"]
+        most = {"w": float(weight.max()) if weight.numel() else -math.inf}
+        most["gap"] = float(gap.max()) if gap.numel() else 0.0
+        high = all_max(most, info)
+        return {
+            "sampling/sampling_logp_difference/mean": sums["gap"] / max(sums["gaps"], 1.0),
+            "sampling/sampling_logp_difference/max": high["gap"],
+            "sampling/importance_sampling_ratio/min": low if math.isfinite(low) else float("nan"),
+            "sampling/importance_sampling_ratio/mean": sums["w"] / max(sums["ws"], 1.0),
+            "sampling/importance_sampling_ratio/max": high["w"] if math.isfinite(high["w"]) else float("nan"),
+        }
 
     def _clipped_loss(
         self, micro: GenerationBatch, logps: torch.Tensor, num_items: float
@@ -611,6 +660,19 @@ class GRPORecipe(Recipe):
             log_ratio=log_ratio,
         )
         found = {"ratio": ratio.detach()}
+        if micro.sampling_logps is not None:
+            # TRL: the per-token loss times the vLLM importance weight, before the KL term is added.
+            weight = vllm_importance_sampling_ratio(
+                old,
+                micro.sampling_logps,
+                mask,
+                mode=config.vllm_importance_sampling_mode,
+                clip_min=config.vllm_importance_sampling_clip_min,
+                clip_max=config.vllm_importance_sampling_clip_max,
+            )
+            per_token = per_token * weight
+            found["is_weight"] = weight.expand_as(per_token).detach()
+            found["logp_gap"] = (old - micro.sampling_logps).abs().detach()
         if micro.ref_logps is not None:
             kl = k3_kl(logps, micro.ref_logps)
             per_token = per_token + config.beta * kl
