@@ -36,7 +36,8 @@ def make_run() -> Callable[..., Run]:
 def live_stack(asgi_server: Any, celery_worker_app: Any, settings: Any, tmp_path: Any) -> Iterator[Any]:
     """The web server (daphne) and a Celery worker in this process whose engines report to that server."""
     settings.ARBITER_PUBLIC_URL = asgi_server.url
-    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    # ARTIFACT_ROOT stays the web server's: it accepts a checkpoint only inside the run's own location under
+    # its root (12.3), so a worker writing under another root would have every checkpoint refused.
     yield asgi_server
 
 
