@@ -17,6 +17,7 @@ urlpatterns = [
     path("runs/", include("training.urls")),
     path("api/studies/", include("evaluation.api_urls")),
     path("api/worker/", include("workers.urls")),
+    path("artifacts/", include("artifacts.urls")),
     path("api/", include("loop.api_urls")),
     path("api/", include("training.api_urls")),
     path("studies/", include("evaluation.urls")),
