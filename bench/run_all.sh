@@ -22,6 +22,7 @@ bench "run ingest (synchronous_commit off/on; in order, out of order, re-sent), 
 bench "annotator loop at 1/8/32 annotators, import, export" 180 bench/bench_annotation.py
 bench "SDK cost, ingest through the SDK, history" 180 bench/bench_sdk.py
 bench "large item uploads (HTTP -> worker, 94 MB)" 420 bench/bench_import.py
+bench "the loop: Sample into a study (HF, CPU) throughput; last judgment -> launched run" 240 bench/bench_loop.py
 echo "== all benches: $((SECONDS - start)) s"
 if ((${#failed[@]})); then
   printf 'failed or timed out: %s\n' "${failed[@]}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +9,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from training.engine.tokens import encode_completion as encode_completion  # re-exported: recipes import them here
+from training.engine.tokens import encode_completions as encode_completions
+from training.engine.tokens import encode_prompt as encode_prompt
+from training.engine.tokens import encode_prompts as encode_prompts
+from training.engine.tokens import token_ids as token_ids
 from training.engine.truncation import Cut, Truncation, TruncationReport, cut
 
 IGNORE = -100
@@ -26,53 +30,6 @@ class TokenBatch:
     def to(self, device: torch.device) -> TokenBatch:
         """The same batch on ``device``."""
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
-
-
-@functools.lru_cache(maxsize=131_072)
-def _ids(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool) -> tuple[int, ...]:
-    # Datasets repeat over epochs: tokenising each string once takes the tokenizer off the step's critical path.
-    return tuple(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt token ids, starting with BOS when the tokenizer has one (tiny tokenizers do not add it themselves)."""
-    ids: list[int] = list(_ids(tokenizer, prompt, True)) if prompt else []
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [int(bos), *ids]
-    return ids
-
-
-def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
-    """Completion token ids followed by EOS (so the model learns to stop)."""
-    ids: list[int] = list(_ids(tokenizer, completion, False))
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return ids
-
-
-def token_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[int]]:
-    """Token ids of many texts in one tokenizer call (a fast tokenizer encodes the batch in parallel)."""
-    if not texts:
-        return []
-    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
-    return [list(ids) if text else [] for ids, text in zip(encoded, texts, strict=True)]
-
-
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
-    """``encode_prompt`` for many prompts at once."""
-    bos = tokenizer.bos_token_id
-    rows = token_ids(tokenizer, prompts, add_special_tokens=True)
-    if bos is None:
-        return rows
-    return [row if row and row[0] == bos else [int(bos), *row] for row in rows]
-
-
-def encode_completions(tokenizer: PreTrainedTokenizerBase, completions: Sequence[str]) -> list[list[int]]:
-    """``encode_completion`` for many completions at once."""
-    rows = token_ids(tokenizer, completions, add_special_tokens=False)
-    eos = tokenizer.eos_token_id
-    return rows if eos is None else [[*row, int(eos)] for row in rows]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tokenizers import Tokenizer, decoders, models, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -23,9 +22,9 @@ from transformers import (
 )
 
 from training.engine.config import BaseRecipeConfig
+from training.engine.tokens import SPECIAL_TOKENS, char_tokenizer_core
 
 TINY = "tiny"
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
 def train_char_tokenizer(texts: Iterable[str], *, extra_merges: int = 0) -> PreTrainedTokenizerFast:
@@ -33,14 +32,7 @@ def train_char_tokenizer(texts: Iterable[str], *, extra_merges: int = 0) -> PreT
 
     Characters are the right unit for a ~1M-parameter model on toy tasks: every digit is its own token.
     """
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))  # noqa: S106 - a token, not a password
-    # Fuse: no pre-tokenizer means tokens are raw characters, so decoding is plain concatenation.
-    tokenizer.decoder = decoders.Fuse()
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(SPECIAL_TOKENS) + extra_merges, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
-    # Sorted texts make the vocabulary (and so a tiny model's init) independent of data order.
-    tokenizer.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    tokenizer = char_tokenizer_core(texts, extra_merges=extra_merges)
     pad, bos, eos, unk = SPECIAL_TOKENS
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # transformers' tokenizer __init__ is untyped
         tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk

@@ -139,10 +139,12 @@ def tokenizer_for_counting(model: str, examples: Sequence[Example]) -> PreTraine
     """The tokenizer the run will use, when it can be had without a download (the 'tiny' one trained on these
     examples, a model folder, a hub id already in the local cache); else None."""
     from training.engine.demo_tasks import task_texts
-    from training.engine.modeling import TINY, load_tokenizer
+    from training.engine.tokens import CountingTokenizer, char_tokenizer_core
 
-    if model == TINY:
-        return load_tokenizer(TINY, texts=task_texts(list(examples)))
+    if model == "tiny":  # the run trains this tokenizer on the data; built without torch, ids identical
+        return cast("PreTrainedTokenizerBase", CountingTokenizer(char_tokenizer_core(task_texts(list(examples)))))
+    from training.engine.modeling import load_tokenizer
+
     try:
         if Path(model).is_absolute():
             return load_tokenizer(model) if Path(model).is_dir() else None
@@ -169,7 +171,7 @@ def truncation_report(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], limits: Truncation
 ) -> TruncationReport:
     """What the engine's truncation does to these examples (as the recipes count it)."""
-    from training.engine.batching import encode_completions, encode_prompts
+    from training.engine.tokens import encode_completions, encode_prompts
 
     report = TruncationReport()
     prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
@@ -240,7 +242,7 @@ def size_limits(
     """Limits from the data: completions kept whole (the longest, so no answer loses its end), prompts to their
     ``prompt_percentile`` (a longer prompt loses its beginning, from the left, as TRL cuts it), max_length
     their sum; each rounded up to a multiple of 8 and capped at ``cap`` (the model's context)."""
-    from training.engine.batching import encode_completions, encode_prompts
+    from training.engine.tokens import encode_completions, encode_prompts
 
     prompt_lens = [len(p) for p in encode_prompts(tokenizer, [e.prompt for e in examples])]
     completion_texts: list[list[str]] = []
