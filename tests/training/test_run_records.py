@@ -110,3 +110,15 @@ def test_delete_refuses_while_a_run_resumed_from_its_checkpoint_and_lists_it(
     assert f'<a href="/runs/{child.id}/">run #{child.id} base (resumed @2)</a>' in html
     assert "resumed from its checkpoint" in html
     assert Run.objects.filter(id=run.id).exists()
+
+
+def test_delete_refuses_while_another_run_trains_from_its_checkpoint_named_as_a_uri(
+    client_for: Any, researcher: User, other_researcher: User, make_run: Any
+) -> None:
+    run = make_run(researcher, name="base")
+    run.checkpoints.create(step=4, path="/store/runs/1/checkpoint-4")
+    make_run(other_researcher, name="secret", config={"model_name_or_path": "file:///store/runs/1/checkpoint-4"})
+    response = client_for(researcher).post(f"/runs/{run.id}/delete/")
+    assert response.status_code == 409
+    html = response.content.decode()
+    assert "of another researcher" in html and "trains from its checkpoint" in html and "secret" not in html

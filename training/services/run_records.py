@@ -14,6 +14,7 @@ from arbiter import dependants
 from arbiter.accounts.models import User
 from arbiter.dependants import Dependant
 from arbiter.labels import clean_name, clean_tags
+from artifacts import uris
 from training import selectors
 from training.models import Run, RunTag
 
@@ -41,9 +42,22 @@ def set_run_archived(*, run: Run, archived: bool) -> Run:
     return run
 
 
+def _spellings(path: str) -> set[str]:
+    """A checkpoint as a config may name it: as stored, as its canonical URI, and (file://) as a plain path."""
+    out = {path}
+    try:
+        uri = uris.parse(path)
+    except uris.BadUri:
+        return out
+    out.add(str(uri))
+    if uri.scheme == "file":
+        out.add(uri.key)
+    return out
+
+
 def runs_using_checkpoints(run: Run, user: Any) -> list[Dependant]:
     """Runs resumed from this run's checkpoints, or configured to train from one (as model, reference, judge)."""
-    paths = list(run.checkpoints.values_list("path", flat=True))
+    paths = sorted({spelling for p in run.checkpoints.values_list("path", flat=True) for spelling in _spellings(p)})
     using = Q(resume_checkpoint__run=run)
     for field in MODEL_PATH_FIELDS:
         if paths:
