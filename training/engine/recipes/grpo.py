@@ -13,6 +13,7 @@ finishes it exactly as the uninterrupted run would instead of sampling a new one
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -361,8 +362,10 @@ class GRPORecipe(Recipe):
         (``seed`` and the prompt shard: see RolloutBackend.generate)."""
         config = self.config
         prompt_rows = [encode_prompt(self.tokenizer, e.prompt)[-config.max_length :] for e in examples]
-        # Under FSDP2 the HF backend samples from full weights, each rank at its own pace (see gathered).
-        with gathered(self.model, self.ctx.dist):
+        # Under FSDP2 the HF backend samples from full weights, each rank at its own pace (see gathered); vLLM
+        # holds its own full copy (synced after each step), so the trainer's shards stay as they are.
+        gather = gathered(self.model, self.ctx.dist) if self.backend_name == "hf" else contextlib.nullcontext()
+        with gather:
             rollout = self.rollout.generate(
                 prompt_rows,
                 n=config.num_generations,
