@@ -134,3 +134,9 @@ def test_runs_api_launch_answers_422_naming_the_config_field(client: Any, resear
     assert response.status_code == 201
     run = Run.objects.get()
     assert (run.id, run.recipe, run.status) == (response.json()["id"], "reward_model", "queued")
+
+
+@pytest.mark.django_db
+def test_the_cup_reward_without_its_process_reward_model_is_refused_on_that_field(researcher: User) -> None:
+    errors = _launch_errors(researcher, "grpo", {"reward_funcs": ["numeric_answer", "cup"]})
+    assert list(errors) == ["process_reward_model_path"]

@@ -467,6 +467,15 @@ class GRPOConfig(BaseRecipeConfig):
         return self
 
     @model_validator(mode="after")
+    def _cup_names_its_model(self) -> Self:
+        """The 'cup' reward needs the process reward model that judges each step: refused at launch, on the field."""
+        if "cup" in self.reward_funcs and not self.process_reward_model_path:
+            raise field_error(
+                self, "process_reward_model_path", "The 'cup' reward needs a process_reward_model run's checkpoint."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _gtpo_is_its_authors_method(self) -> Self:
         """Settings GTPO's definition excludes are refused, not silently ignored (each error names its field)."""
         if self.variant == "gtpo":
