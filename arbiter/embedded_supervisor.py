@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import psutil
+
 logger = logging.getLogger("arbiter.runplatform")
 
 _PR_SET_PDEATHSIG = 1
@@ -159,14 +161,34 @@ class EmbeddedSupervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _descendants(self) -> list[psutil.Process]:
+        """Every process the children started, including those in sessions of their own (engine subprocesses)."""
+        found: list[psutil.Process] = []
+        for child in self.children:
+            if child.proc is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                found.extend(psutil.Process(child.proc.pid).children(recursive=True))
+        return found
+
     def stop(self) -> None:
-        """SIGTERM to every child's process group, SIGKILL to whatever is left after the grace period."""
+        """SIGTERM to every child's process group, SIGKILL to whatever is left after the grace period.
+
+        A worker's engine runs in a session of its own (so that cancel can kill its group whole), out of reach
+        of the worker's group signal: it is found by parentage before anything dies, and signalled too.
+        """
         self.stopping = True
         running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        descendants = self._descendants()
+        groups = {c.proc.pid for c in running if c.proc is not None}
         for child in running:
             assert child.proc is not None
             logger.info("stopping %s (pid %d)", child.name, child.proc.pid)
             _signal_group(child.proc.pid, signal.SIGTERM)  # its group: the pid of a session leader is the pgid
+        for process in descendants:
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(process.pid) not in groups:
+                    process.terminate()
         deadline = time.monotonic() + self.grace_s
         for child in running:
             assert child.proc is not None
@@ -179,3 +201,8 @@ class EmbeddedSupervisor:
             if child.proc is not None:
                 _signal_group(child.proc.pid, signal.SIGKILL)
                 child.proc.wait()
+        _, alive = psutil.wait_procs(descendants, timeout=max(0.1, deadline - time.monotonic()))
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                logger.warning("killing pid %d (%s), left behind by a stopped child", process.pid, process.name())
+                process.kill()

@@ -235,3 +235,24 @@ def test_supervisor_backs_off_exponentially_to_a_cap_and_resets_after_a_stable_r
     finally:
         supervisor.stop()
     assert steady.proc.returncode == -signal.SIGTERM
+
+
+def test_stop_ends_what_the_children_started_in_sessions_of_their_own(tmp_path: Path) -> None:
+    """Like a worker's engine (start_new_session, so cancel can kill its group): outside the group, not missed."""
+    pid_file = tmp_path / "grandchild.pid"
+    spawn = (
+        "import subprocess, sys, time;"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True);"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid));"
+        "time.sleep(600)"
+    )
+    supervisor = EmbeddedSupervisor({"worker": [sys.executable, "-c", spawn]}, env=dict(os.environ), grace_s=5)
+    (child,) = supervisor.children
+    supervisor.start(child)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = psutil.Process(int(pid_file.read_text()))
+    assert child.proc is not None and os.getpgid(grandchild.pid) != child.proc.pid  # a group signal misses it
+    supervisor.stop()
+    assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
