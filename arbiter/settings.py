@@ -29,6 +29,8 @@ ARTIFACT_ROOT = env_path("ARTIFACT_ROOT", VAR_DIR / "artifacts")
 # bucket (credentials from the standard AWS_* variables, endpoint from ARTIFACT_S3_ENDPOINT_URL).
 ARTIFACT_STORE_URL = env_str("ARTIFACT_STORE_URL", "").rstrip("/")
 ARTIFACT_S3_ENDPOINT_URL = env_str("ARTIFACT_S3_ENDPOINT_URL", "")
+# The endpoint browsers reach the bucket by, for signed download URLs (default: ARTIFACT_S3_ENDPOINT_URL).
+ARTIFACT_S3_PUBLIC_URL = env_str("ARTIFACT_S3_PUBLIC_URL", "")
 # Folders on the GPU hosts an admin opens to every researcher's runs (shared base models, public datasets).
 ARBITER_MODEL_ROOTS = env_list("ARBITER_MODEL_ROOTS", [])
 ARBITER_DATASET_ROOTS = env_list("ARBITER_DATASET_ROOTS", [])

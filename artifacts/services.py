@@ -82,7 +82,10 @@ def remove(value: str) -> None:
 
 def download_url(value: str, *, filename: str = "", expires_s: int = 300) -> str:
     """A short-lived signed URL of an object in the bucket (the browser downloads from the store directly)."""
-    store = default_store()
+    # Signed for the address browsers reach the bucket by (the host is part of the signature), which inside a
+    # compose network differs from the one the web tier uses (http://minio:9000).
+    public = getattr(settings, "ARTIFACT_S3_PUBLIC_URL", "") or None
+    store = open_store(str(store_base()), endpoint_url=public) if public else default_store()
     if not isinstance(store, S3Store):
         raise uris.BadUri("signed URLs exist only for an S3 store")
     return store.presigned_url(uris.parse(value), expires_s=expires_s, filename=filename)

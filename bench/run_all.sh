@@ -23,6 +23,7 @@ bench "annotator loop at 1/8/32 annotators, import, export" 180 bench/bench_anno
 bench "SDK cost, ingest through the SDK, history" 180 bench/bench_sdk.py
 bench "large item uploads (HTTP -> worker, 94 MB)" 420 bench/bench_import.py
 bench "the loop: Sample into a study (HF, CPU) throughput; last judgment -> launched run" 240 bench/bench_loop.py
+bench "artifact store MB/s (local vs S3-compatible server), remote-worker launch latency" 300 bench/bench_artifacts.py
 echo "== all benches: $((SECONDS - start)) s"
 if ((${#failed[@]})); then
   printf 'failed or timed out: %s\n' "${failed[@]}"
