@@ -51,8 +51,9 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sft": ("sft", SFT),
     "dpo": ("dpo", DPO),
     "grpo": ("grpo", GRPO),
-    "sft_fsdp": ("sft", {**SFT, "distributed": "fsdp"}),
-    "dpo_fsdp": ("dpo", {**DPO, "distributed": "fsdp"}),
+    # evaluation too: ranks evaluate strided shares of unequal size (FSDP2: from gathered weights)
+    "sft_fsdp": ("sft", {**SFT, "distributed": "fsdp", "eval_steps": 2, "eval_fraction": 0.01}),
+    "dpo_fsdp": ("dpo", {**DPO, "distributed": "fsdp", "eval_steps": 2, "eval_fraction": 0.01}),
     # sampling from gathered shards; gradients reduce-scattered on the last micro-batch only
     "grpo_fsdp_accum": ("grpo", {**GRPO, "distributed": "fsdp", "gradient_accumulation_steps": 2}),
 }
@@ -161,6 +162,8 @@ def test_two_processes_equal_one_loss_gradients_metrics_and_checkpoint(runs: dic
     for name, grad in one["grads"].items():
         torch.testing.assert_close(two["grads"][name], grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
     assert [s for s, _ in two["metrics"]] == [s for s, _ in one["metrics"]]
+    if "eval_steps" in CASES[case][1]:
+        assert any("eval/loss" in m for _, m in one["metrics"])
     for (step, got), (_, want) in zip(two["metrics"], one["metrics"], strict=True):
         assert_metrics_close(got, want, what=f"{case} logged at {step}")
     assert [s for s, _ in two["checkpoints"]] == [s for s, _ in one["checkpoints"]]  # written once, by rank 0
