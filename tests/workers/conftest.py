@@ -19,6 +19,7 @@ from django.conf import settings as django_settings
 from arbiter.server import web_server_command
 from tests.artifacts.conftest import S3_ENV, S3Server, s3_server  # noqa: F401 - the session's S3 server
 from tests.conftest import ROOT, free_port, platform_env, wait_for_port
+from tests.evaluation.conftest import make_study  # noqa: F401 - a fixture the deployment tests use
 from workers.services import issue_worker_credential
 
 
