@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from evaluation.models import Item, Study, StudyKind
 from training.engine.data import DatasetError, Example, load_dataset, split_held_out
 from training.engine.demo_tasks import addition_prompts, builtin_prompts, sorting_preferences, sorting_supervised
+from training.engine.preflight import DATASET_KINDS
 from training.models import Run
 
 MAX_PROMPTS = 2000
@@ -115,8 +116,8 @@ def prompts_from_study(study: Study) -> list[PromptRow]:
     return rows
 
 
-# The data kind each recipe reads (what its held-out split is drawn from).
-RECIPE_KIND = {"sft": "supervised", "demo": "supervised", "dpo": "preference", "reward_model": "preference"}
+# The data kind each recipe reads (what its held-out split is drawn from): the launch check's table, plus the demo.
+RECIPE_KIND: dict[str, str] = {**DATASET_KINDS, "demo": "supervised"}
 
 
 def run_prompt_source(run: Run) -> tuple[str, str]:

@@ -71,20 +71,26 @@ class ScoreRewardRecipe(Recipe):
         train, held = ctx.held_out(examples, kind=kind)
         self.examples = cast(list[ScoredExample], train)
         self.eval_examples = held
-        self.rows, self.scores = self._encode(self.examples)
-        self.eval_rows, self.eval_scores = self._encode(cast(list[ScoredExample], held), what="held-out ")
+        self.rows, self.scores, self.examples = self._encode(self.examples)
+        self.eval_rows, self.eval_scores, self.eval_kept = self._encode(
+            cast(list[ScoredExample], held), what="held-out "
+        )
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.model = wrap_ddp(ctx.load_policy(self.tokenizer, head="sequence_classifier"), ctx.dist)
 
-    def _encode(self, examples: list[ScoredExample], *, what: str = "") -> tuple[list[EncodedRow], torch.Tensor]:
+    def _encode(
+        self, examples: list[ScoredExample], *, what: str = ""
+    ) -> tuple[list[EncodedRow], torch.Tensor, list[ScoredExample]]:
+        """Rows, scores and the examples they came from, without those truncation left unusable (aligned)."""
         if not examples:
-            return [], torch.zeros(0)
+            return [], torch.zeros(0), []
         limits = Truncation(*self.config.truncation_limits())
         rows, report = encode_supervised(self.tokenizer, [(e.prompt, e.response) for e in examples], limits)
         self.ctx.say(f"{what}examples: {report.summary(limits)}")
         check_usable(report, limits)
-        kept = [(row, e.score) for row, e in zip(rows, examples, strict=True) if row is not None]
-        return [row for row, _ in kept], torch.tensor([s for _, s in kept], dtype=torch.float32)
+        kept = [(row, e) for row, e in zip(rows, examples, strict=True) if row is not None]
+        scores = torch.tensor([e.score for _, e in kept], dtype=torch.float32)
+        return [row for row, _ in kept], scores, [e for _, e in kept]
 
     def _rewards(self, model: torch.nn.Module, rows: list[EncodedRow]) -> torch.Tensor:
         tokens = pad_rows(rows, pad_id=self.pad_id, completion_only=False).to(self.ctx.device)
@@ -145,19 +151,18 @@ class ScoreRewardRecipe(Recipe):
         """A fixed handful of rows: the model's reward beside the people's score."""
         if not self.can_sample_alone() or not self.rows:
             return None
-        source, rows, scores = (
-            (self.eval_examples, self.eval_rows, self.eval_scores)
+        examples, rows, scores = (
+            (self.eval_kept, self.eval_rows, self.eval_scores)
             if self.eval_rows
             else (self.examples, self.rows, self.scores)
         )
-        picked = fixed_indices(min(len(source), len(rows)), k=self.ctx.config.sample_table_rows, seed=0)
+        picked = fixed_indices(len(rows), k=self.ctx.config.sample_table_rows, seed=0)
         model = unwrap(self.model)
         was_training = model.training
         model.train(False)
         rewards = self._rewards(model, [rows[i] for i in picked]).tolist()
         model.train(was_training)
         table = SampleTable(["prompt", "response", "score", "reward"])
-        examples = cast(list[ScoredExample], source)
         for i, reward in zip(picked, rewards, strict=True):
             table.add(examples[i].prompt, examples[i].response, float(scores[i]), round(reward, 4))
         return table
