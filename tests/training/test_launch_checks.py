@@ -140,3 +140,14 @@ def test_runs_api_launch_answers_422_naming_the_config_field(client: Any, resear
 def test_the_cup_reward_without_its_process_reward_model_is_refused_on_that_field(researcher: User) -> None:
     errors = _launch_errors(researcher, "grpo", {"reward_funcs": ["numeric_answer", "cup"]})
     assert list(errors) == ["process_reward_model_path"]
+
+
+@pytest.mark.django_db
+def test_train_on_this_names_the_model_for_a_recipe_without_limits(
+    client_for: Any, researcher: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.ARTIFACT_ROOT = str(tmp_path / "artifacts")
+    path = _jsonl(tmp_path / "artifacts" / "prompts.jsonl", [{"prompt": "1+1=", "answer": "2"}])
+    page = client_for(researcher).get("/runs/new/", {"recipe": "grpo", "dataset": path, "model": "tiny"})
+    assert "Trains <strong>tiny</strong>" in page.content.decode()
+    assert page.context["sizing"].profile is None

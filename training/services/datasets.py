@@ -49,21 +49,24 @@ class DataSizing:
 
 
 def size_from_data(*, recipe: str, dataset: str, model: str) -> DataSizing | None:
-    """Truncation limits that fit ``dataset`` for ``model``'s tokenizer, or None when they cannot be had here
-    (a recipe without such limits, a file the launch check would refuse, a hub model not on this host)."""
+    """Truncation limits that fit ``dataset`` for ``model``'s tokenizer; without a profile (and a note saying why)
+    when they cannot be had here (a recipe without such limits, a file the launch check would refuse, a hub model
+    not on this host); None for a recipe that reads no dataset."""
     from training.engine import preflight
     from training.engine.config import SequenceDataConfig
 
     info = RECIPES.get(recipe)
     kind = preflight.DATASET_KINDS.get(recipe)
-    if info is None or kind is None or not issubclass(info.config_cls, SequenceDataConfig):
+    if info is None or kind is None:
         return None
+    if not issubclass(info.config_cls, SequenceDataConfig):
+        return DataSizing(model, dataset, None, "this recipe has no prompt/completion limits to size")
     if not preflight.is_local_path(dataset):
-        return None
+        return DataSizing(model, dataset, None, "the file is read on the worker: limits not sized here")
     try:
         examples = preflight.read_examples(dataset, kind=kind)
-    except DatasetError:
-        return None
+    except DatasetError as error:
+        return DataSizing(model, dataset, None, f"limits not sized: {error}")
     tokenizer = preflight.tokenizer_for_counting(model, examples)
     if tokenizer is None:
         return DataSizing(model, dataset, None, "this model's tokenizer is not on this host: limits not sized")
