@@ -9,6 +9,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db.models import Q
 
+from artifacts import uris
+from artifacts.services import canonical_uri
 from evaluation.models import ExportJob, ExportStatus
 from loop.models import RunInput
 from training.models import Run
@@ -34,10 +36,18 @@ def _candidates(value: str) -> list[str]:
 
 
 def export_for_path(*, value: str, user: object) -> ExportJob | None:
-    """The finished export whose file `value` names, if `user` may see its study; else None."""
+    """The finished export whose file `value` names, if `user` may see its study; else None.
+
+    Besides the spellings a row may have stored, the value's canonical URI (symlinks and `.`/`//` resolved,
+    as the launch check resolved it to let the run read the file) is matched against the export's artifact:
+    a run launched on any accepted spelling of an export is linked to it, so the export cannot be deleted.
+    """
     if not value:
         return None
-    qs = ExportJob.objects.filter(path__in=_candidates(value), status=ExportStatus.DONE).select_related("study")
+    named = Q(path__in=_candidates(value))
+    with contextlib.suppress(uris.BadUri):
+        named |= Q(artifacts__uri=str(canonical_uri(value.strip())))
+    qs = ExportJob.objects.filter(named, status=ExportStatus.DONE).select_related("study")
     if not getattr(user, "is_admin_role", False):
         qs = qs.filter(Q(study__owner=user) | Q(study__shared_with=user))
     return qs.order_by("-pk").first()

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from arbiter import dependants
 from arbiter.dependants import HasDependants, dependants_of
 from loop.services.policies import policy_for_checkpoint
 from tests.loop.conftest import finished_export, judge, sourced_pairwise_study
@@ -49,7 +50,6 @@ def test_a_study_whose_export_trained_a_run_names_that_run(judged: Any, research
 
 def test_protect_in_the_database_is_still_a_clear_refusal(judged: Any, researcher: Any) -> None:
     """Without the loop's finder, the export's PROTECT foreign key alone refuses, and is reported the same way."""
-    from arbiter import dependants
 
     _, study = judged
     job = finished_export(study, researcher)
@@ -75,3 +75,19 @@ def test_the_study_page_refuses_with_a_409_listing_the_run_that_trained_on_its_e
     assert f'<a href="/runs/{trained.id}/">run #{trained.id} {trained.name}</a>' in html
     assert "trained on its export" in html
     assert type(study).objects.filter(pk=study.pk).exists()
+
+
+@pytest.mark.parametrize("spelling", ["{head}/./{tail}", "{head}//{tail}", "file://{head}/{tail}"])
+def test_a_run_launched_on_another_spelling_of_the_export_still_protects_the_study(
+    judged: Any, researcher: Any, spelling: str
+) -> None:
+    """The launch check resolves `.`, `//` and file:// (so the run reads the export); the link must as well."""
+    _, study = judged
+    job = finished_export(study, researcher)
+    head, _, tail = job.path.rpartition("/")
+    value = spelling.format(head=head, tail=tail)
+    trained = launch_run(owner=researcher, recipe="dpo", config={"dataset_path": value, "max_steps": 2})
+    found = dependants_of(study, user=researcher)
+    assert [(d.label, d.reason) for d in found] == [(f"run #{trained.id} {trained.name}", "trained on its export")]
+    with pytest.raises(HasDependants):
+        dependants.delete_unless_needed(study, what=f"Study #{study.id}", user=researcher)

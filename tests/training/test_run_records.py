@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from arbiter.accounts.models import User
+from artifacts.models import ArtifactKind
+from artifacts.services import register_artifact
 from training.models import LogLine, Run, RunTag
-from training.services import runs
+from training.services import ingest, runs
 
 pytestmark = pytest.mark.django_db
 
@@ -122,3 +124,33 @@ def test_delete_refuses_while_another_run_trains_from_its_checkpoint_named_as_a_
     assert response.status_code == 409
     html = response.content.decode()
     assert "of another researcher" in html and "trains from its checkpoint" in html and "secret" not in html
+
+
+@pytest.mark.parametrize(
+    ("field", "spelling"),
+    [
+        ("model_name_or_path", "{path}"),
+        ("ref_model_name_or_path", "file://{path}"),  # the launch check accepts file:// URIs
+        ("model_name_or_path", "{path}/"),
+        ("model_name_or_path", "{parent}/./checkpoint-10"),
+        ("reward_model_path", "{parent}"),  # the run's whole location (its final model folder lies there)
+        ("process_reward_model_path", "{path}"),
+    ],
+)
+def test_delete_refuses_while_a_run_trains_from_its_checkpoint_in_any_accepted_spelling(
+    client_for: Any, researcher: User, settings: Any, tmp_path: Any, field: str, spelling: str
+) -> None:
+    """Each spelling passes the launch check (so the run reads the checkpoint); the delete must see it too."""
+    settings.ARTIFACT_ROOT, settings.ARTIFACT_STORE_URL = tmp_path / "artifacts", ""
+    base = Run.objects.create(owner=researcher, name="base", recipe="dpo", status="succeeded")
+    folder = tmp_path / "artifacts" / "runs" / str(base.id) / "checkpoint-10"
+    folder.mkdir(parents=True)
+    ingest.record_checkpoint(run=base, step=10, path=str(folder))
+    register_artifact(owner=researcher, kind=ArtifactKind.CHECKPOINT, uri=str(folder.parent), run=base)
+    value = spelling.format(path=folder, parent=folder.parent)
+    recipe = "grpo" if field in {"reward_model_path", "process_reward_model_path"} else "dpo"
+    user = runs.launch_run(owner=researcher, recipe=recipe, config={"max_steps": 2, field: value})
+    response = client_for(researcher).post(f"/runs/{base.id}/delete/")
+    assert response.status_code == 409, value
+    assert f"run #{user.id} " in response.content.decode() and "trains from its checkpoint" in response.content.decode()
+    assert Run.objects.filter(id=base.id).exists()

@@ -15,11 +15,14 @@ from arbiter.accounts.models import User
 from arbiter.dependants import Dependant
 from arbiter.labels import clean_name, clean_tags
 from artifacts import uris
+from artifacts.localize import MODEL_FIELDS
+from artifacts.services import canonical_uri, run_uri
 from training import selectors
 from training.models import Run, RunTag
 
-# Config fields that may name another run's checkpoint as a model: a run so configured trained on ours.
-MODEL_PATH_FIELDS = ("model_name_or_path", "ref_model_name_or_path", "reward_model_path", "rubric_judge_path")
+# Config fields that may name another run's checkpoint as a model: a run so configured trained on ours. The
+# launch check's own list (artifacts.localize), so a model field added there is a dependency here too.
+MODEL_PATH_FIELDS = MODEL_FIELDS
 
 
 @transaction.atomic
@@ -42,29 +45,35 @@ def set_run_archived(*, run: Run, archived: bool) -> Run:
     return run
 
 
-def _spellings(path: str) -> set[str]:
-    """A checkpoint as a config may name it: as stored, as its canonical URI, and (file://) as a plain path."""
-    out = {path}
+def _canonical(value: str) -> uris.Uri | None:
     try:
-        uri = uris.parse(path)
+        return canonical_uri(value.strip())
     except uris.BadUri:
-        return out
-    out.add(str(uri))
-    if uri.scheme == "file":
-        out.add(uri.key)
-    return out
+        return None
 
 
 def runs_using_checkpoints(run: Run, user: Any) -> list[Dependant]:
-    """Runs resumed from this run's checkpoints, or configured to train from one (as model, reference, judge)."""
-    paths = sorted({spelling for p in run.checkpoints.values_list("path", flat=True) for spelling in _spellings(p)})
-    using = Q(resume_checkpoint__run=run)
+    """Runs resumed from this run's checkpoints, or configured to train from one (as model, reference, judge).
+
+    A config names a checkpoint in any spelling the launch check accepts (a path, `file://`, a trailing `/`,
+    `.` segments, the run's whole location or a folder in it): both sides are compared as canonical URIs,
+    the same resolution the launch check used to let the run read it.
+    """
+    places = [p for p in (_canonical(path) for path in run.checkpoints.values_list("path", flat=True)) if p]
+    places.append(run_uri(run_id=run.id))
+    names_a_path = Q()
     for field in MODEL_PATH_FIELDS:
-        if paths:
-            using |= Q(**{f"config__{field}__in": paths})
+        for prefix in ("/", "file://", "s3://"):
+            names_a_path |= Q(**{f"config__{field}__startswith": prefix})
+    using_ids = set(Run.objects.filter(resume_checkpoint__run=run).values_list("id", flat=True))
+    for other_id, config in Run.objects.filter(names_a_path).exclude(id=run.id).values_list("id", "config"):
+        values = [config.get(f) for f in MODEL_PATH_FIELDS] if isinstance(config, dict) else []
+        uris_used = [_canonical(v) for v in values if isinstance(v, str) and v]
+        if any(u is not None and any(p.contains(u) for p in places) for u in uris_used):
+            using_ids.add(other_id)
     visible = set(selectors.visible_runs(user=user).values_list("id", flat=True)) if user else set()
     out = []
-    for other in Run.objects.filter(using).exclude(id=run.id).distinct().order_by("id"):
+    for other in Run.objects.filter(id__in=using_ids).exclude(id=run.id).order_by("id"):
         reason = "resumed from its checkpoint" if other.resume_checkpoint_id else "trains from its checkpoint"
         if other.id in visible:
             out.append(Dependant(f"run #{other.id} {other.name}", reason, other.get_absolute_url()))
