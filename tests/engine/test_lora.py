@@ -175,9 +175,10 @@ def test_qlora_is_refused_on_a_cpu_with_a_field_error(tmp_path: Path) -> None:
     [
         ({"finetuning": "lora", "lora_target_modules": "c_attn"}, "lora_target_modules", "no module c_attn"),
         ({"lora_target_modules": "q_proj; rm -rf /"}, "lora_target_modules", "module names separated by commas"),
+        ({"finetuning": "qlora", "distributed": "fsdp"}, "distributed", "cannot shard QLoRA's 4-bit base"),
     ],
 )
-def test_lora_targets_that_cannot_apply_are_refused(config: dict[str, Any], field: str, message: str) -> None:
+def test_adapter_settings_that_cannot_apply_are_refused(config: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(ValidationError) as caught:
         SFTConfig.model_validate(config)
     (error,) = caught.value.errors()
@@ -193,3 +194,25 @@ def test_lora_with_the_vllm_backend_is_refused_with_a_field_error() -> None:
     (error,) = caught.value.errors()
     assert error["loc"] == ("rollout_backend",)
     GRPOConfig.model_validate({"finetuning": "lora", "rollout_backend": "auto"})
+
+
+def test_a_lora_checkpoint_starts_the_next_run_full_or_lora(context_factory: Any) -> None:
+    """A LoRA run's final folder as the next run's model: merged into its base for full fine-tuning; for LoRA
+    the merged model becomes the new frozen base (written to <output_dir>/base, which the new adapters name)."""
+    first_ctx, _ = context_factory("sft", {**LORA, "max_steps": 2, "learning_rate": 1e-2}, out="first")
+    first = build_recipe(first_ctx)
+    final = run_training(first)
+    assert final is not None
+    ids = first.rows[0].ids[None, :]
+    with torch.no_grad():
+        expected = first.model(input_ids=ids).logits
+    for finetuning in ("full", "lora"):
+        config = {**LORA, "finetuning": finetuning, "model_name_or_path": str(final), "max_steps": 1}
+        ctx, _ = context_factory("sft", config, out=f"next-{finetuning}")
+        recipe = build_recipe(ctx)
+        with torch.no_grad():
+            torch.testing.assert_close(recipe.model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
+        if finetuning == "lora":
+            assert isinstance(recipe.model, PeftModel)
+            assert recipe.model.peft_config["default"].base_model_name_or_path == str(ctx.output_dir / "base")
+            assert not is_adapter_folder(ctx.output_dir / "base")  # a plain model: the merge of the first run

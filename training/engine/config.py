@@ -189,6 +189,13 @@ class BaseRecipeConfig(BaseModel):
                 "QLoRA quantises the base to 4 bits with bitsandbytes, which needs a CUDA GPU: set device to "
                 "auto or cuda, or use lora.",
             )
+        if self.finetuning == "qlora" and self.distributed == "fsdp":
+            raise field_error(
+                self,
+                "distributed",
+                "FSDP2 cannot shard QLoRA's 4-bit base weights: use ddp (each GPU holds the small 4-bit base), "
+                "or lora.",
+            )
         if self.finetuning != "full" and self.model_name_or_path == "tiny":
             targets = self.lora_target_modules.strip()
             unknown = set() if targets == "all-linear" else {t.strip() for t in targets.split(",")} - TINY_LINEAR

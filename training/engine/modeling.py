@@ -149,7 +149,10 @@ def _load(
     # Imported here: peft is only needed by runs that meet an adapter.
     from training.engine.adapters import is_adapter_folder, load_merged
 
-    dtype = torch.bfloat16 if lora_base and config.dtype == "bfloat16" else torch.float32
+    # A frozen LoRA base may be stored in bf16 (nothing updates it), except under FSDP2, which shards and gathers
+    # the parameters of a layer as one flat buffer of one dtype (the adapters in it are float32).
+    bf16_base = lora_base and config.dtype == "bfloat16" and config.distributed != "fsdp"
+    dtype = torch.bfloat16 if bf16_base else torch.float32
     auto: Any = AutoModelForSequenceClassification if head == "sequence_classifier" else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"num_labels": 1} if head == "sequence_classifier" else {}
     model: PreTrainedModel
@@ -188,6 +191,8 @@ def enable_gradient_checkpointing(model: PreTrainedModel, *, adapters: bool) -> 
     it needs no input that requires grad, handles keyword arguments and nested no-grad code). Before adapters
     are attached: the embeddings' output is then made to require grad as well, as peft and TRL do, since a
     frozen base gives the first checkpointed layer no input that does."""
+    if not model.supports_gradient_checkpointing:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it; turn it off.")
     kwargs = {"use_reentrant": False}
     # transformers 5.24 renamed it (the old name warns); the GPU image's transformers 5.20 may only have the old one.
     if callable(getattr(model, "activation_checkpointing_enable", None)):
