@@ -102,7 +102,7 @@ class ScoreRewardRecipe(Recipe):
         """One batch of the score loss; with accumulation each micro-batch's mean is divided by their count."""
         indices = step_indices(
             len(self.rows),
-            batch_size=self.ctx.config.batch_size,
+            batch_size=self.ctx.rank_batch_size,
             step=step,
             seed=self.ctx.spec.seed,
             rank=self.ctx.dist.rank,
