@@ -44,6 +44,18 @@ def make_app(cfg: WorkerConfig) -> Celery:
             raise self.retry(countdown=HAND_BACK_DELAY_S, queue=queue) from None
         logger.info("run %s ended: %s", run_id, status or "not claimed here")
 
+    @app.task(bind=True, name="loop.run_sample_job", acks_late=True, ignore_result=True, max_retries=None)
+    def run_sample_job(self: Task, job_id: int) -> None:
+        # The platform's "Sample into a study" task on the same queue as runs: sampled here, on a free slot.
+        from arbiter_worker.samples import supervise_sample
+
+        try:
+            status = supervise_sample(cfg=cfg, pool=pool, job_id=int(job_id))
+        except HandBack as why:
+            queue = (self.request.delivery_info or {}).get("routing_key") or cfg.queues[0]
+            raise self.retry(countdown=HAND_BACK_DELAY_S, queue=queue) from why
+        logger.info("sampling job %s ended: %s", job_id, status or "not claimed here")
+
     app.supervise_run = supervise_run
     app.slot_pool = pool
     return app

@@ -75,7 +75,7 @@ def _view(handler: Callable[..., dict[str, Any]]) -> Callable[..., JsonResponse]
     def view(request: HttpRequest, **kwargs: Any) -> JsonResponse:
         if request.method != "POST":
             return JsonResponse({"error": "method not allowed"}, status=405, headers={"Allow": "POST"})
-        if kwargs.get("run_id", 0) > 2**63 - 1:
+        if max(kwargs.get("run_id", 0), kwargs.get("job_id", 0)) > 2**63 - 1:
             return JsonResponse({"error": "no such run on this worker"}, status=404)
         try:
             worker = _worker(request)
@@ -121,7 +121,40 @@ def _finish(worker: WorkerCredential, body: dict[str, Any], run_id: int) -> dict
     return {"status": status}
 
 
+def _claim_sample(worker: WorkerCredential, body: dict[str, Any], job_id: int) -> dict[str, Any]:
+    spec = services.claim_sample(worker=worker, job_id=job_id)
+    if spec is None:
+        raise _Refused(409, "the sampling job is not queued (claimed elsewhere, or cancelled)")
+    return spec
+
+
+def _sample_progress(worker: WorkerCredential, body: dict[str, Any], job_id: int) -> dict[str, Any]:
+    done = _int(body, "done", lo=0, hi=INT32, default=0) or 0
+    return services.sample_progress(worker=worker, job_id=job_id, done=done)
+
+
+def _sample_finish(worker: WorkerCredential, body: dict[str, Any], job_id: int) -> dict[str, Any]:
+    flags = {name: body.get(name, False) for name in ("ok", "cancelled")}
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise _Refused(400, "must be true or false", name)
+    error, backend, seconds = body.get("error", ""), body.get("backend", ""), body.get("seconds", 0.0)
+    for name, value in (("error", error), ("backend", backend)):
+        if not isinstance(value, str) or "\x00" in value:
+            raise _Refused(400, "must be a string without NUL", name)
+    if type(seconds) not in (int, float) or not 0 <= seconds <= 1e7:
+        raise _Refused(400, "must be a number of seconds", "seconds")
+    status = services.finish_sample(
+        worker=worker, job_id=job_id, ok=flags["ok"], cancelled=flags["cancelled"], error=error[-4000:],
+        backend=backend, seconds=float(seconds),
+    )  # fmt: skip
+    return {"status": status}
+
+
 hello = _view(_hello)
+claim_sample = _view(_claim_sample)
+sample_progress = _view(_sample_progress)
+sample_finish = _view(_sample_finish)
 claim = _view(_claim)
 heartbeat = _view(_heartbeat)
 finish = _view(_finish)

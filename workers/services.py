@@ -119,3 +119,77 @@ def finish(*, worker: WorkerCredential, run_id: int, exit_code: int | None, canc
     run = _own_run(worker=worker, run_id=run_id)
     done = runs.finish_run(run_id=run.id, exit_code=exit_code, cancelled=cancelled, note=note[:300])
     return (done or Run.objects.get(id=run.id)).status
+
+
+# --- sampling jobs ("Sample into a study") on a worker ---------------------------------------------------------
+
+
+def _own_sample_job(*, worker: WorkerCredential, job_id: int) -> Any:
+    from loop.models import SampleJob, SampleStatus
+
+    job = SampleJob.objects.filter(pk=job_id, worker=worker.name, status=SampleStatus.RUNNING).first()
+    if job is None:
+        raise NotYours(job_id)
+    return job
+
+
+def claim_sample(*, worker: WorkerCredential, job_id: int) -> dict[str, Any] | None:
+    """queued → running on this worker; the sampler's spec with every file named by a store URI."""
+    from loop.models import SampleJobPolicy
+    from loop.services import sampling
+
+    job = sampling.claim_sample_job(job_id=job_id, worker=worker.name)
+    if job is None:
+        return None
+    folder = sampling.sample_set_dir(job.pk)
+    base = store_base().child("samples", f"job-{job.pk}")
+    prompts = base.child("prompts.jsonl")
+    store = artifact_services.default_store()
+    if artifact_services.is_remote():
+        store.put_file(folder / "prompts.jsonl", prompts)  # the local copy stays: finishing reads it
+    members = SampleJobPolicy.objects.filter(job=job).select_related("policy").order_by("position")
+    s = job.sampling
+    return {
+        "job_id": job.pk,
+        "models": [{"key": sampling.model_key(m.policy), "path": m.policy.model_path} for m in members],
+        "prompts_uri": str(prompts),
+        "output_uri": str(base.child("samples.jsonl")),
+        "store_url": str(store_base()),
+        "total": job.total,
+        "n": int(s.get("n", 1)),
+        "temperature": float(s.get("temperature", 1.0)),
+        "top_p": float(s.get("top_p", 1.0)),
+        "max_new_tokens": int(s.get("max_new_tokens", 64)),
+        "seed": int(s.get("seed", 0)),
+        "backend": str(s.get("backend", "auto")),
+    }
+
+
+def sample_progress(*, worker: WorkerCredential, job_id: int, done: int) -> dict[str, Any]:
+    from loop.services import sampling
+
+    job = _own_sample_job(worker=worker, job_id=job_id)
+    return {"cancel": sampling.record_progress(job_id=job.pk, done=min(done, job.total))}
+
+
+def finish_sample(
+    *, worker: WorkerCredential, job_id: int, ok: bool, cancelled: bool, error: str, backend: str, seconds: float
+) -> str:
+    """Make the study from the completions the worker put in the store, or record why there is none."""
+    from loop.models import SampleJob
+    from loop.services import sampling
+
+    job = _own_sample_job(worker=worker, job_id=job_id)
+    if cancelled:
+        sampling.fail_sample_job(job_id=job.pk, error="cancelled while sampling", cancelled=True)
+    elif not ok:
+        sampling.fail_sample_job(job_id=job.pk, error=error or "the sampler failed")
+    else:
+        if artifact_services.is_remote():
+            uri = store_base().child("samples", f"job-{job.pk}", "samples.jsonl")
+            artifact_services.default_store().get_file(uri, sampling.sample_set_dir(job.pk) / "samples.jsonl")
+        try:
+            sampling.finish_sample_job(job_id=job.pk, backend=backend[:50], seconds=seconds)
+        except Exception as exc:
+            sampling.fail_sample_job(job_id=job.pk, error=f"the completions could not become a study: {exc}")
+    return str(SampleJob.objects.get(pk=job.pk).status)

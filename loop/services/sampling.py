@@ -89,6 +89,13 @@ def check_model_path(*, user: User, path: str) -> str:
         raise ValidationError({"model_paths": "empty model path"})
     if value == "tiny":
         raise ValidationError({"model_paths": "'tiny' is a random model built for training; pick a checkpoint"})
+    if value.startswith("s3://"):
+        # An artifact in the bucket: the store's own rule (readable when its run or study is).
+        from artifacts.access import may_read
+
+        if not may_read(user=user, value=value, model=True):
+            raise ValidationError({"model_paths": f"{value}: not a model you may use"})
+        return value
     if ".." in Path(value).parts:
         raise ValidationError({"model_paths": f"{value}: '..' is not allowed in a model path"})
     if value.startswith(("/", "~", ".", "file:")):

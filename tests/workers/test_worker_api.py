@@ -90,3 +90,27 @@ def test_a_revoked_or_rotated_token_stops_working(queued: Run) -> None:
     _, new = issue_worker_credential(name="gpu-a", rotate=True)
     assert post("/api/worker/hello/", old, {"queues": ["gpu"], "slots": ["0"]}).status_code == 401
     assert post("/api/worker/hello/", new, {"queues": ["gpu"], "slots": ["0", "1"]}).json() == {"name": "gpu-a"}
+
+
+def test_a_sampling_job_is_claimed_once_and_reported_only_by_its_worker(
+    researcher: User, settings: Any, tmp_path: Any
+) -> None:
+    from loop.models import SampleJob, SampleStatus
+    from loop.services.sampling import sample_set_dir
+
+    settings.ARTIFACT_ROOT = tmp_path
+    job = SampleJob.objects.create(owner=researcher, name="s", study_kind="pairwise", total=4)
+    sample_set_dir(job.pk).mkdir(parents=True)
+    (sample_set_dir(job.pk) / "prompts.jsonl").write_text('{"prompt": "p"}\n')
+    _, mine = issue_worker_credential(name="gpu-a")
+    _, theirs = issue_worker_credential(name="gpu-b")
+    spec = post(f"/api/worker/samples/{job.pk}/claim/", mine)
+    assert spec.status_code == 200 and spec.json()["prompts_uri"].endswith(f"/samples/job-{job.pk}/prompts.jsonl")
+    assert post(f"/api/worker/samples/{job.pk}/claim/", theirs).status_code == 409
+    assert post(f"/api/worker/samples/{job.pk}/progress/", theirs, {"done": 1}).status_code == 404
+    assert post(f"/api/worker/samples/{job.pk}/progress/", mine, {"done": 2}).json() == {"cancel": False}
+    assert post(f"/api/worker/samples/{job.pk}/finish/", mine, {"ok": "yes"}).json()["field"] == "ok"
+    failed = post(f"/api/worker/samples/{job.pk}/finish/", mine, {"ok": False, "error": "out of memory"})
+    assert failed.json() == {"status": "failed"}
+    job.refresh_from_db()
+    assert (job.status, job.done, job.error) == (SampleStatus.FAILED, 2, "out of memory")
