@@ -6,8 +6,10 @@ all-or-nothing imports) and raise ValidationError, which views put back here.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 from django import forms
 from django.core.exceptions import ValidationError
 
@@ -133,8 +135,6 @@ class ItemForm(forms.Form):
 
     def row(self, kind: str) -> dict[str, Any]:
         """The JSONL row this form describes (before validation by the importer)."""
-        import json
-
         d = self.cleaned_data
         row: dict[str, Any]
         if kind == StudyKind.PAIRWISE:
@@ -151,23 +151,32 @@ class ItemForm(forms.Form):
             }
         else:
             try:
-                row = json.loads(d["task_json"] or "{}")
+                row = orjson.loads(d["task_json"] or "{}")  # refuses lone surrogates, as uploads do
             except json.JSONDecodeError as exc:
                 raise ValidationError({"task_json": f"Not valid JSON: {exc}"}) from None
         if d["gold"]:
             row["gold"] = True
             if d["expected"]:
                 try:
-                    row["expected"] = json.loads(d["expected"])
+                    row["expected"] = orjson.loads(d["expected"])
                 except json.JSONDecodeError:
                     row["expected"] = d["expected"]
         return row
+
+
+class _StorableJSON(json.JSONDecoder):
+    """JSON as uploads read it (orjson): a lone surrogate (`"\\ud800"`) is invalid JSON, not a value that
+    PostgreSQL refuses to store and the page cannot render back (a 500)."""
+
+    def decode(self, s: str, _w: Any = None) -> Any:
+        return orjson.loads(s)
 
 
 class ItemEditForm(forms.Form):
     """An item as its upload row (JSON): edited, then parsed by the same importer as a file."""
 
     row = forms.JSONField(
+        decoder=_StorableJSON,
         widget=forms.Textarea(attrs={"rows": 18, "spellcheck": "false"}),
         help_text="The item as one upload row (JSON). The same checks as an upload apply.",
     )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
@@ -358,7 +358,7 @@ def panel_pins(request: AuthedHttpRequest) -> HttpResponse:
     """The user's pinned chart panels: GET `{"keys": [...]}`; POST the same to replace them (order = position)."""
     if request.method == "POST":
         try:
-            body = json.loads(request.body or b"null")
+            body = orjson.loads(request.body or b"null")  # a lone surrogate is invalid JSON here, not a 500
             keys = panels.clean_pins(body.get("keys") if isinstance(body, dict) else None)
         except ValueError:
             return JsonResponse({"error": "The body is not JSON.", "field": "body"}, status=400)

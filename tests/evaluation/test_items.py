@@ -79,6 +79,27 @@ def test_edit_reparses_the_row_and_refuses_a_bad_one(client_for, researcher, mak
     assert bad.status_code == 422 and "response_b: missing" in bad.content.decode()
 
 
+def test_a_lone_surrogate_in_an_edited_or_new_item_is_invalid_json_not_a_500(
+    client_for, researcher, make_study
+) -> None:
+    """Item forms read JSON as uploads do: PostgreSQL cannot store U+D800, nor can a page render it back."""
+    study = make_study(n_items=1)
+    item = Item.objects.get(study=study)
+    before = dict(item.payload)
+    client = client_for(researcher)
+    edit = client.post(
+        reverse("evaluation:item_edit", args=[study.pk, item.pk]),
+        {"row": '{"prompt": "\\ud800", "response_a": "a", "response_b": "b"}'},
+    )
+    assert edit.status_code == 422 and "valid JSON" in edit.content.decode()
+    violation = make_study(kind="violation", n_items=0)
+    new = client.post(reverse("evaluation:item_create", args=[violation.pk]), {"task_json": '{"task": "\\ud800"}'})
+    assert new.status_code == 422
+    assert 'aria-invalid="true" aria-describedby="id_task_json_helptext' in new.content.decode()  # on the field
+    item.refresh_from_db()
+    assert item.payload == before and not violation.items.exists()
+
+
 def test_judged_item_can_be_neither_edited_nor_deleted(client_for, researcher, annotator, make_study) -> None:
     study = make_study(n_items=1, annotators=[annotator])
     assignment = services.next_assignment(annotator=annotator, study=study)

@@ -97,3 +97,8 @@ def test_pins_api_refuses_bad_bodies_with_the_field_named(client_for: Any, resea
     assert (bad.status_code, bad.json()["field"]) == (400, "body")
     assert post({"keys": ["b", "a"]}).json() == {"keys": ["b", "a"]}
     assert client.get("/runs/pins/").json() == {"keys": ["b", "a"]}
+    # A lone surrogate or bytes that are not UTF-8: the body is not JSON (was a 500 when PostgreSQL refused it).
+    for raw in (b'{"keys": ["\\ud800"]}', b'{"keys": ["\xff"]}'):
+        refused = client.post("/runs/pins/", raw, content_type="application/json")
+        assert (refused.status_code, refused.json()["field"]) == (400, "body")
+    assert client.get("/runs/pins/").json() == {"keys": ["b", "a"]}
