@@ -216,3 +216,22 @@ def test_a_lora_checkpoint_starts_the_next_run_full_or_lora(context_factory: Any
             assert isinstance(recipe.model, PeftModel)
             assert recipe.model.peft_config["default"].base_model_name_or_path == str(ctx.output_dir / "base")
             assert not is_adapter_folder(ctx.output_dir / "base")  # a plain model: the merge of the first run
+
+
+def test_lora_in_bf16_keeps_a_bf16_base_and_float32_adapters_that_train(context_factory: Any) -> None:
+    """dtype bfloat16 with LoRA: the frozen base is stored in bf16 (half its memory), the adapters and their
+    AdamW state are float32 master weights, and the forward runs under autocast."""
+    ctx, _ = context_factory("dpo", {**LORA, "dtype": "bfloat16", "max_steps": 2, "learning_rate": 1e-3})
+    recipe = build_recipe(ctx)
+    frozen_dtypes = {p.dtype for p in recipe.model.parameters() if not p.requires_grad}
+    trained = {n: p for n, p in recipe.model.named_parameters() if p.requires_grad}
+    assert frozen_dtypes == {torch.bfloat16}
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    final = run_training(recipe)
+    assert final is not None
+    assert all(not torch.equal(p, before[n]) for n, p in trained.items() if ".lora_B." in n)
+    saved = load_file(str(final / "adapter_model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    state = torch.load(ctx.output_dir / "checkpoint-2" / "trainer_state.pt", weights_only=False)["optimizer"]
+    assert {v["exp_avg"].dtype for v in state["state"].values()} == {torch.float32}
