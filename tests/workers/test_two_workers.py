@@ -59,7 +59,7 @@ def test_placement_by_queue_and_slots_and_a_killed_worker_loses_only_its_own_run
 
     one.send_signal(signal.SIGKILL)  # the host goes away mid-run
     one.wait()
-    # Its engine dies with it (PR_SET_PDEATHSIG): nothing trains on unsupervised.
+    # Its engine dies with it (PR_SET_PDEATHSIG; also its stdout pipe breaks): nothing trains on unsupervised.
     wait_for(lambda: not _alive(doomed.pid), timeout=30, what="the orphaned engine to die")
     wait_for(lambda: doomed.id in runs.mark_lost_runs(timeout_s=SWEEP_TIMEOUT_S), timeout=120, what="the sweep")
     survivor.refresh_from_db()
