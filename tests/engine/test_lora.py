@@ -235,3 +235,22 @@ def test_lora_in_bf16_keeps_a_bf16_base_and_float32_adapters_that_train(context_
     assert {t.dtype for t in saved.values()} == {torch.float32}
     state = torch.load(ctx.output_dir / "checkpoint-2" / "trainer_state.pt", weights_only=False)["optimizer"]
     assert {v["exp_avg"].dtype for v in state["state"].values()} == {torch.float32}
+
+
+def test_a_moved_lora_run_folder_still_finds_its_base(context_factory: Any, tmp_path: Path) -> None:
+    """The run's own base is named by its absolute path; a copy of the run folder elsewhere (another host, a
+    downloaded run) uses the base folder beside its checkpoints."""
+    ctx, _ = context_factory("sft", {**LORA, "max_steps": 1, "learning_rate": 1e-2}, out="here")
+    recipe = build_recipe(ctx)
+    final = run_training(recipe)
+    assert final is not None
+    ids = recipe.rows[0].ids[None, :]
+    with torch.no_grad():
+        expected = recipe.model(input_ids=ids).logits
+    moved = tmp_path / "elsewhere"
+    ctx.output_dir.rename(moved)
+    assert not Path(str(ctx.output_dir)).exists()  # the path the adapter names is gone
+    assert adapter_base(moved / "final") == str(moved / "base")
+    with torch.no_grad():
+        merged = load_merged(moved / "final", head="causal_lm")
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)

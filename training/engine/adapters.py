@@ -31,11 +31,19 @@ def is_adapter_folder(path: str | Path) -> bool:
 
 
 def adapter_base(folder: str | Path) -> str:
-    """The base model an adapter folder was trained on (its ``base_model_name_or_path``)."""
+    """The base model an adapter folder was trained on (its ``base_model_name_or_path``).
+
+    A base the run wrote itself (``<output_dir>/base``) is named by its absolute path on the training host; when
+    the run's folders were moved or copied (another host, a downloaded run), the ``base`` folder beside the
+    checkpoint is the same one, and is used instead.
+    """
     data = json.loads((Path(folder) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     base = data.get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
         raise ValueError(f"{folder}/{ADAPTER_CONFIG} names no base model (base_model_name_or_path)")
+    beside = Path(folder).resolve().parent / "base"
+    if Path(base).is_absolute() and not Path(base).exists() and (beside / "config.json").is_file():
+        return str(beside)
     return base
 
 
