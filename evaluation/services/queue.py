@@ -118,6 +118,12 @@ RETURNING id, item_id, swapped, (SELECT payload FROM bumped), (SELECT rendered F
 """
 
 
+# SKIP LOCKED finds nothing when the only items with a free slot are being claimed by someone else at
+# this instant (the last slots of a study): the claim then waits for those rows instead, and PostgreSQL
+# re-checks `claimed < overlap` once each lock is released. Only a queue that looks empty pays for it.
+_CLAIM_WAITING_SQL = _CLAIM_SQL.replace("FOR UPDATE SKIP LOCKED", "FOR UPDATE")
+
+
 def _claim_postgres(*, annotator: User, study: Study, latest: Assignment | None) -> Assignment | None:
     now = timezone.now()
     if latest is UNREAD:
@@ -137,8 +143,8 @@ def _claim_postgres(*, annotator: User, study: Study, latest: Assignment | None)
     starts = [latest.item.position, -1] if latest is not None else [-1]
     # Inside a caller's transaction a failed claim must not poison it: give it a savepoint.
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-        for after in starts:
-            cursor.execute(_CLAIM_SQL, {**params, "after": after})
+        for sql, after in [*((_CLAIM_SQL, a) for a in starts), (_CLAIM_WAITING_SQL, -1)]:
+            cursor.execute(sql, {**params, "after": after})
             row = cursor.fetchone()
             if row is not None:
                 break

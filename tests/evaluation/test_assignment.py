@@ -218,3 +218,40 @@ def test_annotators_racing_for_the_last_slot_get_it_once(make_study, make_annota
     assert not errors, errors[:3]
     assert len(got) == 2 and Item.objects.get(study=study).claimed == 2
     assert Assignment.objects.filter(study=study).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_meeting_the_last_free_item_mid_claim_waits_for_it(make_study, make_annotators) -> None:
+    """SKIP LOCKED passes over an item another claim holds; when that was the last free slot, wait for it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks: PostgreSQL (SQLite serialises claims)")
+    import time
+
+    import psycopg
+
+    from tests.conftest import current_database_url
+
+    (person,) = make_annotators(1)
+    study = make_study(n_items=1, overlap=2, annotators=[person])
+    item = Item.objects.get(study=study)
+    url = current_database_url().replace("postgres://", "postgresql://", 1)
+    got: list[object] = []
+
+    def claim() -> None:
+        try:
+            got.append(services.next_assignment(annotator=person, study=study))
+        finally:
+            connection.close()
+
+    with psycopg.connect(url) as other, psycopg.connect(url, autocommit=True) as watch:
+        other.execute("SELECT id FROM evaluation_item WHERE id = %s FOR UPDATE", [item.id])  # another claim, mid-way
+        thread = threading.Thread(target=claim)
+        thread.start()
+        deadline = time.monotonic() + 20
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        while thread.is_alive() and watch.execute(sql).fetchone() == (0,):
+            assert time.monotonic() < deadline, "the claim neither finished nor waited"
+            time.sleep(0.02)
+        other.rollback()  # that claim gave up: the slot is still free
+    thread.join(timeout=20)
+    assert got and got[0] is not None and got[0].item_id == item.id
