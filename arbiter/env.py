@@ -77,15 +77,17 @@ def database_from_url(url: str, *, base_dir: Path, pool_max_size: int = 0) -> di
             # ("too many clients" at 32 annotators). A bounded psycopg pool per process reuses them instead.
             options["pool"] = {"min_size": 1, "max_size": pool_max_size, "timeout": 30}
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            # Django's backend; its pool checks connections with arbiter.pool's check (arbiter/postgresql/).
+            "ENGINE": "arbiter.postgresql",
             "NAME": unquote(parsed.path.lstrip("/")) or "arbiter",
             "USER": unquote(parsed.username or ""),
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
             "CONN_MAX_AGE": 0 if pool_max_size > 0 else 60,
-            # With the pool, this makes it test each connection as it hands it out (one round trip, ~0.2 ms):
-            # after a database restart no request is served a dead pooled connection.
+            # With the pool, each connection is tested as it is handed out (arbiter/pool.py: a round trip only
+            # when its socket shows the server said something): after a database restart no request is
+            # served a dead pooled connection.
             "CONN_HEALTH_CHECKS": True,
             "OPTIONS": options,
             "TEST": {"NAME": "test_" + (unquote(parsed.path.lstrip("/")) or "arbiter")},

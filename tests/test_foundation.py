@@ -14,7 +14,7 @@ from tests.factories import TEST_PASSWORD
 
 
 def test_settings_use_the_real_services() -> None:
-    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    assert settings.DATABASES["default"]["ENGINE"] == "arbiter.postgresql"  # Django's, with our pool check
     assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
     assert settings.CELERY_BROKER_URL.startswith("redis://")
 
