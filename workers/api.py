@@ -8,10 +8,10 @@ the run-token ingest API as before; the worker posts the engine's captured outpu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -42,7 +42,7 @@ def _body(request: HttpRequest) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise _Refused(413, f"body larger than {MAX_BODY} bytes", "body")
     try:
-        body = json.loads(raw or b"{}")
+        body = orjson.loads(raw or b"{}")  # a lone surrogate is not JSON (PostgreSQL cannot store it)
     except ValueError:
         raise _Refused(400, "body is not JSON", "body") from None
     if not isinstance(body, dict):

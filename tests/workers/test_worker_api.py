@@ -75,13 +75,16 @@ def test_without_a_valid_worker_token_nothing_happens(queued: Run, token: str) -
         ("finish", {"exit_code": 2**40}, "exit_code"),
         ("finish", {"cancelled": "yes"}, "cancelled"),
         ("finish", {"note": "a\x00b"}, "note"),
+        ("finish", {"note": "\ud800"}, "body"),  # a lone surrogate: not JSON (was a 500 storing the note)
+        ("hello", {"queues": ["\ud800"]}, "body"),
     ],
 )
 def test_bad_fields_are_400_naming_them(queued: Run, action: str, body: dict[str, Any], field: str) -> None:
     _, token = issue_worker_credential(name="gpu-a")
-    if action != "claim":
+    if action not in {"claim", "hello"}:
         post(f"/api/worker/runs/{queued.id}/claim/", token, {"free_slots": 4})
-    answer = post(f"/api/worker/runs/{queued.id}/{action}/", token, body)
+    path = "/api/worker/hello/" if action == "hello" else f"/api/worker/runs/{queued.id}/{action}/"
+    answer = post(path, token, body)
     assert (answer.status_code, answer.json().get("field")) == (400, field)
 
 
