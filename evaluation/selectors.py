@@ -69,7 +69,7 @@ def get_annotation_study_for(*, user: User, study_id: int) -> Study:
     """A study the annotator is assigned to (admins may try any), else 404."""
     qs = Study.objects.filter(pk=study_id)
     if not user.is_admin_role:
-        qs = qs.filter(annotators=user)
+        qs = qs.filter(annotators=user, archived_at__isnull=True)  # an archived study hands out nothing
     study = qs.first()
     if study is None:
         raise Http404("No such study.")
@@ -203,6 +203,7 @@ LEFT JOIN evaluation_assignment a ON a.id = (
 LEFT JOIN evaluation_item i ON i.id = a.item_id
 WHERE s.id = %(study)s
   AND (%(any)s OR EXISTS (SELECT 1 FROM evaluation_study_annotators m WHERE m.study_id = s.id AND m.user_id = %(user)s))
+  AND (%(any)s OR s.archived_at IS NULL)
 """
 _ASSIGNMENT_COLUMNS = """a.id, a.item_id, a.leased_at, a.lease_expires_at, a.completed_at, a.released_at, a.skipped,
        a.swapped, i.position,
@@ -262,7 +263,8 @@ def _assignment_from_row(row: Sequence[Any], *, study: Study, annotator: User) -
 
 
 def annotation_state(*, user: User, study_id: int) -> AnnotationState:
-    """The study (one the user annotates; admins may try any, else 404), their progress and latest assignment."""
+    """The study (one the user annotates, not archived; admins may try any, else 404), their progress and latest
+    assignment."""
     sql = _STATE_SQL.format(assignment=_ASSIGNMENT_COLUMNS)
     with connection.cursor() as cursor:
         cursor.execute(sql, {"user": user.pk, "study": study_id, "any": bool(user.is_admin_role)})

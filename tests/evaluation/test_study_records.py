@@ -59,8 +59,11 @@ def test_archived_study_leaves_the_list_and_the_annotators_queue(
     assert study.name not in client.get("/studies/").content.decode()
     assert study.name in client.get("/studies/", {"archived": "1"}).content.decode()
     assert f"/annotate/{study.pk}/" not in client_for(person).get("/annotate/").content.decode()
+    # Nor does the study's own address (an open tab, a bookmark) hand out items while it is archived.
+    assert client_for(person).get(f"/annotate/{study.pk}/").status_code == 404
     client.post(f"/studies/{study.pk}/archive/", {"archived": "0"})
     assert study.name in client.get("/studies/").content.decode()
+    assert 'name="assignment"' in client_for(person).get(f"/annotate/{study.pk}/").content.decode()
 
 
 def test_delete_removes_the_study_and_its_items(client_for: Any, researcher: User, make_study: Any) -> None:
