@@ -18,6 +18,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from arbiter.accounts.decorators import researcher_required
 from arbiter.dependants import HasDependants
+from artifacts.access import is_hub_id, may_read
 from training import selectors
 from training.forms import ApiKeyForm, LaunchForm, RunEditForm, config_sections, diff_sections
 from training.http import AuthedHttpRequest
@@ -174,6 +175,10 @@ def _in_artifacts(path: str) -> bool:
     return root in Path(path).resolve().parents
 
 
+def _may_read(request: AuthedHttpRequest, value: str, model: bool) -> bool:
+    return Path(value).is_absolute() and may_read(user=request.user, value=value, model=model)
+
+
 def _sized_from_data(
     request: AuthedHttpRequest, *, recipe: str, dataset: str, initial: dict[str, Any]
 ) -> DataSizing | None:
@@ -185,9 +190,11 @@ def _sized_from_data(
         runs.recipe_config_cls(recipe).model_fields["model_name_or_path"].default
     )
     initial["cfg_model_name_or_path"] = model
-    # Only files in the artifact store (a study's exports, checkpoints) are read for a page view; other paths
-    # are checked, with the user's access to them, when the run is launched.
-    if not (_in_artifacts(dataset) and (model == "tiny" or not Path(model).is_absolute() or _in_artifacts(model))):
+    # Only files in the artifact store (a study's exports, checkpoints) that this user may read (the launch check's
+    # rule) are read for a page view, and models by hub id; anything else, another researcher's export included,
+    # gets one note whether or not it exists. Other paths are checked when the run is launched.
+    readable_model = model == "tiny" or is_hub_id(model) or (_in_artifacts(model) and _may_read(request, model, True))
+    if not (_in_artifacts(dataset) and _may_read(request, dataset, False) and readable_model):
         return DataSizing(model, dataset, None, "limits are sized only for data and models in the artifact store")
     sizing = size_from_data(recipe=recipe, dataset=dataset, model=model)
     if sizing is not None and sizing.profile is not None:

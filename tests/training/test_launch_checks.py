@@ -11,6 +11,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from arbiter.accounts.models import User
+from artifacts.models import ArtifactKind
+from artifacts.services import register_artifact
 from training.models import Run
 from training.services import runs
 
@@ -96,6 +98,7 @@ def test_train_on_this_sizes_limits_from_the_data_and_names_the_model(
     rows = [{"prompt": f"q{i:02d}", "chosen": "c" * (20 + i), "rejected": "r" * 5} for i in range(19)]
     rows.append({"prompt": "x" * 500, "chosen": "c" * 60, "rejected": "r"})
     path = _jsonl(tmp_path / "artifacts" / "exports" / "study-1" / "v1.jsonl", rows)
+    register_artifact(owner=researcher, kind=ArtifactKind.DATASET, uri=path)  # the researcher's own export
     page = client_for(researcher).get("/runs/new/", {"recipe": "dpo", "dataset": path})
     form = page.context["form"]
     profile = page.context["sizing"].profile
@@ -118,6 +121,31 @@ def test_train_on_this_does_not_read_files_outside_the_artifact_store(
     page = client_for(researcher).get("/runs/new/", {"recipe": "dpo", "dataset": path})
     assert page.context["sizing"].profile is None
     assert "cfg_max_length" not in page.context["form"].initial
+
+
+@pytest.mark.django_db
+def test_train_on_this_reads_only_what_the_researcher_may_read(
+    client_for: Any, researcher: User, other_researcher: User, settings: Any, tmp_path: Path
+) -> None:
+    """Another researcher's private export in the store is neither sized nor told apart from a missing file (the
+    sizing showed its row count and token lengths); a relative model path is not loaded from the web host."""
+    settings.ARTIFACT_ROOT = str(tmp_path / "artifacts")
+    path = _jsonl(tmp_path / "artifacts" / "exports" / "study-1" / "v1.jsonl", PAIRS)
+    register_artifact(owner=researcher, kind=ArtifactKind.DATASET, uri=path)
+    assert client_for(researcher).get("/runs/new/", {"recipe": "dpo", "dataset": path}).context["sizing"].profile
+    missing = str(Path(path).with_name("v2.jsonl"))
+
+    def shown(dataset: str, model: str = "tiny") -> tuple[Any, str]:
+        page = client_for(other_researcher).get("/runs/new/", {"recipe": "dpo", "dataset": dataset, "model": model})
+        sizing = page.context["sizing"]
+        return sizing.profile, sizing.note
+
+    assert shown(path)[0] is None
+    assert shown(path) == shown(missing)
+    own = _jsonl(tmp_path / "artifacts" / "exports" / "study-2" / "v1.jsonl", PAIRS)
+    register_artifact(owner=other_researcher, kind=ArtifactKind.DATASET, uri=own)
+    assert shown(own)[0] is not None  # their own export is sized
+    assert shown(own, model="../../x")[0] is None and shown(own, model="a/b/c")[0] is None  # not hub ids
 
 
 @pytest.mark.django_db
