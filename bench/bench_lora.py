@@ -3,15 +3,17 @@
 Run: .venv/bin/python bench/bench_lora.py [--steps 6] [--threads 1] [--quick]
 Each configuration trains in a fresh subprocess, so its memory is its own: the recipe is built (model, data,
 tokenizer; every weight touched, so none is still an unread file page), the peak resident set (Linux VmHWM) is
-reset, then ``run_training`` runs the steps. "peak over start" is how far the resident set rose above the
-built run during training (gradients, AdamW state, activations; for full-FT DPO the reference copy is built
-before, LoRA has none); on a GPU it is torch.cuda.max_memory_allocated. "grads+AdamW" is computed from the
-trained parameters (float32: 4 bytes of gradient and 8 of AdamW state each). Step time is the median, over the
-steps after two warm-up steps, of the process's CPU time per step (one torch thread by default: no
-spin-waiting threads in it; on a shared machine wall time mostly measures the neighbours), with the wall-clock
-median beside it. Config: the tiny Llama (hidden 128, 4 layers) and, without --quick, a wider one (hidden 384,
-6 layers), built from a config with a character tokenizer; batch 16, fp32; LoRA r=16, alpha 32, dropout 0.05
-(the config's default) on every linear layer. No budget: reported, not judged.
+reset, then ``run_training`` runs the steps. "built" is what building the run added to the resident set
+(models — for full-FT DPO the policy and its reference copy, for LoRA one base —, data, tokenizer). "peak over
+start" is how far the resident set rose above the built run during training (gradients, AdamW state,
+activations; for full-FT DPO the reference copy is built before, LoRA has none); on a GPU it is
+torch.cuda.max_memory_allocated. "grads+AdamW" is computed from the trained parameters (float32: 4 bytes of
+gradient and 8 of AdamW state each). Step time is the median, over the steps after two warm-up steps, of the
+process's CPU time per step (one torch thread by default: no spin-waiting threads in it; on a shared machine
+wall time mostly measures the neighbours), with the wall-clock median beside it. Config: the tiny Llama
+(hidden 128, 4 layers) and, without --quick, a wider one (hidden 384, 6 layers), built from a config with a
+character tokenizer; batch 16, fp32; LoRA r=16, alpha 32, dropout 0.05 (the config's default) on every linear
+layer. No budget: reported, not judged.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         spec = RunSpec(recipe=job["recipe"], config=config, output_dir=out)
         ctx = RunContext.create(spec=spec, reporter=meter, dist=DistInfo())  # type: ignore[arg-type]
+        import peft  # noqa: F401 - loaded before the measure in every configuration: its code is not a model's
+
+        gc.collect()
+        before_build = torch.cuda.memory_allocated() if cuda else _status_kib("VmRSS") * 1024
         recipe = build_recipe(ctx)
         trained = [p for p in recipe.model.parameters() if p.requires_grad]
         total = sum(p.numel() for p in recipe.model.parameters())
@@ -130,6 +136,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
         "params": total,
         "trained": trained_n,
         "state_bytes": trained_n * 12,
+        "built": start - before_build,
         "peak_over_start": meter.peak - start,
         "step_ms": statistics.median(meter.step_times[2:]) * 1000,
         "cpu_ms": statistics.median(meter.cpu_times[2:]) * 1000,
@@ -169,7 +176,7 @@ def main() -> None:
                 results.append(run_job(job))
     print()
     print(
-        f"{'model':<6}{'recipe':<8}{'tuning':<8}{'params':>9}{'trained':>10}{'grads+AdamW':>13}"
+        f"{'model':<6}{'recipe':<8}{'tuning':<8}{'params':>9}{'trained':>10}{'built':>10}{'grads+AdamW':>13}"
         f"{'peak over start':>17}{'vs full':>9}{'step CPU ms':>13}{'vs full':>9}{'wall ms':>9}"
     )
     full: dict[tuple[str, str], dict[str, Any]] = {}
@@ -182,6 +189,7 @@ def main() -> None:
         time_ratio = r["cpu_ms"] / base["cpu_ms"]
         print(
             f"{r['model']:<6}{r['recipe']:<8}{r['mode']:<8}{r['params'] / 1e6:>8.2f}M{r['trained'] / 1e6:>9.3f}M"
+            f"{r['built'] / 2**20:>7.1f} MB"
             f"{r['state_bytes'] / 2**20:>10.1f} MB{r['peak_over_start'] / 2**20:>14.1f} MB{mem_ratio:>8.2f}x"
             f"{r['cpu_ms']:>13.1f}{time_ratio:>8.2f}x{r['step_ms']:>9.0f}"
         )
