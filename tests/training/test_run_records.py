@@ -154,3 +154,21 @@ def test_delete_refuses_while_a_run_trains_from_its_checkpoint_in_any_accepted_s
     assert response.status_code == 409, value
     assert f"run #{user.id} " in response.content.decode() and "trains from its checkpoint" in response.content.decode()
     assert Run.objects.filter(id=base.id).exists()
+
+
+def test_a_scripts_run_naming_a_checkpoint_in_its_config_does_not_block_the_delete(
+    client: Any, client_for: Any, researcher: User, other_researcher: User, make_run: Any
+) -> None:
+    """A run created by a script (POST /api/runs/) keeps any config as its own notes, unchecked: it reads nothing
+    on the server, so it cannot hold another researcher's run (whose paths are guessable) hostage."""
+    base = make_run(researcher, name="base")
+    base.checkpoints.create(step=4, path="/store/runs/1/checkpoint-4")
+    _, key = runs.issue_api_token(user=other_researcher, name="k")
+    config = {"model_name_or_path": "/store/runs/1/checkpoint-4"}
+    created = client.post(
+        "/api/runs/", {"name": "squat", "config": config}, content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )  # fmt: skip
+    assert created.status_code == 201, created.content
+    response = client_for(researcher).post(f"/runs/{base.id}/delete/")
+    assert response.status_code == 302 and not Run.objects.filter(id=base.id).exists()

@@ -18,7 +18,7 @@ from artifacts import uris
 from artifacts.localize import MODEL_FIELDS
 from artifacts.services import canonical_uri, run_uri
 from training import selectors
-from training.models import Run, RunTag
+from training.models import EXTERNAL_RECIPE, Run, RunTag
 
 # Config fields that may name another run's checkpoint as a model: a run so configured trained on ours. The
 # launch check's own list (artifacts.localize), so a model field added there is a dependency here too.
@@ -66,7 +66,9 @@ def runs_using_checkpoints(run: Run, user: Any) -> list[Dependant]:
         for prefix in ("/", "file://", "s3://"):
             names_a_path |= Q(**{f"config__{field}__startswith": prefix})
     using_ids = set(Run.objects.filter(resume_checkpoint__run=run).values_list("id", flat=True))
-    for other_id, config in Run.objects.filter(names_a_path).exclude(id=run.id).values_list("id", "config"):
+    # Runs a script created (POST /api/runs/) keep their config as notes, never checked or read on the server.
+    launched = Run.objects.filter(names_a_path).exclude(id=run.id).exclude(recipe=EXTERNAL_RECIPE)
+    for other_id, config in launched.values_list("id", "config"):
         values = [config.get(f) for f in MODEL_PATH_FIELDS] if isinstance(config, dict) else []
         uris_used = [_canonical(v) for v in values if isinstance(v, str) and v]
         if any(u is not None and any(p.contains(u) for p in places) for u in uris_used):
