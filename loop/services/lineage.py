@@ -55,7 +55,11 @@ def export_for_path(*, value: str, user: object) -> ExportJob | None:
 
 def link_run_inputs(*, run: Run) -> list[RunInput]:
     """Store which exports the run's config reads (called once, when the run row is created)."""
-    links = []
+    links: list[RunInput] = []
+    if run.is_external:
+        # A script's run (POST /api/runs/) keeps its config as unchecked notes and reads nothing here: a PROTECT
+        # link from it would let any reader of a study stop its owner from ever deleting the export.
+        return links
     config = run.config if isinstance(run.config, dict) else {}
     for field in INPUT_FIELDS:
         value = config.get(field)

@@ -91,3 +91,24 @@ def test_a_run_launched_on_another_spelling_of_the_export_still_protects_the_stu
     assert [(d.label, d.reason) for d in found] == [(f"run #{trained.id} {trained.name}", "trained on its export")]
     with pytest.raises(HasDependants):
         dependants.delete_unless_needed(study, what=f"Study #{study.id}", user=researcher)
+
+
+def test_a_scripts_run_naming_a_shared_export_does_not_pin_the_study(
+    judged: Any, researcher: Any, other_researcher: Any, client: Any
+) -> None:
+    """A run created by a script (POST /api/runs/) keeps its config as unchecked notes and reads nothing on the
+    server: a reader of the study must not be able to stop its owner from ever deleting it that way."""
+    from training.services.runs import issue_api_token
+
+    _, study = judged
+    study.shared_with.add(other_researcher)
+    job = finished_export(study, researcher)
+    _, key = issue_api_token(user=other_researcher, name="k")
+    created = client.post(
+        "/api/runs/", {"name": "squat", "config": {"dataset_path": job.path}}, content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+    )  # fmt: skip
+    assert created.status_code == 201, created.content
+    assert dependants_of(study, user=researcher) == []
+    dependants.delete_unless_needed(study, what=f"Study #{study.id}", user=researcher)
+    assert not type(study).objects.filter(pk=study.pk).exists()
