@@ -1,6 +1,7 @@
 """Issue 11.4: two workers with different slots on different queues. A run lands only where its queue is served
-and its GPUs are free; killing one worker mid-run makes its run lost at the heartbeat sweep while the other
-worker's run keeps beating."""
+and its GPUs are free (more GPUs than any worker of its queue has is refused at launch; a worker whose slots are
+busy hands the task back: tests/workers/test_worker_api.py); killing one worker mid-run makes its run lost at the
+heartbeat sweep while the other worker's run keeps beating."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import signal
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from arbiter.accounts.models import User
 from tests.training.conftest import wait_for, wait_status
 from training.models import Run, RunStatus
 from training.services import runs
+from workers.models import WorkerCredential
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,16 +41,16 @@ def test_placement_by_queue_and_slots_and_a_killed_worker_loses_only_its_own_run
     one = deployment.start_worker(name="one-slot", slots="cpu0", queue=small)
     deployment.start_worker(name="two-slots", slots="cpu0,cpu1", queue=big)
 
-    # Two GPUs asked on the queue of a one-slot worker: it is handed back, never claimed there.
-    too_big = runs.launch_run(owner=researcher, recipe="demo", config=SHORT, queue=small, gpus=2, name="too big")
+    # Both said hello (queues and slots): two GPUs on the queue of a one-slot worker are refused at launch.
+    wait_for(lambda: WorkerCredential.objects.exclude(slots=[]).count() == 2, timeout=60, what="both workers' hello")
+    with pytest.raises(ValidationError) as refused:
+        runs.launch_run(owner=researcher, recipe="demo", config=SHORT, queue=small, gpus=2, name="too big")
+    assert list(refused.value.message_dict) == ["gpus"]
     # Two GPUs on the two-slot worker: torchrun with two processes.
     pair = runs.launch_run(owner=researcher, recipe="demo", config=SHORT, queue=big, gpus=2, name="pair")
     pair = wait_status(pair, {RunStatus.SUCCEEDED, RunStatus.FAILED}, timeout=240)
     assert pair.status == RunStatus.SUCCEEDED, list(pair.log_lines.values_list("text", flat=True))[-20:]
     assert pair.worker == "two-slots"
-    too_big.refresh_from_db()
-    assert (too_big.status, too_big.worker) == (RunStatus.QUEUED, "")
-    runs.cancel_run(run=too_big, by=researcher)
 
     doomed = runs.launch_run(owner=researcher, recipe="demo", config=LONG, queue=small, name="doomed")
     survivor = runs.launch_run(owner=researcher, recipe="demo", config=LONG, queue=big, name="survivor")

@@ -117,3 +117,16 @@ def test_a_sampling_job_is_claimed_once_and_reported_only_by_its_worker(
     assert failed.json() == {"status": "failed"}
     job.refresh_from_db()
     assert (job.status, job.done, job.error) == (SampleStatus.FAILED, 2, "out of memory")
+
+
+def test_a_launch_asking_more_gpus_than_any_worker_on_its_queue_has_is_refused(researcher: User) -> None:
+    from django.core.exceptions import ValidationError
+
+    demo = {"max_steps": 1}
+    assert runs.launch_run(owner=researcher, recipe="demo", config=demo, gpus=8).gpus == 8  # no worker known yet
+    _, token = issue_worker_credential(name="gpu-a")
+    post("/api/worker/hello/", token, {"queues": ["gpu"], "slots": ["0", "1"]})
+    with pytest.raises(ValidationError) as info:
+        runs.launch_run(owner=researcher, recipe="demo", config=demo, gpus=4)
+    assert list(info.value.message_dict) == ["gpus"]
+    assert runs.launch_run(owner=researcher, recipe="demo", config=demo, gpus=2).gpus == 2

@@ -52,6 +52,25 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
 MAX_GPUS_PER_RUN = 64
 
 
+def _check_some_worker_has(*, gpus: int, queue: str) -> None:
+    """Refuse a run no known worker on its queue could ever start (it would wait, handed back, forever).
+
+    Known = GPU workers that said hello through the worker API; with none known (the in-process worker of
+    embedded mode, a worker not started yet) nothing is refused.
+    """
+    from workers.models import WorkerCredential
+
+    sizes = [
+        len(w.slots)
+        for w in WorkerCredential.objects.filter(revoked_at__isnull=True).only("queues", "slots")
+        if queue in (w.queues or [])
+    ]
+    if sizes and gpus > max(sizes):
+        raise ValidationError(
+            {"gpus": f"No worker on queue {queue!r} has {gpus} GPU slots (the most is {max(sizes)})."}
+        )
+
+
 def run_queues() -> list[str]:
     return list(getattr(settings, "ARBITER_RUN_QUEUES", ["gpu"]))
 
@@ -143,6 +162,7 @@ def launch_run(
         raise ValidationError({"queue": f"Unknown queue {queue!r}."})
     if not 1 <= gpus <= MAX_GPUS_PER_RUN:
         raise ValidationError({"gpus": f"A run uses 1 to {MAX_GPUS_PER_RUN} GPUs."})
+    _check_some_worker_has(gpus=gpus, queue=queue)
     clean = validate_config(recipe=recipe, config=config)
     # Every model and dataset the run would read must be one the launching user may read (issue 12.1).
     check_config_paths(user=owner, config=clean)
