@@ -59,6 +59,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "arbiter.query_nul.refuse_nul_in_query",  # ?x=%00 is a 400 naming x, never a 500 in a filter or path check
     # Async-capable (ServeStatic is WhiteNoise's ASGI-native fork): with every middleware async-capable,
     # a request makes one thread hop to its sync view instead of one per sync-only middleware hook.
     "servestatic.middleware.ServeStaticMiddleware",
