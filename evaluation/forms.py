@@ -14,6 +14,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from arbiter.accounts.models import Role, User
+from arbiter.labels import LabelsForm
 from evaluation.judgments import VERDICTS
 from evaluation.models import DEFAULT_SCALE, ExportFormat, RewardStyle, Study, StudyKind, TextFormat
 
@@ -286,22 +287,8 @@ class SkipForm(forms.Form):
     reason = forms.CharField(required=False, max_length=500)
 
 
-class StudyLabelsForm(forms.Form):
-    """Rename and re-tag a study from its page: shape here, rules in arbiter.labels (via study_records)."""
-
-    name = forms.CharField(max_length=200)
-    tags = forms.CharField(required=False, max_length=2000, help_text="Comma-separated.")
+class StudyLabelsForm(LabelsForm):
+    """Rename and re-tag a study from its page: shape in arbiter.labels, rules applied by study_records."""
 
     def __init__(self, data: Any = None, *, study: Study) -> None:
-        initial = {"name": study.name, "tags": ", ".join(t.name for t in study.tags.all())}
-        super().__init__(data, initial=initial, prefix="labels")
-
-    def tag_list(self) -> list[str]:
-        return [t.strip() for t in self.cleaned_data.get("tags", "").split(",") if t.strip()]
-
-    def add_service_errors(self, exc: ValidationError) -> None:
-        if hasattr(exc, "error_dict"):
-            for name, errors in exc.error_dict.items():
-                self.add_error(name if name in self.fields else None, errors)
-        else:
-            self.add_error(None, exc)
+        super().__init__(data, name=study.name, tags=(t.name for t in study.tags.all()), prefix="labels")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from django import forms
-from django.core.exceptions import ValidationError
 
+from arbiter.labels import LabelsForm
 from training.models import Run
 from training.services.runs import recipe_config_cls, run_queues
 
@@ -405,22 +405,8 @@ class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the key is for, e.g. 'cluster scripts'.")
 
 
-class RunEditForm(forms.Form):
-    """Rename and re-tag a run: shape here, rules (control characters, limits) in services.run_records."""
-
-    name = forms.CharField(max_length=200)
-    tags = forms.CharField(required=False, max_length=2000, help_text="Comma-separated.")
+class RunEditForm(LabelsForm):
+    """Rename and re-tag a run: shape in arbiter.labels, rules (control characters, limits) in services.run_records."""
 
     def __init__(self, data: Any = None, *, run: Run) -> None:
-        initial = {"name": run.name, "tags": ", ".join(t.name for t in run.tags.all())}
-        super().__init__(data, initial=initial, prefix="edit")
-
-    def tag_list(self) -> list[str]:
-        return [t.strip() for t in self.cleaned_data.get("tags", "").split(",") if t.strip()]
-
-    def add_service_errors(self, exc: ValidationError) -> None:
-        if hasattr(exc, "error_dict"):
-            for name, errors in exc.error_dict.items():
-                self.add_error(name if name in self.fields else None, errors)
-        else:
-            self.add_error(None, exc)
+        super().__init__(data, name=run.name, tags=(t.name for t in run.tags.all()), prefix="edit")
