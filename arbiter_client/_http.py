@@ -34,6 +34,16 @@ class ArbiterError(Exception):
         self.status = status
         self.body = body
 
+    @property
+    def field(self) -> str | None:
+        """The request field the server named as the culprit (`gpus`, `config.learning_rate`), if any."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return None
+        field = data.get("field") if isinstance(data, dict) else None
+        return field if isinstance(field, str) else None
+
 
 class TransientError(Exception):
     """A failure a later retry may not see: `Unreachable` or `ServerError`."""

@@ -2,6 +2,7 @@
 
     api = arbiter_client.Api("http://arbiter:8000", "arb_u_…")   # or ARBITER_URL / ARBITER_API_KEY
     api.run(12).history(["loss", "reward"])                        # a pandas DataFrame if pandas is installed
+    run = api.launch("grpo", {"max_steps": 200}, gpus=2)           # queued; a refusal names the field
 
     study = api.create_study(name="A vs B", kind="pairwise", overlap=3, annotators=["anna", "ben"])
     study.upload_items("outputs.jsonl")      # or a list of dicts; ImportRejected names each bad row
@@ -72,6 +73,31 @@ class Api:
 
     def run(self, run_id: int) -> RunRef:
         return RunRef(self, int(run_id))
+
+    def launch(
+        self,
+        recipe: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        name: str = "",
+        queue: str = "gpu",
+        tags: Iterable[str] = (),
+        shared: bool = False,
+        gpus: int = 1,
+    ) -> RunRef:
+        """Queue a platform run, as the launch form does; `gpus` > 1 starts it under torchrun on a worker with
+        that many free slots. A refused launch raises ArbiterError whose `field` names the culprit (`gpus`,
+        `queue`, `config.learning_rate`, ...)."""
+        body = {
+            "recipe": recipe,
+            "config": dict(config or {}),
+            "name": name,
+            "queue": queue,
+            "tags": list(tags),
+            "shared": shared,
+            "gpus": gpus,
+        }
+        return RunRef(self, int(self.post("/api/runs/launch/", body)["id"]))
 
     # --- studies ---------------------------------------------------------------------------
     def create_study(

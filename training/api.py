@@ -228,6 +228,9 @@ def run_create(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"id": run.id, "token": token, "url": page, "status": run.status}, status=201)
 
 
+LAUNCH_FIELDS = frozenset({"recipe", "queue", "config", "gpus", "name", "tags", "shared"})  # not config fields
+
+
 @csrf_exempt
 @require_http_methods(["POST"])
 @busy_is_503
@@ -239,23 +242,23 @@ def run_launch(request: HttpRequest) -> JsonResponse:
     if not user.is_researcher:
         return ApiError(403, "only researchers may launch runs").response()
     try:
-        recipe, config, name, queue, tags, shared = payloads.parse_launch(_json_body(request))
+        recipe, config, name, queue, tags, shared, gpus = payloads.parse_launch(_json_body(request))
     except payloads.PayloadError as exc:
         return ApiError(400, exc.message, exc.field).response()
     except ApiError as exc:
         return exc.response()
     try:
         run = runs.launch_run(
-            owner=user, recipe=recipe, config=config, name=name, queue=queue, tags=tags, shared=shared
+            owner=user, recipe=recipe, config=config, name=name, queue=queue, tags=tags, shared=shared, gpus=gpus
         )
     except ValidationError as exc:
         if hasattr(exc, "error_dict"):
             field, messages = next(iter(exc.message_dict.items()))
-            where = field if field in {"recipe", "queue", "config"} else f"config.{field}"
+            where = field if field in LAUNCH_FIELDS else f"config.{field}"
             return ApiError(422, " ".join(messages), where).response()
         return ApiError(422, " ".join(exc.messages)).response()
     page = request.build_absolute_uri(reverse("training:run_detail", args=[run.id]))
-    return JsonResponse({"id": run.id, "url": page, "status": run.status}, status=201)
+    return JsonResponse({"id": run.id, "url": page, "status": run.status, "gpus": run.gpus}, status=201)
 
 
 # --- reads (session or API key) ----------------------------------------------------------------
@@ -294,6 +297,7 @@ def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
             **runs.status_info(run),
             "duration_s": run.duration_s,
             "keys": [s["key__name"] for s in selectors.run_summaries(run=run)],
+            "gpus": run.gpus,
         }
     )
 

@@ -54,6 +54,7 @@ FALLBACK_SECTION = "other"
 FIELD_SECTIONS: dict[str, str] = {
     "name": "run",
     "queue": "run",
+    "gpus": "run",
     "tags": "run",
     "shared": "run",
     "model_name_or_path": "model",
@@ -124,6 +125,7 @@ FIELD_SECTIONS: dict[str, str] = {
 _FIELD_ORDER = {name: i for i, name in enumerate(FIELD_SECTIONS)}
 
 FIELD_LABELS: dict[str, str] = {
+    "gpus": "GPUs",
     "model_name_or_path": "Model (hub id or path)",
     "dataset_path": "Dataset path",
     "max_length": "Max length (tokens)",
@@ -266,11 +268,23 @@ class FormSection:
         return not self.collapsed or self.has_errors
 
 
+LAUNCH_FIELDS = frozenset({"queue", "gpus"})  # launch_run errors keyed by these are the form's own fields, not config
+
+
 class LaunchForm(forms.Form):
     """Name, queue, tags, then one field per config field of the chosen recipe (prefixed `cfg_`)."""
 
     name = forms.CharField(max_length=200, required=False, help_text="Optional; a name is generated if empty.")
     queue = forms.ChoiceField(choices=[])
+    # No min/max here: the range and "a worker on the queue has that many slots" are launch_run's rules, whose
+    # message this field shows (the API names the same field with the same words).
+    gpus = forms.IntegerField(
+        label="GPUs",
+        initial=1,
+        required=False,  # empty means 1, as in the API
+        help_text="GPUs the run uses (one process each, under torchrun when more than 1); "
+        "it starts on a worker with that many free slots.",
+    )
     tags = forms.CharField(max_length=300, required=False, help_text="Comma-separated.")
     shared = forms.BooleanField(required=False, help_text="Let every researcher see this run.")
 
@@ -314,12 +328,16 @@ class LaunchForm(forms.Form):
             out[name] = value
         return out
 
+    def gpu_count(self) -> int:
+        gpus = self.cleaned_data.get("gpus")
+        return 1 if gpus is None else int(gpus)
+
     def tag_list(self) -> list[str]:
         return [t.strip() for t in self.cleaned_data.get("tags", "").split(",") if t.strip()]
 
     def add_config_errors(self, errors: dict[str, list[str]]) -> None:
         for field_name, messages in errors.items():
-            target = f"cfg_{field_name.split('.')[0]}"
+            target = field_name if field_name in LAUNCH_FIELDS else f"cfg_{field_name.split('.')[0]}"
             for message in messages:
                 self.add_error(target if target in self.fields else None, message)
 

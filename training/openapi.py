@@ -25,6 +25,7 @@ from training.payloads import (
     SYSTEM_FIELDS,
 )
 from training.selectors import MAX_HISTORY_POINTS
+from training.services.runs import MAX_GPUS_PER_RUN
 
 
 def _study_parts() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -390,11 +391,24 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         "queue": {"type": "string", "enum": list(getattr(settings, "ARBITER_RUN_QUEUES", ["gpu"]))},
                         "shared": {"type": "boolean"},
                         "tags": {"type": "array", "maxItems": MAX_TAGS, "items": {"type": "string"}},
+                        "gpus": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_GPUS_PER_RUN,
+                            "default": 1,
+                            "description": "GPUs the run uses (under torchrun when > 1); refused with a 422 naming "
+                            "`gpus` when no worker on the queue has that many slots",
+                        },
                     },
                 },
                 "LaunchedRun": {
                     "type": "object",
-                    "properties": {"id": {"type": "integer"}, "url": {"type": "string"}, "status": {"type": "string"}},
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "url": {"type": "string"},
+                        "status": {"type": "string"},
+                        "gpus": {"type": "integer"},
+                    },
                 },
                 "CreatedRun": {
                     "type": "object",
@@ -417,6 +431,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         "finished_at": {"type": ["string", "null"]},
                         "duration_s": {"type": ["number", "null"]},
                         "keys": {"type": "array", "items": {"type": "string"}},
+                        "gpus": {"type": "integer", "description": "GPUs the run asked for"},
                     },
                 },
                 "Series": {

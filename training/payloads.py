@@ -487,8 +487,12 @@ def parse_new_run(body: Any) -> tuple[str, dict[str, Any], list[str]]:
     return name, config, tags
 
 
-def parse_launch(body: Any) -> tuple[str, dict[str, Any], str, str, list[str], bool]:
-    """`{"recipe": str, "config": object, "name"?, "queue"?, "tags"?, "shared"?}`: a platform run to launch."""
+def parse_launch(body: Any) -> tuple[str, dict[str, Any], str, str, list[str], bool, int]:
+    """`{"recipe": str, "config": object, "name"?, "queue"?, "tags"?, "shared"?, "gpus"?}`: a platform run to launch.
+
+    `gpus` must be an integer here (a 400 naming it); its range and whether a worker has that many slots are
+    the service's rules (a 422 naming it), the same ones the launch form shows.
+    """
     if not isinstance(body, dict):
         raise PayloadError("body", "must be a JSON object")
     recipe = body.get("recipe")
@@ -500,7 +504,10 @@ def parse_launch(body: Any) -> tuple[str, dict[str, Any], str, str, list[str], b
         raise PayloadError("queue", "must be a queue name")
     if not isinstance(shared, bool):
         raise PayloadError("shared", "must be true or false")
-    return recipe, config, name, queue, tags, shared
+    gpus = body.get("gpus", 1)
+    if type(gpus) is not int:
+        raise PayloadError("gpus", "must be an integer (the number of GPUs the run uses)")
+    return recipe, config, name, queue, tags, shared, gpus
 
 
 def _int_in(v: Any, lo: int, hi: int) -> bool:

@@ -153,6 +153,7 @@ def run_new(request: AuthedHttpRequest) -> HttpResponse:
                     queue=form.cleaned_data["queue"],
                     tags=form.tag_list(),
                     shared=form.cleaned_data["shared"],
+                    gpus=form.gpu_count(),
                 )
             except ValidationError as exc:
                 if hasattr(exc, "error_dict"):
