@@ -3,6 +3,7 @@
     api = arbiter_client.Api("http://arbiter:8000", "arb_u_…")   # or ARBITER_URL / ARBITER_API_KEY
     api.run(12).history(["loss", "reward"])                        # a pandas DataFrame if pandas is installed
     run = api.launch("grpo", {"max_steps": 200}, gpus=2)           # queued; a refusal names the field
+    [(r.name, r.origin, r.parent, r.children, r.tags) for r in api.runs()]   # runs this user may see
 
     study = api.create_study(name="A vs B", kind="pairwise", overlap=3, annotators=["anna", "ben"])
     study.upload_items("outputs.jsonl")      # or a list of dicts; ImportRejected names each bad row
@@ -73,6 +74,23 @@ class Api:
 
     def run(self, run_id: int) -> RunRef:
         return RunRef(self, int(run_id))
+
+    def runs(
+        self, *, archived: bool | None = False, status: str | None = None, tag: str | None = None, limit: int = 200
+    ) -> list[RunRef]:
+        """The runs this user may see, newest first (`archived=None` for archived and not), at most `limit`."""
+        out: list[RunRef] = []
+        before: int | None = None
+        flag = "all" if archived is None else ("true" if archived else "false")
+        while len(out) < limit:
+            page = self.get(
+                "/api/runs/", archived=flag, status=status, tag=tag, before=before, limit=min(200, limit - len(out))
+            )
+            out += [RunRef(self, int(data["id"]), data) for data in page["runs"]]
+            before = page["next"]
+            if before is None:
+                break
+        return out
 
     def launch(
         self,
@@ -145,16 +163,66 @@ class Api:
 
 
 class RunRef:
-    """A run to read: its state and its full metric history."""
+    """A run to read: what it is and where it came from (fetched on first use; `refresh()` re-reads), its state
+    and its full metric history."""
 
-    def __init__(self, api: Api, run_id: int) -> None:
+    def __init__(self, api: Api, run_id: int, data: Mapping[str, Any] | None = None) -> None:
         self.api = api
         self.id = run_id
+        self._data: dict[str, Any] | None = dict(data) if data is not None else None
+
+    def __repr__(self) -> str:
+        return f"RunRef({self.id})"
 
     def state(self) -> dict[str, Any]:
-        """Status, timestamps and the names of the series logged so far."""
+        """Status, timestamps, lineage and the names of the series logged so far."""
         result: dict[str, Any] = self.api.get(f"/api/runs/{self.id}/")
+        self._data = result
         return result
+
+    def refresh(self) -> RunRef:
+        self.state()
+        return self
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._data if self._data is not None else self.state()
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @property
+    def gpus(self) -> int:
+        return int(self.data["gpus"])
+
+    @property
+    def origin(self) -> str:
+        """ "launched" (fresh), "retry" (the parent's config from step 1) or "resume" (from a checkpoint)."""
+        return str(self.data["origin"])
+
+    @property
+    def parent(self) -> RunRef | None:
+        """The run this one retried or resumed; None also when this user may not see it."""
+        parent = self.data.get("parent")
+        return None if parent is None else RunRef(self.api, int(parent))
+
+    @property
+    def children(self) -> list[RunRef]:
+        """Retries and resumes of this run this user may see, oldest first."""
+        return [RunRef(self.api, int(c)) for c in self.data.get("children", [])]
+
+    @property
+    def archived(self) -> bool:
+        return bool(self.data["archived"])
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.data["tags"])
 
     def history_columns(
         self, keys: str | Sequence[str] | None = None, *, start: int | None = None, end: int | None = None

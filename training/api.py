@@ -207,11 +207,96 @@ def _ingest_view(
     return view
 
 
+# --- the run resource: what a run is, where it came from, what came of it -----------------------
+LIST_LIMIT = {"lo": 1, "hi": 200}
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value else None
+
+
+def runs_json(runs_: list[Run], *, user: Any) -> list[dict[str, Any]]:
+    """The runs as the API shows them, lineage included: a parent or child is named only when `user` may see it
+    (another researcher's private retry of a shared run is not leaked). Three queries for any number of runs."""
+    ids = [r.id for r in runs_]
+    parents = {r.parent_id for r in runs_ if r.parent_id is not None}
+    visible = selectors.visible_runs(user=user)
+    seen_parents = set(visible.filter(id__in=parents).values_list("id", flat=True)) if parents else set()
+    children: dict[int, list[int]] = {}
+    for parent_id, child_id in (
+        visible.filter(parent_id__in=ids).order_by("created_at", "id").values_list("parent_id", "id")
+    ):
+        children.setdefault(parent_id, []).append(child_id)
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "recipe": r.recipe,
+            "owner": r.owner.username,
+            "queue": r.queue,
+            "gpus": r.gpus,
+            "shared": r.shared,
+            "status": r.status,
+            "exit_code": r.exit_code,
+            "created_at": _iso(r.created_at),
+            "started_at": _iso(r.started_at),
+            "finished_at": _iso(r.finished_at),
+            "duration_s": r.duration_s,
+            "origin": r.origin,
+            "parent": r.parent_id if r.parent_id in seen_parents else None,
+            "children": children.get(r.id, []),
+            "archived": r.archived_at is not None,
+            "archived_at": _iso(r.archived_at),
+            "tags": sorted(t.name for t in r.tags.all()),
+        }
+        for r in runs_
+    ]
+
+
+def _run_list(request: HttpRequest) -> JsonResponse:
+    """The runs the caller may see, newest first, `limit` at a time; `next` is the `before` of the next page."""
+    user = _reader(request)
+    if not user.is_researcher:
+        raise ApiError(403, "only researchers have runs")
+    limit = _int_param(request, "limit", 50, **LIST_LIMIT)
+    before = _int_param(request, "before", None, **ID_RANGE)
+    archived = request.GET.get("archived", "false")
+    if archived not in {"true", "false", "all"}:
+        raise ApiError(400, "archived must be true, false or all", "archived")
+    status = request.GET.get("status", "")
+    if status and status not in RunStatus.values:
+        raise ApiError(400, f"status must be one of {', '.join(RunStatus.values)}", "status")
+    qs = selectors.visible_runs(user=user).select_related("owner").prefetch_related("tags").order_by("-id")
+    if archived != "all":
+        qs = qs.filter(archived_at__isnull=archived == "false")
+    if status:
+        qs = qs.filter(status=status)
+    if tag := request.GET.get("tag", ""):
+        qs = qs.filter(tags__name=tag.replace("\x00", ""))
+    if before is not None:
+        qs = qs.filter(id__lt=before)
+    assert limit is not None
+    page = list(qs[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return JsonResponse({"runs": runs_json(page, user=user), "next": page[-1].id if more else None})
+
+
 # --- run creation (user API key) ---------------------------------------------------------------
 @csrf_exempt
-@require_http_methods(["POST"])
+@require_http_methods(["GET", "POST"])
 @busy_is_503
-def run_create(request: HttpRequest) -> JsonResponse:
+def runs_collection(request: HttpRequest) -> JsonResponse:
+    """GET: the runs the caller may see (session or API key). POST: a run for a script (API key)."""
+    if request.method == "GET":
+        try:
+            return _run_list(request)
+        except ApiError as exc:
+            return exc.response()
+    return _run_create(request)
+
+
+def _run_create(request: HttpRequest) -> JsonResponse:
     user = user_for_api_key(_bearer(request))
     if user is None:
         return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
@@ -286,18 +371,18 @@ ID_RANGE = {"lo": 0, "hi": 2**63 - 1}
 def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
     """Backlog head for the live page: sequence number first, then status and the series it has."""
     try:
-        run = _readable_run(request, run_id)
+        user = _reader(request)
+        run = selectors.get_run_for(user=user, run_id=run_id)
     except ApiError as exc:
         return exc.response()
+    except Http404:
+        return ApiError(404, "no such run").response()
     return JsonResponse(
         {
-            "id": run.id,
-            "name": run.name,
+            **runs_json([run], user=user)[0],
             "seq": run.event_seq,
             **runs.status_info(run),
-            "duration_s": run.duration_s,
             "keys": [s["key__name"] for s in selectors.run_summaries(run=run)],
-            "gpus": run.gpus,
         }
     )
 

@@ -6,7 +6,7 @@ from training import api
 
 app_name = "training_api"
 urlpatterns = [
-    path("runs/", api.run_create, name="run_create"),
+    path("runs/", api.runs_collection, name="runs"),
     path("runs/launch/", api.run_launch, name="run_launch"),
     path("runs/<int:run_id>/", api.run_state, name="run_state"),
     path("runs/<int:run_id>/metrics/", api.run_metrics, name="run_metrics"),

@@ -59,6 +59,38 @@ _ERRORS = {
     ),
     "413": _ok("Error", "Body larger than the route's limit (32 MiB by default), refused before it is read."),
 }
+RUN_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "lost"]
+NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+# The run resource (GET /api/runs/ and /api/runs/{id}/): lineage lists only runs the caller may see.
+RUN_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "integer"},
+    "name": {"type": "string"},
+    "recipe": {"type": "string"},
+    "owner": {"type": "string", "description": "the owner's username"},
+    "queue": {"type": "string"},
+    "gpus": {"type": "integer", "description": "GPUs the run asked for"},
+    "shared": {"type": "boolean"},
+    "status": {"enum": RUN_STATUSES},
+    "exit_code": {"type": ["integer", "null"]},
+    "created_at": {"type": "string", "format": "date-time"},
+    "started_at": NULLABLE_TIME,
+    "finished_at": NULLABLE_TIME,
+    "duration_s": {"type": ["number", "null"]},
+    "origin": {
+        "enum": ["launched", "retry", "resume"],
+        "description": "launched: fresh (or by a script); retry: the parent's config from step 1; "
+        "resume: continues from a checkpoint of the parent or its ancestors",
+    },
+    "parent": {"type": ["integer", "null"], "description": "the run retried or resumed, if the caller may see it"},
+    "children": {
+        "type": "array",
+        "items": {"type": "integer"},
+        "description": "retries and resumes of this run that the caller may see, oldest first",
+    },
+    "archived": {"type": "boolean"},
+    "archived_at": NULLABLE_TIME,
+    "tags": {"type": "array", "items": {"type": "string"}},
+}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 STEP = {"type": "integer", "minimum": 0, "maximum": MAX_STEP - 1}
 TIME = {"type": "number", "minimum": 0, "exclusiveMaximum": MAX_TIME, "description": "unix seconds"}
@@ -419,19 +451,26 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         "status": {"type": "string"},
                     },
                 },
+                "Run": {
+                    "type": "object",
+                    "properties": RUN_PROPERTIES,
+                },
+                "RunList": {
+                    "type": "object",
+                    "properties": {
+                        "runs": {"type": "array", "items": _ref("Run")},
+                        "next": {
+                            "type": ["integer", "null"],
+                            "description": "pass as `before` for the next page; null on the last",
+                        },
+                    },
+                },
                 "RunState": {
                     "type": "object",
                     "properties": {
-                        "id": {"type": "integer"},
-                        "name": {"type": "string"},
-                        "seq": {"type": "integer"},
-                        "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "lost"]},
-                        "exit_code": {"type": ["integer", "null"]},
-                        "started_at": {"type": ["string", "null"]},
-                        "finished_at": {"type": ["string", "null"]},
-                        "duration_s": {"type": ["number", "null"]},
+                        **RUN_PROPERTIES,
+                        "seq": {"type": "integer", "description": "sequence number of the last live event"},
                         "keys": {"type": "array", "items": {"type": "string"}},
-                        "gpus": {"type": "integer", "description": "GPUs the run asked for"},
                     },
                 },
                 "Series": {
@@ -500,6 +539,23 @@ def openapi_document(*, server: str) -> dict[str, Any]:
         },
         "paths": {
             "/api/runs/": {
+                "get": {
+                    "summary": "The runs the caller may see, newest first, with their lineage",
+                    "security": [{"session": []}, {"apiKey": []}],
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                        {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {"name": "archived", "in": "query", "schema": {"enum": ["false", "true", "all"]}},
+                        {"name": "status", "in": "query", "schema": {"enum": RUN_STATUSES}},
+                        {"name": "tag", "in": "query", "schema": {"type": "string", "maxLength": MAX_TAG}},
+                    ],
+                    "responses": {
+                        "200": _ok("RunList"),
+                        "400": _ok("Error", "A bad parameter, named in `field`."),
+                        "401": _ok("Error", "Not logged in and no API key."),
+                        "403": _ok("Error", "Not a researcher."),
+                    },
+                },
                 "post": {
                     "summary": "Create a run for a script started outside the platform",
                     "security": [{"apiKey": []}],
@@ -509,7 +565,7 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         **_ERRORS,
                         "403": _ok("Error", "Not a researcher."),
                     },
-                }
+                },
             },
             "/api/runs/launch/": {
                 "post": {

@@ -50,7 +50,8 @@ ENTRIES = {
     "training:run_archive": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_delete": Access(roles=RESEARCHERS, objects="run"),
     # The API: reads accept a session (researchers who may see the run); writes need a run token.
-    "training_api:run_create": Access(auth="token", method="post"),
+    # GET lists the runs the caller may see (POST, a script's run, needs an API key: tests/training/test_run_json.py).
+    "training_api:runs": Access(roles=RESEARCHERS),
     "training_api:run_launch": Access(auth="token", method="post"),
     "training_api:run_state": Access(roles=RESEARCHERS, objects="run"),
     "training_api:run_metrics": Access(roles=RESEARCHERS, objects="run"),

@@ -1,0 +1,77 @@
+"""The run resource on the live API (GET /api/runs/ and /api/runs/<id>/) and the SDK's RunRef: origin, parent,
+children, archived and tags; another researcher's private retries and resumes are never named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+
+import arbiter_client
+from arbiter.accounts.models import User
+from training.models import Run, RunOrigin, RunTag
+from training.services import runs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _run(owner: User, name: str, **fields: Any) -> Run:
+    return Run.objects.create(owner=owner, name=name, recipe="demo", status="succeeded", **fields)
+
+
+def _get(url: str, key: str, **params: Any) -> requests.Response:
+    return requests.get(url, params=params, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def test_lineage_and_state_name_only_runs_the_caller_may_see(
+    asgi_server: Any, researcher: User, other_researcher: User
+) -> None:
+    shared = _run(researcher, "base", shared=True)
+    RunTag.objects.create(run=shared, name="sweep")
+    mine = _run(researcher, "base (retry 1)", parent=shared, origin=RunOrigin.RETRY)
+    theirs = _run(other_researcher, "base (resumed @5)", parent=shared, origin=RunOrigin.RESUME)
+    archived = _run(researcher, "old")
+    Run.objects.filter(id=archived.id).update(archived_at=shared.created_at)
+    _, key_a = runs.issue_api_token(user=researcher, name="a")
+    _, key_b = runs.issue_api_token(user=other_researcher, name="b")
+
+    body = _get(f"{asgi_server.url}/api/runs/{shared.id}/", key_a).json()
+    assert (body["origin"], body["parent"], body["children"]) == ("launched", None, [mine.id])
+    assert (body["tags"], body["archived"], body["shared"]) == (["sweep"], False, True)
+    assert body["owner"] == researcher.username
+    assert "seq" in body and "keys" in body
+    assert _get(f"{asgi_server.url}/api/runs/{shared.id}/", key_b).json()["children"] == [theirs.id]
+    child = _get(f"{asgi_server.url}/api/runs/{theirs.id}/", key_b).json()
+    assert (child["origin"], child["parent"]) == ("resume", shared.id)
+    assert _get(f"{asgi_server.url}/api/runs/{theirs.id}/", key_a).status_code == 404
+
+    listed = _get(f"{asgi_server.url}/api/runs/", key_a).json()
+    assert [r["id"] for r in listed["runs"]] == [mine.id, shared.id] and listed["next"] is None
+    assert {r["id"]: r["children"] for r in listed["runs"]} == {mine.id: [], shared.id: [mine.id]}
+    everything = _get(f"{asgi_server.url}/api/runs/", key_a, archived="all").json()["runs"]
+    assert [(r["id"], r["archived"]) for r in everything] == [(archived.id, True), (mine.id, False), (shared.id, False)]
+    assert theirs.id not in {r["id"] for r in everything}
+    first = _get(f"{asgi_server.url}/api/runs/", key_b, limit=1).json()
+    assert [r["id"] for r in first["runs"]] == [theirs.id] and first["next"] == theirs.id
+    rest = _get(f"{asgi_server.url}/api/runs/", key_b, limit=1, before=first["next"]).json()
+    assert [r["id"] for r in rest["runs"]] == [shared.id] and rest["runs"][0]["children"] == [theirs.id]
+    bad = _get(f"{asgi_server.url}/api/runs/", key_a, status="done")
+    assert (bad.status_code, bad.json()["field"]) == (400, "status")
+
+    # Unshared, the base run is no longer named as the other researcher's parent.
+    Run.objects.filter(id=shared.id).update(shared=False)
+    api_b = arbiter_client.Api(asgi_server.url, key_b)
+    ref = api_b.run(theirs.id)
+    assert (ref.origin, ref.parent, ref.children, ref.archived, ref.tags) == ("resume", None, [], False, [])
+    api_a = arbiter_client.Api(asgi_server.url, key_a)
+    base = next(r for r in api_a.runs() if r.id == shared.id)
+    assert [c.id for c in base.children] == [mine.id] and base.tags == ["sweep"] and base.gpus == 1
+    assert mine.id in [r.id for r in api_a.runs(archived=None)] and [r.id for r in api_a.runs(archived=True)] == [
+        archived.id
+    ]
+
+
+def test_only_researchers_list_runs(asgi_server: Any, client_for: Any, annotator: User) -> None:
+    assert client_for(annotator).get("/api/runs/").status_code == 403
+    assert requests.get(f"{asgi_server.url}/api/runs/", timeout=30).status_code == 401
