@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from arbiter import dependants
@@ -15,10 +16,14 @@ from arbiter.accounts.models import User
 from arbiter.dependants import Dependant
 from arbiter.labels import clean_name, clean_tags
 from artifacts import uris
+from artifacts.access import store_base
 from artifacts.localize import MODEL_FIELDS
-from artifacts.services import canonical_uri, run_uri
+from artifacts.models import Artifact
+from artifacts.services import canonical_uri, remove, run_uri
 from training import selectors
-from training.models import EXTERNAL_RECIPE, Run, RunTag
+from training.models import EXTERNAL_RECIPE, Checkpoint, Run, RunTag
+
+logger = logging.getLogger(__name__)
 
 # Config fields that may name another run's checkpoint as a model: a run so configured trained on ours. The
 # launch check's own list (artifacts.localize), so a model field added there is a dependency here too.
@@ -84,14 +89,67 @@ def runs_using_checkpoints(run: Run, user: Any) -> list[Dependant]:
     return out
 
 
-def delete_run(*, run: Run, by: User) -> None:
-    """Delete a run and everything it logged, unless it is active or something depends on it (HasDependants).
+def run_files(run: Run) -> list[uris.Uri]:
+    """What of the artifact store is this run's own: its location (`<store>/runs/<id>`: checkpoints, final/) and
+    any checkpoint or artifact of the run stored elsewhere in the store (rows older than the location rule).
 
-    The checkpoint folders in the artifact store are not removed here: runs elsewhere may name them by path.
+    A place that holds something another object is recorded at (another run's checkpoint or artifact, an export)
+    is left out: deleting it would take their files too.
+    """
+    base = store_base()
+    wanted = [run_uri(run_id=run.id)]
+    for value in [*run.checkpoints.values_list("path", flat=True), *run.artifacts.values_list("uri", flat=True)]:
+        uri = _canonical(value)
+        if uri is not None and base.contains(uri) and str(uri) != str(base):
+            wanted.append(uri)
+    places = [u for u in wanted if not any(w.contains(u) and str(w) != str(u) for w in wanted)]  # outermost
+    places = list({str(u): u for u in places}.values())
+    kept = []
+    for place in places:
+        if _holds_others(place, run):
+            logger.warning("Run #%s: %s is kept (another run or an export has files inside it)", run.id, place)
+            continue
+        kept.append(place)
+    return kept
+
+
+def _holds_others(place: uris.Uri, run: Run) -> bool:
+    """Whether another object's checkpoint or artifact row names a place inside `place` (prefix queries on the
+    spellings a row may use: the canonical URI, and a local path for the embedded store)."""
+    spellings = [str(place)] + ([place.key] if place.scheme == "file" else [])
+    prefix = Q()
+    for spelling in spellings:
+        prefix |= Q(value=spelling) | Q(value__startswith=spelling.rstrip("/") + "/")
+    rows = [
+        *Artifact.objects.exclude(run=run).annotate(value=F("uri")).filter(prefix).values_list("value", flat=True),
+        *Checkpoint.objects.exclude(run=run).annotate(value=F("path")).filter(prefix).values_list("value", flat=True),
+    ]
+    return any(u is not None and place.contains(u) for u in map(_canonical, rows))
+
+
+def _remove_files(run_id: int, places: list[uris.Uri]) -> None:
+    for place in places:
+        try:
+            remove(str(place))
+        except Exception:  # the row is gone whatever the store says: tell the admin what is left behind
+            logger.exception("Run #%s was deleted but its files at %s could not be removed", run_id, place)
+
+
+def delete_run(*, run: Run, by: User) -> None:
+    """Delete a run and everything it logged, unless it is active or something depends on it (HasDependants);
+    once the delete has committed, remove the run's own files from the artifact store (local or S3).
+
+    Runs resumed from or configured to train from its checkpoints, and studies sampled from them, are dependants:
+    while one exists nothing is deleted, rows or files. Files go only after the commit, so a delete that rolls
+    back never leaves a run whose checkpoints are missing.
     """
     if run.is_active:
         raise ValidationError(f"Run #{run.id} is {run.status}: cancel it before deleting it.")
-    dependants.delete_unless_needed(run, what=f"Run #{run.id}", user=by)
+    run_id = run.id
+    with transaction.atomic():
+        places = run_files(run)
+        dependants.delete_unless_needed(run, what=f"Run #{run_id}", user=by)
+        transaction.on_commit(lambda: _remove_files(run_id, places))
 
 
 def dependants_of_run(*, run: Run, user: User) -> list[Dependant]:
