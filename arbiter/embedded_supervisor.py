@@ -3,10 +3,15 @@
 Policy, after supervisord and systemd (`Restart=on-failure`): a child that exits while the platform is not
 stopping is started again after a delay that doubles with each quick failure (1 s, 2 s, 4 s ... capped at
 30 s); a child that had been running for the stable period before it exited starts over at the first delay.
-The other children are left alone. Each child runs in its own process group, so a crash is cleaned up whole
-(a dead Celery worker's pool processes go with it) and Ctrl-C, which the terminal sends to the foreground
-group only, reaches the children once, through this supervisor: SIGTERM to every group, SIGKILL after a grace
-period. On Linux a child also receives SIGTERM if the supervisor itself is killed (PR_SET_PDEATHSIG).
+The other children are left alone. A child that crashes quickly `give_up_after` times in a row (each run shorter
+than the stable period: supervisord's `startretries` and its FATAL state) is given up on: it is not restarted,
+and one message says which child, its last exit status and the last lines it wrote to stderr, and how to try
+again (SIGHUP to runplatform starts the given-up children afresh; or restart runplatform).
+
+Each child runs in its own process group, so a crash is cleaned up whole (a dead Celery worker's pool processes
+go with it) and Ctrl-C, which the terminal sends to the foreground group only, reaches the children once,
+through this supervisor: SIGTERM to every group, SIGKILL after a grace period. On Linux a child also receives
+SIGTERM if the supervisor itself is killed (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -18,15 +23,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import IO
 
 import psutil
 
 logger = logging.getLogger("arbiter.runplatform")
 
 _PR_SET_PDEATHSIG = 1
+STDERR_TAIL_LINES = 20  # kept per child, for the message that says why it was given up on
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class BackoffPolicy:
     factor: float = 2.0
     max_s: float = 30.0
     stable_s: float = 60.0  # a child that ran at least this long before it exited was healthy: back-off resets
+    # Quick failures in a row after which the child is given up on (delays 1+2+4+8+16+30+30 s: ~1.5 min of trying).
+    give_up_after: int = 8
 
     def delay(self, *, failures: int) -> float:
         """Delay before restart number `failures` (1 for the first failure in a row)."""
@@ -54,12 +65,30 @@ class Child:
     failures: int = 0  # consecutive exits that came before the stable period
     restarts: int = 0
     restart_at: float | None = None
+    fatal: bool = False  # given up on after too many quick failures; SIGHUP (retry_fatal) clears it
+    last_status: int | None = None
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
+    reader: threading.Thread | None = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     """Ask the kernel for SIGTERM when the supervisor dies, so a `kill -9` of runplatform leaves no orphans."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _tee_stderr(pipe: IO[bytes], tail: deque[str], out: IO[bytes] | None) -> None:
+    """Pass a child's stderr through to ours, line by line, keeping its last lines."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in iter(pipe.readline, b""):
+            tail.append(line.decode("utf-8", "replace").rstrip("\n"))
+            if out is None:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                out.write(line)
+                out.flush()
+    with contextlib.suppress(OSError):
+        pipe.close()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:
@@ -93,15 +122,29 @@ class EmbeddedSupervisor:
         self.poll_s = poll_s
         self.clock = clock
         self.stopping = False
+        self.retry_requested = False
 
     # -- one child ---------------------------------------------------------------------------------------
     def start(self, child: Child) -> None:
+        # stderr through a pipe, passed on by a thread: the terminal still shows everything, and the last lines
+        # are at hand to say why a child was given up on.
         child.proc = subprocess.Popen(
             list(child.argv),
             env=self.env,
+            stderr=subprocess.PIPE,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
+        child.stderr_tail.clear()
+        assert child.proc.stderr is not None
+        out = getattr(sys.stderr, "buffer", None)
+        child.reader = threading.Thread(
+            target=_tee_stderr,
+            args=(child.proc.stderr, child.stderr_tail, out),
+            name=f"stderr-{child.name}",
+            daemon=True,
+        )
+        child.reader.start()
         child.started_at = self.clock()
         child.restart_at = None
         logger.info("%s started (pid %d)", child.name, child.proc.pid)
@@ -115,9 +158,15 @@ class EmbeddedSupervisor:
         if _signal_group(pid, signal.SIGKILL):
             logger.warning("%s: killed what was left of process group %d", child.name, pid)
         child.proc = None
+        child.last_status = status
+        if child.reader is not None:
+            child.reader.join(timeout=2)  # the group is dead: its stderr pipe ends, the last lines are read
         if ran >= self.policy.stable_s:
             child.failures = 0
         child.failures += 1
+        if child.failures >= self.policy.give_up_after:
+            self._give_up(child, pid=pid, ran=ran)
+            return
         delay = self.policy.delay(failures=child.failures)
         child.restart_at = now + delay
         child.restarts += 1
@@ -134,10 +183,45 @@ class EmbeddedSupervisor:
             "" if child.failures == 1 else "s",
         )
 
+    def _give_up(self, child: Child, *, pid: int, ran: float) -> None:
+        """FATAL, said once in words: which child, how it last ended, its last stderr lines, how to try again."""
+        child.fatal = True
+        child.restart_at = None
+        others = [c.name for c in self.children if c is not child and not c.fatal]
+        lines = list(child.stderr_tail)[-10:]
+        tail = "\n".join(f"    | {line}" for line in lines) if lines else "    (it wrote nothing to stderr)"
+        logger.critical(
+            "Gave up on %s: it crashed %d times in a row, each within %.0f s of starting (last: pid %d, exit status "
+            "%s after %.1f s). It will not be restarted. Its last stderr lines:\n%s\n"
+            "%s. Fix the cause, then send SIGHUP to runplatform (kill -HUP %d) to start %s again, "
+            "or stop runplatform (Ctrl-C) and start it again.",
+            child.name,
+            child.failures,
+            self.policy.stable_s,
+            pid,
+            child.last_status,
+            ran,
+            tail,
+            f"The others keep running: {', '.join(others)}" if others else "No other child is running",
+            os.getpid(),
+            child.name,
+        )
+
+    def retry_fatal(self, *_: object) -> None:
+        """SIGHUP: start the given-up children again, with a fresh count (done by the loop, not in the handler)."""
+        self.retry_requested = True
+
     # -- the loop ----------------------------------------------------------------------------------------
     def step(self) -> None:
         """One pass: notice exits, start what is due."""
         now = self.clock()
+        if self.retry_requested:
+            self.retry_requested = False
+            for child in self.children:
+                if child.fatal:
+                    logger.warning("%s: starting again on request (SIGHUP)", child.name)
+                    child.fatal, child.failures = False, 0
+                    child.restart_at = now
         for child in self.children:
             if child.proc is not None and child.proc.poll() is not None:
                 self._on_exit(child, now)
@@ -147,15 +231,20 @@ class EmbeddedSupervisor:
     def request_stop(self, *_: object) -> None:
         self.stopping = True
 
-    def run(self) -> None:
-        """Supervise until SIGINT or SIGTERM, then stop every child."""
+    def run(self) -> bool:
+        """Supervise until SIGINT or SIGTERM, then stop every child. False when every child was given up on."""
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.retry_fatal)
         try:
             for child in self.children:
                 self.start(child)
             while not self.stopping:
                 self.step()
+                if all(c.fatal for c in self.children):
+                    logger.critical("Every child was given up on: runplatform stops.")
+                    return False
                 time.sleep(self.poll_s)
+            return True
         finally:
             self.stop()
             for sig, handler in previous.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from arbiter.embedded_supervisor import BackoffPolicy, EmbeddedSupervisor
 from tests.conftest import ROOT, free_port, wait_for_port
@@ -256,3 +258,58 @@ def test_stop_ends_what_the_children_started_in_sessions_of_their_own(tmp_path: 
     assert child.proc is not None and os.getpgid(grandchild.pid) != child.proc.pid  # a group signal misses it
     supervisor.stop()
     assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_child_that_keeps_crashing_at_start_is_given_up_on_once_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A real child that exits at once: after `give_up_after` quick crashes it stays down, one message names it, its
+    exit status, its last stderr lines and how to restart it; the other child keeps running; SIGHUP tries again."""
+    now = [1000.0]
+    crash = "import sys; print('connecting to the broker', file=sys.stderr); sys.exit('broker refused: bad password')"
+    supervisor = EmbeddedSupervisor(
+        {"worker": [sys.executable, "-c", crash], "web": [sys.executable, "-c", "import time; time.sleep(600)"]},
+        env=dict(os.environ),
+        policy=BackoffPolicy(initial_s=1, factor=2, max_s=4, stable_s=60, give_up_after=4),
+        clock=lambda: now[0],
+    )
+    worker, web = supervisor.children
+    caplog.set_level(logging.INFO, logger="arbiter.runplatform")
+    for child in supervisor.children:
+        supervisor.start(child)
+    try:
+        # A run that lasted the stable period resets the count: 3 quick crashes, a long run, 1 quick crash: alive.
+        for ran in (0.5, 0.5, 0.5, 61, 0.5):
+            assert worker.proc is not None
+            worker.proc.wait(timeout=30)
+            now[0] += ran
+            supervisor.step()
+            assert not worker.fatal and worker.restart_at is not None
+            now[0] = worker.restart_at
+            supervisor.step()
+        assert worker.failures == 2
+        for _ in range(2):  # the 3rd and 4th quick crashes in a row
+            assert worker.proc is not None
+            worker.proc.wait(timeout=30)
+            now[0] += 0.5
+            supervisor.step()
+            if worker.restart_at is not None:
+                now[0] = worker.restart_at
+                supervisor.step()
+        assert worker.fatal and worker.proc is None and worker.restart_at is None
+        for _ in range(5):  # stays down, and says so only once
+            now[0] += 100
+            supervisor.step()
+        assert worker.proc is None
+        given_up = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert len(given_up) == 1
+        message = given_up[0].getMessage()
+        assert message.startswith("Gave up on worker: it crashed 4 times in a row")
+        assert "exit status 1" in message and "| broker refused: bad password" in message
+        assert "| connecting to the broker" in message
+        assert "The others keep running: web" in message and f"kill -HUP {os.getpid()}" in message
+        assert web.proc is not None and web.proc.poll() is None
+        # SIGHUP (here its handler) starts the given-up child again with a fresh count.
+        supervisor.retry_fatal()
+        supervisor.step()
+        assert not worker.fatal and worker.failures == 0 and worker.proc is not None
+    finally:
+        supervisor.stop()

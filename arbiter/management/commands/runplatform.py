@@ -22,7 +22,7 @@ DEMO_ACCOUNTS = (("admin", Role.ADMIN), ("researcher", Role.RESEARCHER), ("annot
 class Command(BaseCommand):
     help = (
         "Run the whole platform on one machine: ASGI web server, Celery worker (+beat), migrations, demo accounts;"
-        " a child that crashes is restarted with back-off."
+        " a child that crashes is restarted with back-off, and given up on (said once) if it keeps crashing at start."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -48,7 +48,8 @@ class Command(BaseCommand):
         for line in credentials:
             self.stdout.write(f"  {line}")
         self.stdout.write("Press Ctrl-C to stop.\n")
-        supervisor.run()
+        if not supervisor.run():
+            raise SystemExit(1)
 
     def _ensure_accounts(self) -> list[str]:
         """First start creates one account per role with a random password, saved for the next start."""
