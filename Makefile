@@ -57,8 +57,8 @@ fmt: install-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-## Benchmarks print tables; they need PostgreSQL + Redis (and TRL for the engine comparison; bench_mlflow.py
-## installs MLflow from PyPI into its own venv under var/bench/ on first use).
+## Benchmarks print tables; they need PostgreSQL + Redis (and TRL for the engine comparison; bench_mlflow.py and
+## bench_labelstudio.py install MLflow / Label Studio from PyPI into their own venvs under var/bench/ on first use).
 ## `make bench BENCH_FLAGS=--quick`: a few-minute smoke run of every bench (figures not for the README).
 BENCH_FLAGS ?=
 bench: install-dev services

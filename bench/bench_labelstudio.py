@@ -1,0 +1,415 @@
+"""Arbiter's annotator loop beside Label Studio's at 32 annotators, same items, same PostgreSQL; print a table.
+
+Label Studio LS_VERSION (1.23.2) runs from its own virtualenv, var/bench/labelstudio-venv, which this script
+creates on first use (`pip install label-studio==1.23.2`) and reuses afterwards; never the project's .venv.
+It is started as its pip install docs say, `label-studio start --no-browser --port P`, with its PostgreSQL
+settings (DJANGO_DB=default, POSTGRE_NAME=<--db>_labelstudio, POSTGRE_USER/HOST/PORT from DATABASE_URL) on
+a fresh database of the same PostgreSQL Arbiter uses, not its default SQLite: both sides then write to the
+same engine, and SQLite's single writer would make 32 annotators a test of SQLite. `label-studio start`
+serves with Django's threaded server in one process (what a pip install runs; its Docker image puts
+uWSGI and nginx in front instead). Changed from its defaults only: the port, the data directory
+(LABEL_STUDIO_BASE_DATA_DIR under var/bench/, fresh each run) and `--enable-legacy-api-token`, so each
+annotator authenticates with their own user token (`Authorization: Token ...`) as its API docs show
+(1.23 turns legacy tokens off for a new organisation; its other option, short-lived JWT access tokens,
+needs a refresh call every few minutes).
+
+Setup (not timed): an admin user from the start command, 65 annotator users (one to warm up, 32 per level)
+created with Label Studio's own Django models in its venv, each with their own token and in the
+organisation; a project with its pairwise template (`<Pairwise name="pw" toName="text1,text2"/>` under a
+Header showing the prompt) and overlap 2 (maximum_annotations=2, as bench_annotation.py's study); the same
+10,000 items as bench/bench_annotation.py (its generator: a prompt and two ~300-word answers), imported
+through POST /api/projects/<id>/import.
+
+The loop, the calls Label Studio's annotator UI makes: GET /api/projects/<id>/next/ (the next task, with its
+data), then POST /api/tasks/<task>/annotations/?project=<id> with the pairwise result; 32 annotators with no
+think time for --seconds, then 32 more pausing 1-3 s after each submit for twice as long (as
+bench_annotation.py does for Arbiter). Each annotator is a thread of one client process with its own
+keep-alive connection. p50/p95/p99 of each request, judgments/s, and the CPU of client, server and
+PostgreSQL; afterwards the tasks over their overlap and (task, annotator) pairs judged twice are counted.
+
+Arbiter's side is bench/bench_annotation.py itself, run at the same sizes (`--levels 32`), its table
+printed here; the ratio of judgments/s at 32 annotators with no think time is set against DESIGN.md's
+">= 20x Label Studio at 32 annotators".
+
+Usage: python bench/bench_labelstudio.py [--quick] [--items 10000] [--seconds 15] [--db arbiter_bench_labelstudio]
+`--quick`: 2,000 items, 5 s per level. Never run in tests or CI; timings on a shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_annotation import _cpu_seconds, _cpu_used, _fresh_database, _items_jsonl, _pct, _postgres_processes  # noqa: E402
+from harness import Row, print_table  # noqa: E402
+
+LS_VERSION = "1.23.2"
+VENV = ROOT / "var" / "bench" / "labelstudio-venv"
+DATA_DIR = ROOT / "var" / "bench" / "labelstudio-data"
+SERVER_LOG = ROOT / "var" / "bench" / "labelstudio-server.log"
+RATIO_BUDGET = 20  # annotation >= 20x Label Studio at 32 annotators (DESIGN.md)
+LEVEL = 32
+ADMIN_TOKEN = "benchadmintoken0123456789abcdef01234567"
+LABEL_CONFIG = """<View>
+  <Header value="$prompt"/>
+  <Pairwise name="pw" toName="text1,text2"/>
+  <Text name="text1" value="$text1"/>
+  <Text name="text2" value="$text2"/>
+</View>"""
+RESULT = [{"from_name": "pw", "to_name": "pw", "type": "pairwise", "value": {"selected": "left"}}]
+
+# Run by Label Studio's venv with its settings: annotators with their tokens, in the organisation.
+MAKE_USERS = r"""
+import json, os, sys
+import label_studio
+sys.path.insert(0, os.path.dirname(label_studio.__file__))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "label_studio.core.settings.label_studio")
+import django
+django.setup()
+from organizations.models import Organization
+from users.models import User
+org = Organization.objects.first()
+tokens = []
+for i in range(int(sys.argv[1])):
+    user = User.objects.create_user(email=f"annotator{i}@bench.local", password="bench-annotator-password")
+    org.add_user(user)
+    user.active_organization = org
+    user.save(update_fields=["active_organization"])
+    tokens.append(user.auth_token.key)
+print(json.dumps(tokens))
+"""
+
+
+def ls_python() -> Path:
+    """Label Studio's venv interpreter, created and installed on first use (reused when the version matches)."""
+    python = VENV / "bin" / "python"
+    code = "import importlib.metadata as m; print(m.version('label-studio'))"
+    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True) if python.exists() else None
+    if found and found.stdout.strip() == LS_VERSION:
+        return python
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    print(f"installing label-studio=={LS_VERSION} into {VENV} ...", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"], check=True)
+    return python
+
+
+class LabelStudio:
+    """`label-studio start` on PostgreSQL; output to SERVER_LOG."""
+
+    def __init__(self, python: Path, env: dict[str, str]) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        cmd = [
+            str(python.parent / "label-studio"),
+            "start",
+            "--no-browser",
+            "--port",
+            str(self.port),
+            "--username",
+            "admin@bench.local",
+            "--password",
+            "bench-admin-password",
+            "--user-token",
+            ADMIN_TOKEN,
+            "--enable-legacy-api-token",
+        ]
+        with SERVER_LOG.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=DATA_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600  # the first start migrates a fresh database
+        while True:
+            try:
+                status, _ = self.call("GET", "/api/projects/", token=ADMIN_TOKEN)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"label-studio did not start; see {SERVER_LOG}")
+            time.sleep(1.0)
+        top = psutil.Process(self.proc.pid)
+        self.processes = [top, *top.children(recursive=True)]
+
+    def call(self, method: str, path: str, body: Any = None, *, token: str) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+            return response.status, json.loads(raw) if raw.startswith((b"{", b"[")) else raw
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_level(
+    ls: LabelStudio, project: int, tokens: list[str], seconds: float, think: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """bench_annotation.run_level's loop against Label Studio's API: next task, submit, (think)."""
+    fetch: list[float] = []
+    submit: list[float] = []
+    loop: list[float] = []
+    accepted: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(tokens) + 1)
+    stop_at = [0.0]
+    body = json.dumps({"result": RESULT, "lead_time": 0.9, "project": project}).encode()
+
+    def annotator(token: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", ls.port, timeout=120)
+        get_headers = {"Authorization": f"Token {token}"}
+        post_headers = {**get_headers, "Content-Type": "application/json"}
+        pause = random.Random(token)
+        my_fetch, my_submit, my_loop, my_ok = [], [], [], []
+        perf = time.perf_counter
+        barrier.wait()
+        try:
+            while perf() < stop_at[0]:
+                t0 = perf()
+                conn.request("GET", f"/api/projects/{project}/next/", headers=get_headers)
+                response = conn.getresponse()
+                page = response.read()
+                t1 = perf()
+                my_fetch.append(t1 - t0)
+                if response.status == 404:
+                    break  # nothing left for this annotator
+                if response.status != 200:
+                    errors.append(f"next answered {response.status}")
+                    break
+                task = json.loads(page)["id"]
+                t2 = perf()
+                conn.request("POST", f"/api/tasks/{task}/annotations/?project={project}", body, post_headers)
+                response = conn.getresponse()
+                response.read()
+                t3 = perf()
+                my_submit.append(t3 - t2)
+                my_loop.append(t3 - t2 + t1 - t0)
+                if response.status != 201:
+                    errors.append(f"submit answered {response.status}")
+                    break
+                my_ok.append(task)
+                if think is not None:
+                    time.sleep(pause.uniform(*think))
+        except Exception as exc:  # reported in the table
+            errors.append(repr(exc))
+        with lock:
+            fetch.extend(my_fetch)
+            submit.extend(my_submit)
+            loop.extend(my_loop)
+            accepted.extend(my_ok)
+
+    threads = [threading.Thread(target=annotator, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    postgres = _postgres_processes()
+    client0, servers0, postgres0 = time.process_time(), _cpu_seconds(ls.processes), _cpu_seconds(postgres)
+    stop_at[0] = time.perf_counter() + seconds
+    started = time.perf_counter()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return {
+        "fetch": fetch,
+        "submit": submit,
+        "loop": loop,
+        "accepted": accepted,
+        "errors": errors,
+        "elapsed": elapsed,
+        "cpu": {
+            "client": time.process_time() - client0,
+            "server": _cpu_used(servers0, _cpu_seconds(ls.processes)),
+            "postgres": _cpu_used(postgres0, _cpu_seconds(postgres)),
+        },
+    }
+
+
+def level_rows(result: dict[str, Any], think: tuple[float, float] | None) -> list[Row]:
+    n, elapsed = len(result["accepted"]), result["elapsed"]
+    cells = ", ".join(
+        f"{name} p50 {_pct(result[req], 50) * 1e3:.1f} / p95 {_pct(result[req], 95) * 1e3:.1f} / "
+        f"p99 {_pct(result[req], 99) * 1e3:.1f} ms"
+        for req, name in (("fetch", "next"), ("submit", "submit"))
+    )
+    pace = f"think {think[0]:g}-{think[1]:g} s" if think else "no think time"
+    errors = f"{len(result['errors'])} errors" + (f" ({result['errors'][0]})" if result["errors"] else "")
+    cpu = result["cpu"]
+    share = ", ".join(f"{name} {100 * sec / elapsed:.0f}%" for name, sec in cpu.items())
+    return [
+        Row(f"Label Studio, {LEVEL} annotators, {pace}: {n} judgments, {n / elapsed:.1f}/s, {errors}", cells),
+        Row(
+            "    whole loop (next + submit)",
+            f"p50 {_pct(result['loop'], 50) * 1e3:.1f} / p95 {_pct(result['loop'], 95) * 1e3:.1f} ms",
+        ),
+        Row(
+            "    CPU (share of one core)",
+            f"{share}; {sum(cpu.values()) / max(1, n) * 1e3:.1f} ms of CPU per judgment",
+        ),
+    ]
+
+
+def ours(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
+    """bench_annotation.py at 32 annotators (no think time, then 1-3 s), its table and its figures."""
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_annotation.py"), "--levels", str(LEVEL), "--paced", str(LEVEL)]
+    cmd += ["--items", str(args.items), "--seconds", str(args.seconds), "--db", args.db]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise SystemExit(f"bench_annotation.py failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    figures = {}
+    for key, pace in (("none", "no think time"), ("think", r"think [\d.]+-[\d.]+ s")):
+        found = re.search(
+            rf"{LEVEL} annotators, {pace}: (\d+) judgments, ([\d.]+)/s.*?\| fetch p50 [\d.]+ / p95 "
+            r"([\d.]+) / p99 [\d.]+ ms, submit p50 [\d.]+ / p95 ([\d.]+)",
+            out.stdout,
+        )
+        if not found:
+            raise SystemExit(f"no {pace} row in bench_annotation.py's table:\n{out.stdout[-3000:]}")
+        figures[f"{key}_rate"] = float(found.group(2))
+        figures[f"{key}_fetch95"], figures[f"{key}_submit95"] = float(found.group(3)), float(found.group(4))
+    return out.stdout, figures
+
+
+def theirs(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
+    import psycopg
+
+    python = ls_python()
+    base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter"))
+    name = f"{args.db}_labelstudio"
+    _fresh_database(base._replace(path="/postgres").geturl(), name)
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
+    DATA_DIR.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(
+        DJANGO_DB="default",
+        POSTGRE_NAME=name,
+        POSTGRE_USER=base.username or "postgres",
+        POSTGRE_PASSWORD=base.password or "",
+        POSTGRE_HOST=base.hostname or "127.0.0.1",
+        POSTGRE_PORT=str(base.port or 5432),
+        LABEL_STUDIO_BASE_DATA_DIR=str(DATA_DIR),
+    )
+    ls = LabelStudio(python, env)
+    try:
+        made = subprocess.run(
+            [str(python), "-c", MAKE_USERS, str(1 + 2 * LEVEL)], cwd=DATA_DIR, env=env, capture_output=True, text=True
+        )
+        if made.returncode:
+            raise SystemExit(f"creating Label Studio users failed:\n{made.stderr[-3000:]}")
+        tokens = json.loads(made.stdout.strip().splitlines()[-1])
+        status, project = ls.call(
+            "POST",
+            "/api/projects/",
+            {"title": "bench", "label_config": LABEL_CONFIG, "maximum_annotations": 2},
+            token=ADMIN_TOKEN,
+        )
+        assert status == 201, (status, project)
+        pid = project["id"]
+        items = [json.loads(line) for line in _items_jsonl(args.items).splitlines()]
+        tasks = [{"data": {"prompt": i["prompt"], "text1": i["response_a"], "text2": i["response_b"]}} for i in items]
+        t0 = time.perf_counter()
+        for start in range(0, len(tasks), 2000):
+            status, answer = ls.call(
+                "POST", f"/api/projects/{pid}/import", tasks[start : start + 2000], token=ADMIN_TOKEN
+            )
+            assert status == 201, (status, answer)
+        import_s = time.perf_counter() - t0
+        warm = run_level(ls, pid, tokens[:1], 2.0)  # warm caches, connections (as bench_annotation.py does)
+        none = run_level(ls, pid, tokens[1 : 1 + LEVEL], args.seconds)
+        think = (1.0, 3.0)
+        paced = run_level(ls, pid, tokens[1 + LEVEL :], 2 * args.seconds, think)
+    finally:
+        ls.stop()
+    with psycopg.connect(base._replace(path=f"/{name}").geturl()) as conn:
+        over = conn.execute(
+            "SELECT count(*) FROM (SELECT task_id FROM task_completion WHERE NOT was_cancelled GROUP BY task_id "
+            "HAVING count(*) > 2) t"
+        ).fetchone()
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM task_completion GROUP BY task_id, completed_by_id "
+            "HAVING count(*) > 1) t"
+        ).fetchone()
+        stored = conn.execute("SELECT count(*) FROM task_completion").fetchone()
+    accepted = sum(len(r["accepted"]) for r in (warm, none, paced))
+    rows = [
+        Row(f"Label Studio import of {len(tasks):,} items (POSTs of up to 2,000)", f"{import_s:.1f} s"),
+        *level_rows(none, None),
+        *level_rows(paced, think),
+        Row(
+            "Label Studio afterwards",
+            f"{over[0] if over else '?'} tasks over overlap 2, {twice[0] if twice else '?'} (task, annotator) twice, "
+            f"{stored[0] if stored else '?'} annotations stored of {accepted} accepted (warm-up included)",
+        ),
+    ]
+    figures = {
+        "none_rate": len(none["accepted"]) / none["elapsed"],
+        "think_fetch95": _pct(paced["fetch"], 95) * 1e3,
+        "think_submit95": _pct(paced["submit"], 95) * 1e3,
+    }
+    return rows, figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds, no think time (twice: think)")
+    parser.add_argument("--db", default="arbiter_bench_labelstudio", help="Arbiter's database; <db>_labelstudio theirs")
+    parser.add_argument("--quick", action="store_true", help="2,000 items, 5 s per level")
+    args = parser.parse_args()
+    if args.quick:
+        args.items, args.seconds = min(args.items, 2000), min(args.seconds, 5.0)
+    ls_python()  # install before anything is timed
+    our_table, our = ours(args)
+    print(our_table.rstrip())
+    rows, their = theirs(args)
+    ratio = our["none_rate"] / their["none_rate"]
+    rows += [
+        Row(
+            f"ratio at {LEVEL} annotators, no think time: Arbiter / Label Studio judgments/s",
+            f"{ratio:.1f}x ({our['none_rate']:.1f} / {their['none_rate']:.1f})",
+            f">= {RATIO_BUDGET}x",
+            ratio >= RATIO_BUDGET,
+        ),
+        Row(
+            f"    p95 at {LEVEL} annotators, think 1-3 s: Label Studio next / submit vs Arbiter fetch / submit",
+            f"{their['think_fetch95']:.1f} / {their['think_submit95']:.1f} ms vs "
+            f"{our['think_fetch95']:.1f} / {our['think_submit95']:.1f} ms",
+        ),
+    ]
+    print_table(
+        f"Label Studio {LS_VERSION} (label-studio start, PostgreSQL) beside Arbiter (bench_annotation.py above), "
+        f"{args.items:,} pairwise items, overlap 2",
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
