@@ -80,6 +80,11 @@ def remove(value: str) -> None:
         default_store().delete(uri)
 
 
+def stored_size(uri: uris.Uri) -> int:
+    """Bytes stored at `uri` (a file, or every file of a folder); 0 when nothing is there."""
+    return sum(size for _, size in default_store().list(uri))
+
+
 def download_url(value: str, *, filename: str = "", expires_s: int = 300) -> str:
     """A short-lived signed URL of an object in the bucket (the browser downloads from the store directly)."""
     # Signed for the address browsers reach the bucket by (the host is part of the signature), which inside a

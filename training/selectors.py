@@ -254,6 +254,57 @@ def last_checkpoint(*, run: Run) -> Checkpoint | None:
     return run.checkpoints.order_by("-step").first()
 
 
+CHECKPOINTS_PER_PAGE = 20
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    checkpoint: Checkpoint
+    size: int | None  # bytes in the store; None when its files are gone or it is not in the store
+
+
+@dataclass(frozen=True)
+class CheckpointPage:
+    rows: list[CheckpointRow]
+    page: int
+    pages: int
+    total: int
+
+
+def checkpoint_page(*, run: Run, page: int = 1, per_page: int = CHECKPOINTS_PER_PAGE) -> CheckpointPage:
+    """One page of the run's checkpoints, newest step first, with their sizes.
+
+    Sizes come from the checkpoint's artifact row (measured when the run reported it); a row without one (reported
+    before sizes were kept) is measured in the store now, which a page of `per_page` bounds.
+    """
+    from artifacts import uris
+    from artifacts.models import Artifact
+    from artifacts.services import checkpoint_uri, stored_size
+
+    total = run.checkpoints.count()
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, page), pages)
+    found = list(run.checkpoints.order_by("-step")[(page - 1) * per_page : page * per_page])
+    places: dict[int, str] = {}
+    for checkpoint in found:
+        try:
+            places[checkpoint.id] = str(checkpoint_uri(run=run, value=checkpoint.path))
+        except (uris.BadUri, ValueError):  # outside the run's location (an old row): not downloadable either
+            continue
+    sizes = dict(Artifact.objects.filter(uri__in=places.values()).values_list("uri", "size"))
+    rows = []
+    for checkpoint in found:
+        place = places.get(checkpoint.id)
+        size = sizes.get(place) if place else None
+        if place and not size:
+            try:
+                size = stored_size(uris.parse(place)) or None
+            except Exception:  # the store is unreachable: the row shows no size and no link, the page still renders
+                size = None
+        rows.append(CheckpointRow(checkpoint, size))
+    return CheckpointPage(rows, page, pages, total)
+
+
 def metric_series(
     *, run_id: int, key: str, start: int | None = None, end: int | None = None, buckets: int = DEFAULT_BUCKETS
 ) -> dict[str, Any]:

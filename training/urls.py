@@ -15,6 +15,7 @@ urlpatterns = [
     path("<int:run_id>/", views.run_detail, name="run_detail"),
     path("<int:run_id>/panel/", views.run_panel, name="run_panel"),
     path("<int:run_id>/samples/", views.run_samples, name="run_samples"),
+    path("<int:run_id>/checkpoints/", views.run_checkpoints, name="run_checkpoints"),
     path("<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("<int:run_id>/retry/", views.run_retry, name="run_retry"),
     path("<int:run_id>/resume/", views.run_resume, name="run_resume"),

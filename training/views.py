@@ -265,6 +265,16 @@ def run_samples(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
 
 
 @researcher_required
+def run_checkpoints(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
+    """The run page's Checkpoints card: every checkpoint, newest first, a page at a time (`?page=`)."""
+    run = selectors.get_run_for(user=request.user, run_id=run_id)
+    raw = request.GET.get("page", "1")
+    page = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 1
+    context = {"run": run, "listing": selectors.checkpoint_page(run=run, page=page)}
+    return render(request, "training/run_checkpoints.html", context)
+
+
+@researcher_required
 def run_panel(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     """Status, duration and actions; polled by htmx while the run is active (works without websockets)."""
     run = selectors.get_run_for(user=request.user, run_id=run_id)

@@ -42,6 +42,7 @@ ENTRIES = {
     "training:run_detail": Access(roles=RESEARCHERS, objects="run"),
     "training:run_panel": Access(roles=RESEARCHERS, objects="run"),
     "training:run_samples": Access(roles=RESEARCHERS, objects="run_with_table"),
+    "training:run_checkpoints": Access(roles=RESEARCHERS, objects="run"),
     "training:run_cancel": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_retry": Access(roles=RESEARCHERS, objects="run", method="post"),
     "training:run_resume": Access(roles=RESEARCHERS, objects="run", method="post"),

@@ -669,9 +669,18 @@ def record_checkpoint(*, run: Run, step: int, path: str) -> Checkpoint:
         uri = artifact_services.checkpoint_uri(run=run, value=path)
     except (uris.BadUri, artifact_services.OutsideRunLocation) as exc:
         raise PayloadError("path", str(exc)) from None
+    # The files are complete when the run reports them (the engine uploads first): measured once here for the run
+    # page's checkpoint list.
+    try:
+        size = artifact_services.stored_size(uri)
+    except Exception:  # display only: a store hiccup must not refuse the report (the page measures it later)
+        logger.warning("run %s: could not measure checkpoint %s", run.id, uri, exc_info=True)
+        size = 0
     with transaction.atomic():
         checkpoint, _ = Checkpoint.objects.get_or_create(run=run, step=step, defaults={"path": path})
-        artifact_services.register_artifact(owner=run.owner, kind=ArtifactKind.CHECKPOINT, uri=str(uri), run=run)
+        artifact_services.register_artifact(
+            owner=run.owner, kind=ArtifactKind.CHECKPOINT, uri=str(uri), run=run, size=size
+        )
     return checkpoint
 
 
