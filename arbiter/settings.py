@@ -57,12 +57,12 @@ INSTALLED_APPS = [
     "workers",
 ]
 
+# Under ASGI (arbiter.asgi_handler) the three above the session run on the event loop and everything from
+# the session down runs synchronously in one call on the request's thread.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "arbiter.query_nul.refuse_nul_in_query",  # ?x=%00 is a 400 naming x, never a 500 in a filter or path check
-    # Async-capable (ServeStatic is WhiteNoise's ASGI-native fork): with every middleware async-capable,
-    # a request makes one thread hop to its sync view instead of one per sync-only middleware hook.
-    "servestatic.middleware.ServeStaticMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",  # WhiteNoise's ASGI-native fork: files without a thread
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

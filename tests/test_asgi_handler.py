@@ -1,0 +1,125 @@
+"""The production ASGI app (arbiter.asgi): one thread hop per page, the same middleware doing the same work."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+from unittest import mock
+
+import pytest
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.test import Client, override_settings
+
+from arbiter.accounts.models import User
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+
+async def _request(
+    app: Any, method: str, path: str, *, cookie: str = "", body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    headers = [(b"host", b"127.0.0.1")]
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+    if body:
+        headers += [
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    received = False
+    status, response_headers, content = 0, {}, b""
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected; Django cancels this listener when done
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, content
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            response_headers.update({k.decode().lower(): v.decode() for k, v in message["headers"]})
+        else:
+            content += message.get("body", b"")
+
+    await app(scope, receive, send)
+    return status, response_headers, content
+
+
+def _counting_hops() -> tuple[list[int], Any]:
+    hops = [0]
+    original = SyncToAsync.__call__
+
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        hops[0] += 1
+        return await original(self, *args, **kwargs)
+
+    return hops, mock.patch.object(SyncToAsync, "__call__", counted)
+
+
+async def test_an_annotator_page_takes_one_hop_into_the_request_thread(annotator: User) -> None:
+    """Sessions, CSRF, auth, messages, the view: one call on the request's thread. Django's own ASGI
+    handler made 16 hand-offs for this page (each middleware hook through sync_to_async)."""
+    from arbiter.asgi import application
+
+    client = Client()
+    await sync_to_async(client.force_login)(annotator)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    hops, counting = _counting_hops()
+    with counting:
+        status, _, page = await _request(application, "GET", "/annotate/", cookie=cookie)
+    assert status == 200 and b"anna" in page  # the session's user, loaded in the request thread
+    # request_started, SecurityMiddleware's two hooks (above the async-only static files), the chain, close().
+    assert hops[0] <= 5, hops[0]
+
+
+async def test_security_headers_csrf_and_sessions_still_apply() -> None:
+    from arbiter.asgi import application
+
+    status, headers, _ = await _request(application, "GET", "/accounts/login/")
+    assert status == 200
+    assert headers["x-frame-options"] == "DENY"  # clickjacking middleware: in the request thread
+    assert headers["x-content-type-options"] == "nosniff"  # SecurityMiddleware: on the event loop
+    assert headers["referrer-policy"] == "same-origin"
+    assert "csrftoken=" in headers["set-cookie"]
+    status, _, _ = await _request(application, "POST", "/accounts/login/", body=b"username=a&password=b")
+    assert status == 403  # no CSRF token: refused as before
+    status, headers, _ = await _request(application, "GET", "/static/vendor/plotly.min.js")
+    assert status == 200 and headers["x-content-type-options"] == "nosniff"  # static files keep the headers
+
+
+async def test_https_redirect_still_happens_before_anything_else() -> None:
+    from arbiter.asgi_handler import ArbiterASGIHandler
+
+    with override_settings(SECURE_SSL_REDIRECT=True):
+        handler = ArbiterASGIHandler()
+        status, headers, _ = await _request(handler, "GET", "/accounts/login/")
+    assert (status, headers["location"]) == (301, "https://127.0.0.1/accounts/login/")
+
+
+async def test_a_stack_without_async_middleware_is_one_call_too() -> None:
+    from arbiter.asgi_handler import ArbiterASGIHandler
+
+    sync_only = ["django.contrib.sessions.middleware.SessionMiddleware", "django.middleware.csrf.CsrfViewMiddleware"]
+    with override_settings(MIDDLEWARE=sync_only):
+        handler = ArbiterASGIHandler()
+        hops, counting = _counting_hops()
+        with counting:
+            status, _, _ = await _request(handler, "GET", "/healthz")
+    assert status == 200
+    assert hops[0] <= 3, hops[0]  # request_started, the chain, close()
+
+
+async def test_start_up_objects_are_frozen_out_of_the_collector() -> None:
+    import arbiter.asgi  # noqa: F401
+
+    assert gc.get_freeze_count() > 10_000  # Django, the apps and every view
