@@ -18,8 +18,9 @@ from typing import Any
 
 from arbiter_worker.client import Api, Refused
 from arbiter_worker.config import WorkerConfig
+from arbiter_worker.engine_watch import signal_group
 from arbiter_worker.slots import SlotPool
-from arbiter_worker.supervisor import HandBack, _die_with_parent, _engine_env, _signal, _store
+from arbiter_worker.supervisor import HandBack, _die_with_parent, _engine_env, _store
 from artifacts import uris
 from artifacts.localize import localize
 
@@ -132,13 +133,13 @@ def _sample(
             sent, last = done, now
             if cancel and cancelled_at is None:
                 cancelled_at = now
-                _signal(proc.pid, signal.SIGTERM)
+                signal_group(proc.pid, signal.SIGTERM)
         if cancelled_at is not None and proc.poll() is None and now - cancelled_at > grace_s:
-            _signal(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
         if not stdout_open and proc.poll() is None:
             time.sleep(0.05)
     code = proc.wait()
-    _signal(proc.pid, signal.SIGKILL)
+    signal_group(proc.pid, signal.SIGKILL)
     if cancelled_at is not None:
         return _finish(api, job_id, cancelled=True)
     if code != 0 or summary is None:

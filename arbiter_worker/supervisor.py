@@ -12,18 +12,17 @@ import ctypes
 import json
 import logging
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from arbiter_worker.client import Api, Refused
 from arbiter_worker.config import WorkerConfig
+from arbiter_worker.engine_watch import watch_engine
 from arbiter_worker.slots import SlotPool
 from artifacts import uris
 from artifacts.localize import localize, localize_config
@@ -51,12 +50,6 @@ def engine_command(*, python: str, gpus: int, spec: Path) -> list[str]:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                 "-m", "training.engine", str(spec)]  # fmt: skip
     return [python, "-m", "training.engine", str(spec)]
-
-
-def _pump(stream: IO[bytes], name: str, out: queue.Queue[tuple[str, str] | None]) -> None:
-    for raw in iter(stream.readline, b""):
-        out.put((name, raw.decode("utf-8", "replace").rstrip("\n")[:10_000].replace("\x00", "")))
-    out.put(None)
 
 
 class Logs:
@@ -153,55 +146,22 @@ def _run(*, cfg: WorkerConfig, api: Api, spec: dict[str, Any], slots: list[str],
             f"/api/worker/runs/{run_id}/finish/", {"exit_code": None, "note": f"could not start: {exc}"[:300]}
         )
         return str(answer.get("status", "failed"))
-    lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
-    for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-        threading.Thread(target=_pump, args=(stream, name, lines), daemon=True).start()
-    cancelled_at: float | None = None
-    exited_at: float | None = None
-    next_beat = 0.0
-    open_streams = 2
-    while open_streams or proc.poll() is None:
-        if proc.poll() is not None:
-            exited_at = exited_at or time.monotonic()
-            if time.monotonic() - exited_at > 2:
-                _signal(proc.pid, signal.SIGKILL)  # a grandchild still holds the pipes open
-        deadline = time.monotonic() + poll_s
-        while (left := deadline - time.monotonic()) > 0 and open_streams:
-            try:
-                item = lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if item is None:
-                open_streams -= 1
-            else:
-                logs.add(*item)
-        if not open_streams and proc.poll() is None:
-            time.sleep(min(poll_s, 0.1))
-        logs.flush()
-        now = time.monotonic()
-        if now >= next_beat:
-            next_beat = now + beat_s
-            try:
-                cancel = bool(api.post(f"/api/worker/runs/{run_id}/heartbeat/", {"pid": proc.pid}).get("cancel"))
-            except (ConnectionError, Refused):
-                cancel = False  # the web tier blinked: keep training; the sweep decides if it lasts
-            if cancel and cancelled_at is None:
-                cancelled_at = now
-                logs.add("stderr", "[arbiter] cancel requested: SIGTERM to the process group")
-                _signal(proc.pid, signal.SIGTERM)
-        if cancelled_at is not None and proc.poll() is None and now - cancelled_at > grace_s:
-            logs.add("stderr", f"[arbiter] still running after {grace_s:.0f}s: SIGKILL")
-            _signal(proc.pid, signal.SIGKILL)
-            cancelled_at = float("-inf")
-    _signal(proc.pid, signal.SIGKILL)
-    exit_code = proc.wait()
-    logs.add("stderr", f"[arbiter] engine exited with code {exit_code}")
-    logs.flush()
+
+    def beat() -> bool:
+        try:
+            return bool(api.post(f"/api/worker/runs/{run_id}/heartbeat/", {"pid": proc.pid}).get("cancel"))
+        except (ConnectionError, Refused):
+            return False  # the web tier blinked: keep training; the sweep decides if it lasts
+
+    watched = watch_engine(
+        proc, add_line=logs.add, flush=logs.flush, heartbeat=beat, poll_s=poll_s, heartbeat_s=beat_s, grace_s=grace_s
+    )
+    exit_code = watched.exit_code
     if output_uri:
         shutil.rmtree(out, ignore_errors=True)  # the engine uploaded every checkpoint: scratch is not a store
     answer = api.post(
         f"/api/worker/runs/{run_id}/finish/",
-        {"exit_code": exit_code, "cancelled": cancelled_at is not None, "note": f"exit code {exit_code}"},
+        {"exit_code": exit_code, "cancelled": watched.cancelled, "note": f"exit code {exit_code}"},
     )
     return str(answer.get("status", ""))
 
@@ -224,8 +184,3 @@ def _engine_env(cfg: WorkerConfig, spec: dict[str, Any], slots: list[str]) -> di
         }
     )
     return env
-
-
-def _signal(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

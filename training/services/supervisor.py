@@ -4,27 +4,23 @@ The engine is `python -m training.engine SPEC.json` in a new session (its own pr
 cancel can signal the whole tree (dataloader workers, torchrun children) at once, and a fresh
 interpreter (CUDA cannot live in a forked Celery child). If the worker itself dies, the engine's
 next write to its stdout pipe fails (the reading end is gone) and the engine exits; the heartbeat
-sweep marks the run lost.
+sweep marks the run lost. The watching (output pumps, beats, cancel with grace, stragglers) is the remote
+worker's own loop, arbiter_worker.engine_watch (Django-free), given database callbacks here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import queue
-import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from django.conf import settings
 
+from arbiter_worker.engine_watch import watch_engine
 from artifacts import services as artifact_services
 from artifacts.localize import localize, localize_config
 from training.models import Run
@@ -90,12 +86,6 @@ def engine_env(*, run: Run, token: str) -> dict[str, str]:
     return env
 
 
-def _pump(stream: IO[bytes], name: str, out: queue.Queue[tuple[str, str] | None]) -> None:
-    for raw in iter(stream.readline, b""):
-        out.put((name, raw.decode("utf-8", "replace").rstrip("\n")))
-    out.put(None)
-
-
 class LogCollector:
     """Numbers each stream's lines (the idempotency key) and writes them in batches."""
 
@@ -121,11 +111,6 @@ class LogCollector:
             self.pending[stream] = []
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
 def run_engine(*, run: Run, token: str, opts: SupervisorSettings | None = None) -> Run | None:
     """Start the engine for a claimed run and watch it until it exits; return the finished run."""
     opts = opts or SupervisorSettings()
@@ -146,59 +131,20 @@ def run_engine(*, run: Run, token: str, opts: SupervisorSettings | None = None) 
         logs.add("stderr", f"[arbiter] could not start the engine: {exc}")
         logs.flush()
         return runs.finish_run(run_id=run.id, exit_code=None, note=f"could not start the engine: {exc}"[:300])
-    pgid = proc.pid  # start_new_session: the child leads its own group
-    runs.record_process(run_id=run.id, pid=proc.pid, pgid=pgid)
-    lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
-    readers = [
-        threading.Thread(target=_pump, args=(s, n, lines), daemon=True)
-        for s, n in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
-    ]
-    for t in readers:
-        t.start()
-
-    cancelled_at: float | None = None
-    exited_at: float | None = None
-    next_beat = 0.0
-    open_streams = 2
-    while open_streams or proc.poll() is None:
-        if proc.poll() is not None:
-            exited_at = exited_at or time.monotonic()
-            if time.monotonic() - exited_at > 2:
-                # A grandchild still holds the pipes open after the engine exited: end it.
-                _signal_group(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + opts.poll_s
-        while (left := deadline - time.monotonic()) > 0 and open_streams:
-            try:
-                item = lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if item is None:
-                open_streams -= 1
-            else:
-                logs.add(*item)
-        if not open_streams and proc.poll() is None:
-            time.sleep(min(opts.poll_s, 0.1))
-        logs.flush()
-        now = time.monotonic()
-        if now >= next_beat or cancelled_at is None:
-            cancel = runs.heartbeat(run_id=run.id) if now >= next_beat else _cancel_requested(run.id)
-            if now >= next_beat:
-                next_beat = now + opts.heartbeat_s
-            if cancel and cancelled_at is None:
-                cancelled_at = now
-                logs.add("stderr", "[arbiter] cancel requested: SIGTERM to the process group")
-                _signal_group(pgid, signal.SIGTERM)
-        if cancelled_at is not None and proc.poll() is None and now - cancelled_at > opts.cancel_grace_s:
-            logs.add("stderr", f"[arbiter] still running after {opts.cancel_grace_s:.0f}s: SIGKILL")
-            _signal_group(pgid, signal.SIGKILL)
-            cancelled_at = float("-inf")  # killed: do not signal again
-    # The leader exited; stragglers it left in its group must not outlive the run.
-    _signal_group(pgid, signal.SIGKILL)
-    exit_code = proc.wait()
-    logs.add("stderr", f"[arbiter] engine exited with code {exit_code}")
-    logs.flush()
+    runs.record_process(run_id=run.id, pid=proc.pid, pgid=proc.pid)  # start_new_session: it leads its group
+    watched = watch_engine(
+        proc,
+        add_line=logs.add,
+        flush=logs.flush,
+        heartbeat=lambda: runs.heartbeat(run_id=run.id),
+        cancel_requested=lambda: _cancel_requested(run.id),
+        poll_s=opts.poll_s,
+        heartbeat_s=opts.heartbeat_s,
+        grace_s=opts.cancel_grace_s,
+    )
+    exit_code = watched.exit_code
     return runs.finish_run(
-        run_id=run.id, exit_code=exit_code, cancelled=cancelled_at is not None, note=f"exit code {exit_code}"
+        run_id=run.id, exit_code=exit_code, cancelled=watched.cancelled, note=f"exit code {exit_code}"
     )
 
 
