@@ -92,7 +92,7 @@ class Sender(threading.Thread):
         run_id: int,
         *,
         flush_interval: float = 0.002,
-        max_batch: int = 10_000,
+        max_batch: int = 50_000,
         max_buffered: int = 2_000_000,
         system_interval: float = 0.0,
         system_sampler: Callable[[], dict[str, float]] | None = None,
@@ -115,7 +115,10 @@ class Sender(threading.Thread):
         self.max_busy_errors = max(1, max_busy_errors)
         self.report = Report()
         self._executor: ThreadPoolExecutor | None = None
-        self._conns: list[Connection] = [conn]
+        # One connection per request in flight (a kept-alive HTTP/1.1 connection carries one at a time).
+        self._conns: list[Connection] = [conn, *(conn.clone() for _ in range(self.parallel - 1))]
+        self._free_conns: list[Connection] = list(reversed(self._conns))
+        self._inflight = 0  # requests in flight
         # The producers take the plain lock (a C call); the condition wraps the same lock for waiting.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -255,24 +258,38 @@ class Sender(threading.Thread):
                 self._seal(force=self._flush_requested)
                 picked = self._pick(time.monotonic())
                 for req in picked:
+                    self._inflight += 1
                     self._inflight_points += req.points
                     self._inflight_lines += req.lines
                     self._inflight_calls += not (req.points or req.lines)
+                conns = [self._free_conns.pop() for _ in picked]
             self._sample_system()
             self._heartbeat()
-            if not picked:
-                continue
-            if len(picked) == 1:
-                outcomes = [self._send(picked[0], self.conn)]
+            if self.parallel == 1:
+                for req, conn in zip(picked, conns, strict=True):
+                    self._send_and_settle(req, conn)
             else:
-                outcomes = list(self._pool().map(self._send, picked, self._conns[: len(picked)]))
-            with self._cond:
-                for req, outcome in zip(picked, outcomes, strict=True):
-                    self._inflight_points -= req.points
-                    self._inflight_lines -= req.lines
-                    self._inflight_calls -= not (req.points or req.lines)
-                    self._settle(req, outcome)
-                self._cond.notify_all()
+                # Each request settles on its own as soon as it is answered, and its slot takes the
+                # next one at once: `parallel` requests stay in flight while there is work, so the
+                # client's encoding, the network and the server's work on two batches overlap.
+                for req, conn in zip(picked, conns, strict=True):
+                    try:
+                        self._pool().submit(self._send_and_settle, req, conn)
+                    except RuntimeError:
+                        # The interpreter is exiting (finish() from atexit): concurrent.futures takes
+                        # no new work then, so this thread sends it itself, one at a time.
+                        self._send_and_settle(req, conn)
+
+    def _send_and_settle(self, req: Request, conn: Connection) -> None:
+        outcome = self._send(req, conn)
+        with self._cond:
+            self._free_conns.append(conn)
+            self._inflight -= 1
+            self._inflight_points -= req.points
+            self._inflight_lines -= req.lines
+            self._inflight_calls -= not (req.points or req.lines)
+            self._settle(req, outcome)
+            self._cond.notify_all()
 
     def _wait_for_work(self) -> None:
         """Return when something should be done now: seal and send, retry, sample, heartbeat, or stop."""
@@ -291,7 +308,8 @@ class Sender(threading.Thread):
                 if ready <= now:
                     return
                 timers.append(ready)
-                if self._new_since is not None and not self._queue:  # (with a queue, sealing waits for it)
+                if self._new_since is not None and not self._queue and self._inflight < self.parallel:
+                    # (with a queue, or every slot busy, sealing waits for a request to settle)
                     timers.append(self._new_since + self.flush_interval)
             self._cond.wait(timeout=max(0.0, min(min(timers) - now, 1.0)))
 
@@ -301,25 +319,33 @@ class Sender(threading.Thread):
         Why linger (`flush_interval`, 2 ms by default): one step's several log() calls, microseconds
         apart, then share a request; at a high rate points pile up while a request is in flight, so
         batches grow by themselves up to `max_batch`. While requests wait (an outage, retries) new
-        data stays in the buffer until a batch is full, instead of becoming many tiny requests.
+        data stays in the buffer until a batch is full, instead of becoming many tiny requests; the
+        same while every one of the `parallel` slots has a request in flight (what arrives meanwhile
+        becomes one bigger request when a slot frees, not a small one waiting in line).
         """
         if not (self._metrics.points or self._logs):
             return False
         if self._flush_requested or self._metrics.points >= self.max_batch or len(self._logs) >= MAX_LINES:
             return True
         lingered = self._new_since is not None and now - self._new_since >= self.flush_interval
-        return lingered and not self._queue
+        return lingered and not self._queue and self._inflight < self.parallel
 
     def _ready_at(self) -> float:
         """When `_pick` will next find something to send (the same rules, read without taking)."""
+        if self._inflight >= self._slots():
+            return float("inf")  # a settling request wakes the thread
         first = float("inf")
         for i, req in enumerate(self._queue):
             if req.barrier:
-                if i == 0:
+                if i == 0 and not self._inflight:
                     first = req.not_before
                 break
             first = min(first, req.not_before)
         return max(first, self._outage_until)
+
+    def _slots(self) -> int:
+        """How many requests may be in flight now: `parallel`, or one probe while the server is unreachable."""
+        return 1 if self._outage_attempt else self.parallel
 
     def _seal(self, *, force: bool) -> None:
         """Turn buffered data into requests (at most max_batch points or MAX_LINES lines each)."""
@@ -378,19 +404,20 @@ class Sender(threading.Thread):
         self._warn("overflow", f"server unreachable for long: oldest points dropped ({self.report.dropped_points:,})")
 
     def _pick(self, now: float) -> list[Request]:
-        """Up to `parallel` requests due now, in order; a barrier only alone and first; one probe during an outage."""
-        if now < self._outage_until or not self._queue:
+        """Requests due now for the free slots, in order; a barrier only alone (nothing in flight) and first;
+        one probe during an outage."""
+        free = self._slots() - self._inflight
+        if now < self._outage_until or not self._queue or free <= 0:
             return []
-        limit = 1 if self._outage_attempt else self.parallel
         picked: list[Request] = []
         for i, req in enumerate(self._queue):
             if req.barrier:
-                if i == 0 and req.not_before <= now:
+                if i == 0 and not self._inflight and req.not_before <= now:
                     picked.append(req)
                 break
             if req.not_before <= now:
                 picked.append(req)
-                if len(picked) == limit:
+                if len(picked) == free:
                     break
         for req in picked:
             self._queue.remove(req)
@@ -479,7 +506,6 @@ class Sender(threading.Thread):
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.parallel, thread_name_prefix=f"arbiter-send-{self.run_id}")
-            self._conns = [self.conn, *(self.conn.clone() for _ in range(self.parallel - 1))]
         return self._executor
 
     def _sample_system(self) -> None:

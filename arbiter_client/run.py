@@ -63,7 +63,7 @@ class Run:
             Connection(url, token),
             run_id,
             flush_interval=flush_interval or float(os.environ.get("ARBITER_FLUSH_INTERVAL", "0.002")),
-            max_batch=max_batch or int(os.environ.get("ARBITER_MAX_BATCH", "10000")),
+            max_batch=max_batch or int(os.environ.get("ARBITER_MAX_BATCH", "50000")),
             system_interval=system_interval,
             system_sampler=make_sampler() if system_interval > 0 else None,
             heartbeat_interval=heartbeat_interval,

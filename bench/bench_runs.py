@@ -4,9 +4,11 @@ The server is the production one: uvicorn as arbiter/server.py starts it (`--wor
 docker/Dockerfile's WEB_WORKERS; `--workers 1` is `runplatform`'s), with PostgreSQL and Redis.
 
 (a) ingest: 1,000,000 points (1 run, 10 keys x 100,000 steps) posted through the HTTP API in the
-    client's batches (arbiter_client's own encoder, `--batch` points each, 2 batches in flight as its
-    sender sends them). Pre-encoded bodies are built before the clock starts (that is the training
-    process's CPU). Each way a script's batches reach the server is timed:
+    client's batches (arbiter_client's own encoder, `--batch` points each: its default max_batch, 50,000;
+    2 batches in flight as its sender keeps them: each answer frees a slot for the next batch; before
+    2026-12-02 the sender, and this replay, waited for both answers of a pair before sending more, which
+    left the server idle between pairs). Pre-encoded bodies are built before the clock starts (that is
+    the training process's CPU). Each way a script's batches reach the server is timed:
       in order      every batch appends after the last stored step (a training loop's usual case);
       out of order  the same batches in a shuffled order (retries, several senders): the merge path;
       re-sent       every batch of the in-order run again (a client that lost the answers): 0 written.
@@ -25,7 +27,7 @@ docker/Dockerfile's WEB_WORKERS; `--workers 1` is `runplatform`'s), with Postgre
     Measured after VACUUM ANALYZE and a CHECKPOINT of the freshly loaded tables (steady state: no
     autovacuum pass or checkpoint write of the load competing for the disk).
 
-Usage: python bench/bench_runs.py [--quick] [--workers 2] [--batch 10000] [--clients 50] [--parts abc]
+Usage: python bench/bench_runs.py [--quick] [--workers 2] [--batch 50000] [--clients 50] [--parts abc]
 `--quick`: 200,000 points per ingest row instead of 1,000,000, and 100 live points (make bench --quick).
 It creates (and drops first) the database `--db` (arbiter_bench_runs) on the DATABASE_URL server; the
 channel layer uses REDIS_URL as given.
@@ -55,6 +57,7 @@ from harness import Row, Server, print_table, session_backend  # noqa: E402
 DB_NAME = "arbiter_bench_runs"
 LIVE_BUDGET_MS = 50.0
 INGEST_BUDGET = 500_000  # points/s through the SDK on 2 cores (DESIGN.md)
+SDK_MAX_BATCH = 50_000  # arbiter_client's default max_batch (ARBITER_MAX_BATCH): the batches its sender cuts
 READ_BUDGET_MS = 20.0  # a 1,000,000-point series at screen resolution, server time
 
 
@@ -164,27 +167,40 @@ def encode_batches(*, keys: int, steps: int, batch: int, t0: float) -> list[byte
 
 
 def send_all(url: str, run_id: int, token: str, bodies: list[bytes], parallel: int = 2, *, resent: bool = False) -> int:
-    """Post the bodies as the client's sender does: up to `parallel` batches in flight, then the next group.
-    Returns the points the server wrote (a re-send must write none)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Post the bodies as the client's sender does: `parallel` batches in flight, each slot taking the next
+    batch as soon as its answer is in. Returns the points the server wrote (a re-send must write none)."""
     from arbiter_client._http import Connection
 
-    conns = [Connection(url, token, timeout=120) for _ in range(parallel)]
+    pending = list(reversed(bodies))
+    lock = threading.Lock()
+    written = [0]
+    errors: list[BaseException] = []
 
-    def post(body: bytes, conn: Connection) -> int:
-        answer = conn.exchange("POST", f"/api/runs/{run_id}/metrics/", body=body, compressed=False).json()
-        assert (answer["written"] == 0) if resent else (answer["written"] > 0), answer
-        return int(answer["written"])
+    def slot() -> None:
+        conn = Connection(url, token, timeout=120)
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    body = pending.pop()
+                answer = conn.exchange("POST", f"/api/runs/{run_id}/metrics/", body=body, compressed=False).json()
+                assert (answer["written"] == 0) if resent else (answer["written"] > 0), answer
+                with lock:
+                    written[0] += int(answer["written"])
+        except BaseException as exc:  # an assertion in a slot fails the row, as it did in the caller
+            errors.append(exc)
+        finally:
+            conn.close()
 
-    written = 0
-    with ThreadPoolExecutor(parallel) as pool:
-        for start in range(0, len(bodies), parallel):
-            group = bodies[start : start + parallel]
-            written += sum(pool.map(post, group, conns[: len(group)]))
-    for conn in conns:
-        conn.close()
-    return written
+    threads = [threading.Thread(target=slot) for _ in range(parallel)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return written[0]
 
 
 def log_through_client(url: str, run_id: int, token: str, *, keys: int, steps: int) -> None:
@@ -480,7 +496,9 @@ def bench_live(server: Server, args: argparse.Namespace) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (docker: WEB_WORKERS=2)")
-    parser.add_argument("--batch", type=int, default=10000, help="points per request (the client's max_batch)")
+    parser.add_argument(
+        "--batch", type=int, default=SDK_MAX_BATCH, help="points per request (the client's max_batch, its default)"
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument(
         "--producer-in-bench", action="store_true", help="(c): call run.log from a thread of this process"
