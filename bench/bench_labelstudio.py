@@ -2,18 +2,25 @@
 
 Label Studio LS_VERSION (1.23.2) runs from its own virtualenv, var/bench/labelstudio-venv, which this script
 creates on first use (`pip install label-studio==1.23.2`) and reuses afterwards; never the project's .venv.
-It is started as its pip install docs say, `label-studio start --no-browser --port P`, with its PostgreSQL
-settings (DJANGO_DB=default, POSTGRE_NAME=<--db>_labelstudio, POSTGRE_USER/HOST/PORT from DATABASE_URL) on
-a fresh database of the same PostgreSQL Arbiter uses, not its default SQLite: both sides then write to the
-same engine, and SQLite's single writer would make 32 annotators a test of SQLite. `label-studio start`
-serves with Django's threaded server in one process (what a pip install runs; its Docker image puts
-uWSGI and nginx in front instead). Changed from its defaults only: the port, the data directory
-(LABEL_STUDIO_BASE_DATA_DIR under var/bench/, fresh each run) and `--enable-legacy-api-token`, so each
-annotator authenticates with their own user token (`Authorization: Token ...`) as its API docs show
-(1.23 turns legacy tokens off for a new organisation; its other option, short-lived JWT access tokens,
-needs a refresh call every few minutes).
+It runs on its PostgreSQL settings (DJANGO_DB=default, POSTGRE_NAME=<--db>_labelstudio, POSTGRE_USER/HOST/PORT
+from DATABASE_URL) on a fresh database of the same PostgreSQL Arbiter uses, not its default SQLite: both sides
+then write to the same engine, and SQLite's single writer would make 32 annotators a test of SQLite. Two ways
+of serving it, each on a fresh database (--servers, both by default):
+- "start": `label-studio start --no-browser --port P`, as its pip install docs say; Django's threaded
+  development server in one process, so at most about one core;
+- "uwsgi": as its Docker image serves it (deploy/start_label_studio.sh, deploy/uwsgi.ini): `label-studio init`
+  for the schema and admin, then uWSGI (uwsgi==UWSGI_VERSION, built into its venv) with that file's settings:
+  2 x cores processes of 1 thread, master, lazy-apps, thunder-lock, post-buffering 4096, harakiri 120, no
+  request log; not its `cheaper` (all processes start at once) and no nginx in front (uWSGI's HTTP router,
+  which answers one request a connection, so each annotator connects for every request, as nginx does to uWSGI);
+Changed from its defaults only: the port, the data directory (LABEL_STUDIO_BASE_DATA_DIR under var/bench/,
+fresh each run), SENTRY_DSN="" (by default it reports errors and 2% of requests' traces to sentry.io; this
+machine has no route out, and bench_mlflow.py turns MLflow's telemetry off likewise), and
+`--enable-legacy-api-token`, so each annotator authenticates with their own user token (`Authorization:
+Token ...`) as its API docs show (1.23 turns legacy tokens off for a new organisation; its other option,
+short-lived JWT access tokens, needs a refresh call every few minutes).
 
-Setup (not timed): an admin user from the start command, 65 annotator users (one to warm up, 32 per level)
+Setup (not timed): an admin user from its start (or init) command, 65 annotator users (one to warm up, 32 per level)
 created with Label Studio's own Django models in its venv, each with their own token and in the
 organisation; a project with its pairwise template (`<Pairwise name="pw" toName="text1,text2"/>` under a
 Header showing the prompt) and overlap 2 (maximum_annotations=2, as bench_annotation.py's study); the same
@@ -27,11 +34,12 @@ bench_annotation.py does for Arbiter). Each annotator is a thread of one client 
 keep-alive connection. p50/p95/p99 of each request, judgments/s, and the CPU of client, server and
 PostgreSQL; afterwards the tasks over their overlap and (task, annotator) pairs judged twice are counted.
 
-Arbiter's side is bench/bench_annotation.py itself, run at the same sizes (`--levels 32`), its table
-printed here; the ratio of judgments/s at 32 annotators with no think time is set against DESIGN.md's
-">= 20x Label Studio at 32 annotators".
+Arbiter's side is bench/bench_annotation.py itself, run once at the same sizes (`--levels 32`), its table
+printed here; the ratio of judgments/s at 32 annotators with no think time, for each way of serving Label
+Studio, is set against DESIGN.md's ">= 20x Label Studio at 32 annotators".
 
-Usage: python bench/bench_labelstudio.py [--quick] [--items 10000] [--seconds 15] [--db arbiter_bench_labelstudio]
+Usage: python bench/bench_labelstudio.py [--quick] [--items 10000] [--seconds 15] [--servers start,uwsgi]
+       [--db arbiter_bench_labelstudio]
 `--quick`: 2,000 items, 5 s per level. Never run in tests or CI; timings on a shared 2-core machine are noisy.
 """
 
@@ -62,6 +70,7 @@ from bench_annotation import _cpu_seconds, _cpu_used, _fresh_database, _items_js
 from harness import Row, print_table  # noqa: E402
 
 LS_VERSION = "1.23.2"
+UWSGI_VERSION = "2.0.31"  # its Docker image serves with uWSGI (deploy/uwsgi.ini); built from source here
 VENV = ROOT / "var" / "bench" / "labelstudio-venv"
 DATA_DIR = ROOT / "var" / "bench" / "labelstudio-data"
 SERVER_LOG = ROOT / "var" / "bench" / "labelstudio-server.log"
@@ -98,42 +107,56 @@ print(json.dumps(tokens))
 """
 
 
-def ls_python() -> Path:
-    """Label Studio's venv interpreter, created and installed on first use (reused when the version matches)."""
+def ls_python(uwsgi: bool) -> Path:
+    """Label Studio's venv interpreter (and uWSGI when asked), installed on first use, reused when versions match."""
     python = VENV / "bin" / "python"
-    code = "import importlib.metadata as m; print(m.version('label-studio'))"
-    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True) if python.exists() else None
-    if found and found.stdout.strip() == LS_VERSION:
+    want = [f"label-studio=={LS_VERSION}", *([f"uwsgi=={UWSGI_VERSION}"] if uwsgi else [])]
+    code = "import importlib.metadata as m, sys; print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
+    names = [w.split("==")[0] for w in want]
+    found = (
+        subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True) if python.exists() else None
+    )
+    if found and found.stdout.split() == want:
         return python
     VENV.parent.mkdir(parents=True, exist_ok=True)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    print(f"installing label-studio=={LS_VERSION} into {VENV} ...", flush=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", f"label-studio=={LS_VERSION}"], check=True)
+    print(f"installing {' '.join(want)} into {VENV} ...", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *want], check=True)
     return python
 
 
 class LabelStudio:
-    """`label-studio start` on PostgreSQL; output to SERVER_LOG."""
+    """Label Studio on PostgreSQL, output to SERVER_LOG: `label-studio start` (server "start"), or its Docker
+    image's uWSGI (server "uwsgi": `label-studio init` for the schema and admin, then uWSGI as deploy/uwsgi.ini)."""
 
-    def __init__(self, python: Path, env: dict[str, str]) -> None:
+    def __init__(self, python: Path, env: dict[str, str], server: str) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        cmd = [
-            str(python.parent / "label-studio"),
-            "start",
-            "--no-browser",
-            "--port",
-            str(self.port),
-            "--username",
-            "admin@bench.local",
-            "--password",
-            "bench-admin-password",
-            "--user-token",
-            ADMIN_TOKEN,
-            "--enable-legacy-api-token",
-        ]
+        bin_dir = python.parent
+        self.workers = 2 * (os.cpu_count() or 1)
+        self.keepalive = server == "start"
+        admin = ["--username", "admin@bench.local", "--password", "bench-admin-password", "--user-token", ADMIN_TOKEN]
+        admin.append("--enable-legacy-api-token")
+        if server == "start":
+            cmd = [str(bin_dir / "label-studio"), "start", "--no-browser", "--port", str(self.port), *admin]
+        else:
+            subprocess.run(
+                [str(bin_dir / "label-studio"), "init", *admin], cwd=DATA_DIR, env=env, check=True, capture_output=True
+            )
+            package = subprocess.run(
+                [str(python), "-c", "import label_studio, os; print(os.path.dirname(label_studio.__file__))"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            env = dict(env, DJANGO_SETTINGS_MODULE="core.settings.label_studio", APP_WEBSERVER="uwsgi")
+            cmd = [str(bin_dir / "uwsgi"), "--http", f"127.0.0.1:{self.port}", "--chdir", package]
+            cmd += ["--module", "core.wsgi:application", "--master", "--single-interpreter", "--need-app"]
+            cmd += ["--processes", str(self.workers), "--threads", "1", "--enable-threads"]
+            cmd += ["--thunder-lock", "--lazy-apps", "--buffer-size", "65535", "--post-buffering", "4096"]
+            cmd += ["--http-timeout", "300", "--harakiri", "120", "--disable-logging", "--die-on-term"]
         with SERVER_LOG.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=DATA_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600  # the first start migrates a fresh database
@@ -147,6 +170,10 @@ class LabelStudio:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise SystemExit(f"label-studio did not start; see {SERVER_LOG}")
             time.sleep(1.0)
+        while server == "uwsgi" and SERVER_LOG.read_text(errors="replace").count(" ready in ") < self.workers:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not every uWSGI worker loaded Label Studio; see {SERVER_LOG}")
+            time.sleep(1.0)  # lazy-apps: each worker loads the app after the first one answers
         top = psutil.Process(self.proc.pid)
         self.processes = [top, *top.children(recursive=True)]
 
@@ -198,6 +225,8 @@ def run_level(
                 conn.request("GET", f"/api/projects/{project}/next/", headers=get_headers)
                 response = conn.getresponse()
                 page = response.read()
+                if not ls.keepalive:
+                    conn.close()  # uWSGI's HTTP router answers one request a connection; the next one reconnects
                 t1 = perf()
                 my_fetch.append(t1 - t0)
                 if response.status == 404:
@@ -210,6 +239,8 @@ def run_level(
                 conn.request("POST", f"/api/tasks/{task}/annotations/?project={project}", body, post_headers)
                 response = conn.getresponse()
                 response.read()
+                if not ls.keepalive:
+                    conn.close()
                 t3 = perf()
                 my_submit.append(t3 - t2)
                 my_loop.append(t3 - t2 + t1 - t0)
@@ -253,7 +284,7 @@ def run_level(
     }
 
 
-def level_rows(result: dict[str, Any], think: tuple[float, float] | None) -> list[Row]:
+def level_rows(result: dict[str, Any], think: tuple[float, float] | None, label: str) -> list[Row]:
     n, elapsed = len(result["accepted"]), result["elapsed"]
     cells = ", ".join(
         f"{name} p50 {_pct(result[req], 50) * 1e3:.1f} / p95 {_pct(result[req], 95) * 1e3:.1f} / "
@@ -265,7 +296,7 @@ def level_rows(result: dict[str, Any], think: tuple[float, float] | None) -> lis
     cpu = result["cpu"]
     share = ", ".join(f"{name} {100 * sec / elapsed:.0f}%" for name, sec in cpu.items())
     return [
-        Row(f"Label Studio, {LEVEL} annotators, {pace}: {n} judgments, {n / elapsed:.1f}/s, {errors}", cells),
+        Row(f"{label}, {LEVEL} annotators, {pace}: {n} judgments, {n / elapsed:.1f}/s, {errors}", cells),
         Row(
             "    whole loop (next + submit)",
             f"p50 {_pct(result['loop'], 50) * 1e3:.1f} / p95 {_pct(result['loop'], 95) * 1e3:.1f} ms",
@@ -298,10 +329,10 @@ def ours(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
     return out.stdout, figures
 
 
-def theirs(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
+def theirs(args: argparse.Namespace, server: str, label: str) -> tuple[list[Row], dict[str, float]]:
     import psycopg
 
-    python = ls_python()
+    python = ls_python(server == "uwsgi")
     base = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/arbiter"))
     name = f"{args.db}_labelstudio"
     _fresh_database(base._replace(path="/postgres").geturl(), name)
@@ -316,8 +347,9 @@ def theirs(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
         POSTGRE_HOST=base.hostname or "127.0.0.1",
         POSTGRE_PORT=str(base.port or 5432),
         LABEL_STUDIO_BASE_DATA_DIR=str(DATA_DIR),
+        SENTRY_DSN="",  # its default reports errors and 2% of requests' traces to sentry.io; no route out here
     )
-    ls = LabelStudio(python, env)
+    ls = LabelStudio(python, env, server)
     try:
         made = subprocess.run(
             [str(python), "-c", MAKE_USERS, str(1 + 2 * LEVEL)], cwd=DATA_DIR, env=env, capture_output=True, text=True
@@ -360,11 +392,11 @@ def theirs(args: argparse.Namespace) -> tuple[list[Row], dict[str, float]]:
         stored = conn.execute("SELECT count(*) FROM task_completion").fetchone()
     accepted = sum(len(r["accepted"]) for r in (warm, none, paced))
     rows = [
-        Row(f"Label Studio import of {len(tasks):,} items (POSTs of up to 2,000)", f"{import_s:.1f} s"),
-        *level_rows(none, None),
-        *level_rows(paced, think),
+        Row(f"{label}: import of {len(tasks):,} items (POSTs of up to 2,000)", f"{import_s:.1f} s"),
+        *level_rows(none, None, label),
+        *level_rows(paced, think, label),
         Row(
-            "Label Studio afterwards",
+            f"{label}: afterwards",
             f"{over[0] if over else '?'} tasks over overlap 2, {twice[0] if twice else '?'} (task, annotator) twice, "
             f"{stored[0] if stored else '?'} annotations stored of {accepted} accepted (warm-up included)",
         ),
@@ -382,30 +414,38 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds, no think time (twice: think)")
     parser.add_argument("--db", default="arbiter_bench_labelstudio", help="Arbiter's database; <db>_labelstudio theirs")
+    parser.add_argument("--servers", default="start,uwsgi", help="label-studio start and/or its Docker image's uWSGI")
     parser.add_argument("--quick", action="store_true", help="2,000 items, 5 s per level")
     args = parser.parse_args()
     if args.quick:
         args.items, args.seconds = min(args.items, 2000), min(args.seconds, 5.0)
-    ls_python()  # install before anything is timed
+    servers = args.servers.split(",")
+    assert set(servers) <= {"start", "uwsgi"}, "--servers: start, uwsgi"
+    ls_python("uwsgi" in servers)  # install before anything is timed
     our_table, our = ours(args)
     print(our_table.rstrip())
-    rows, their = theirs(args)
-    ratio = our["none_rate"] / their["none_rate"]
-    rows += [
-        Row(
-            f"ratio at {LEVEL} annotators, no think time: Arbiter / Label Studio judgments/s",
-            f"{ratio:.1f}x ({our['none_rate']:.1f} / {their['none_rate']:.1f})",
-            f">= {RATIO_BUDGET}x",
-            ratio >= RATIO_BUDGET,
-        ),
-        Row(
-            f"    p95 at {LEVEL} annotators, think 1-3 s: Label Studio next / submit vs Arbiter fetch / submit",
-            f"{their['think_fetch95']:.1f} / {their['think_submit95']:.1f} ms vs "
-            f"{our['think_fetch95']:.1f} / {our['think_submit95']:.1f} ms",
-        ),
-    ]
+    rows: list[Row] = []
+    for server in servers:
+        procs = 2 * (os.cpu_count() or 1)
+        label = "Label Studio start" if server == "start" else f"Label Studio uWSGI x{procs}"
+        their_rows, their = theirs(args, server, label)
+        ratio = our["none_rate"] / their["none_rate"]
+        rows += [
+            *their_rows,
+            Row(
+                f"ratio at {LEVEL} annotators, no think time: Arbiter / {label} judgments/s",
+                f"{ratio:.1f}x ({our['none_rate']:.1f} / {their['none_rate']:.1f})",
+                f">= {RATIO_BUDGET}x",
+                ratio >= RATIO_BUDGET,
+            ),
+            Row(
+                f"    p95 at {LEVEL} annotators, think 1-3 s: {label} next / submit vs Arbiter fetch / submit",
+                f"{their['think_fetch95']:.1f} / {their['think_submit95']:.1f} ms vs "
+                f"{our['think_fetch95']:.1f} / {our['think_submit95']:.1f} ms",
+            ),
+        ]
     print_table(
-        f"Label Studio {LS_VERSION} (label-studio start, PostgreSQL) beside Arbiter (bench_annotation.py above), "
+        f"Label Studio {LS_VERSION} on PostgreSQL beside Arbiter (bench_annotation.py above), "
         f"{args.items:,} pairwise items, overlap 2",
         rows,
     )
