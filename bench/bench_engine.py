@@ -120,7 +120,7 @@ class StepClock:
         self.cpu_times.append(time.process_time() - self._cpu)
 
 
-def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float], list[float]]:
+def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float], list[float], list[float]]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -168,7 +168,7 @@ def trl_grpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[fl
     history = trainer.state.log_history
     lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
     zero_std = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
-    return clock.times, lengths, zero_std
+    return clock.times, clock.cpu_times, lengths, zero_std
 
 
 def trl_dpo(folder: Path, root: Path, steps: int) -> tuple[list[float], list[float]]:
@@ -228,11 +228,13 @@ def main() -> None:
     # Each round runs every engine once; a shared machine's load bursts then fall on both engines alike,
     # and the medians below pool the measured steps of all rounds.
     our_grpo_t: list[float] = []  # full backward, as TRL
+    our_grpo_cpu: list[float] = []
     our_short_t: list[float] = []  # zero-advantage rows skip autograd
     our_lengths: list[float] = []
     our_short_lengths: list[float] = []
     our_zero: list[float] = []
     trl_grpo_t: list[float] = []
+    trl_grpo_cpu: list[float] = []
     trl_lengths: list[float] = []
     trl_zero: list[float] = []
     our_dpo_t: list[float] = []
@@ -259,13 +261,15 @@ def main() -> None:
             if args.only in ("all", "grpo"):
                 rows = ours("grpo", folder, run_root, warm + n, grpo_cfg, shortcut=False)[warm:]
                 our_grpo_t += [r["step_time"] for r in rows]
+                our_grpo_cpu += [r["cpu_time"] for r in rows]
                 our_lengths += [r["completions/mean_length"] for r in rows]
                 our_zero += [r["frac_reward_zero_std"] for r in rows]
                 rows = ours("grpo", folder, run_root, warm + n, grpo_cfg, shortcut=True)[warm:]
                 our_short_t += [r["step_time"] for r in rows]
                 our_short_lengths += [r["completions/mean_length"] for r in rows]
-                times, lengths, zero_std = trl_grpo(folder, run_root, warm + n)
+                times, cpu_times, lengths, zero_std = trl_grpo(folder, run_root, warm + n)
                 trl_grpo_t += times[warm:]
+                trl_grpo_cpu += cpu_times[warm:]
                 trl_lengths += lengths[warm:]
                 trl_zero += zero_std[warm:]
             if args.only in ("all", "dpo"):
@@ -291,6 +295,13 @@ def main() -> None:
         table += [
             ("GRPO step time (s), full backward", our_grpo, trl_grpo_s, our_grpo / trl_grpo_s),
             ("GRPO step time (s), zero-adv shortcut", our_short, trl_grpo_s, our_short / trl_grpo_s),
+            # process CPU seconds per step (all threads): less moved by other load on a shared machine
+            (
+                "GRPO step CPU (s), full backward",
+                median(our_grpo_cpu),
+                median(trl_grpo_cpu),
+                median(our_grpo_cpu) / median(trl_grpo_cpu),
+            ),
             (
                 "GRPO tokens/s, full backward",
                 our_tokens / our_grpo,

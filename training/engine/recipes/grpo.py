@@ -53,6 +53,7 @@ from training.engine.losses import (
     vllm_importance_sampling_ratio,
 )
 from training.engine.modeling import TINY
+from training.engine.packed_forward import can_pack, packed_logits
 from training.engine.recipes.base import Recipe, RunContext, chat_renderer
 from training.engine.recipes.sft import global_token_metrics
 from training.engine.rewards import RewardBreakdown
@@ -479,12 +480,16 @@ class GRPORecipe(Recipe):
         last one predicts past the batch and is dropped.
         """
         t = batch.completion_ids.size(1)
-        logits = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=positions(batch.attention_mask),
-            logits_to_keep=t + 1,
-        ).logits
+        position_ids = positions(batch.attention_mask)
+        if can_pack(model):  # each distinct real token once (packed_forward.py); the padded logits are never read
+            logits = packed_logits(model, batch.input_ids, batch.attention_mask, position_ids, keep=t + 1)
+        else:
+            logits = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=t + 1,
+            ).logits
         targets = batch.completion_ids.masked_fill(batch.completion_mask == 0, -100)
         if self.config.variant == "gtpo":
             # The GTPO authors score untempered logits and take their own entropy form (losses.gtpo_token_entropy).
