@@ -123,3 +123,46 @@ async def test_start_up_objects_are_frozen_out_of_the_collector() -> None:
     import arbiter.asgi  # noqa: F401
 
     assert gc.get_freeze_count() > 10_000  # Django, the apps and every view
+
+
+async def test_request_threads_are_reused_and_concurrent_requests_get_their_own() -> None:
+    import threading
+    import time
+
+    from django.core.signals import request_started
+
+    from arbiter.asgi_handler import ArbiterASGIHandler
+
+    handler = ArbiterASGIHandler()
+    seen: list[int] = []
+
+    def record(**_: Any) -> None:  # runs in the request's thread (Django sends it via sync_to_async)
+        seen.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for the two concurrent requests below to overlap
+
+    request_started.connect(record)
+    try:
+        for _ in range(2):
+            assert (await _request(handler, "GET", "/healthz"))[0] == 200
+        assert seen[0] == seen[1]  # one after the other: the same thread, not a new one per request
+        seen.clear()
+        results = await asyncio.gather(*(_request(handler, "GET", "/healthz") for _ in range(2)))
+        assert [r[0] for r in results] == [200, 200]
+        assert len(set(seen)) == 2  # at the same time: each in its own thread
+    finally:
+        request_started.disconnect(record)
+
+
+async def test_a_request_thread_is_idle_only_when_its_work_is_done() -> None:
+    import threading
+
+    from arbiter.asgi_handler import RequestThread
+
+    thread, release = RequestThread(), threading.Event()
+    assert thread.idle()
+    future = thread.submit(release.wait, 5)
+    assert not thread.idle()  # a view still running (its client gone): not handed to the next request
+    release.set()
+    future.result(timeout=5)
+    assert thread.idle()
+    thread.shutdown()
