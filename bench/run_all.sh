@@ -26,7 +26,7 @@ bench "large item uploads (HTTP -> worker, 94 MB)" 420 bench/bench_import.py
 bench "the loop: Sample into a study (HF, CPU) throughput; last judgment -> launched run" 240 bench/bench_loop.py
 bench "artifact store MB/s (local vs S3-compatible server), remote-worker launch latency" 300 bench/bench_artifacts.py
 # Side by side with another system, installed by the script into its own venv under var/bench/ (needs PyPI
-# the first time); these add up to ~20 minutes at the default sizes (MLflow's ingest is the slow part).
+# the first time); these add up to ~15 minutes at the default sizes (MLflow's ingest is the slow part).
 bench "beside MLflow: ingest through each side's client, full history of one key" 1200 bench/bench_mlflow.py
 bench "beside Label Studio: the annotator loop at 32 annotators, no think time and 1-3 s" 900 bench/bench_labelstudio.py
 echo "== all benches: $((SECONDS - start)) s"
