@@ -71,9 +71,14 @@ def publish(local: Path) -> tuple[str, Stored]:
 
 
 def remove(value: str) -> None:
-    """Delete a stored file or folder named by a row (a local path or a URI), never outside the store."""
+    """Delete a stored file or folder named by a row (a local path or a URI), never outside the store.
+
+    The name is taken as written, symlinks NOT resolved: a run's folder (or a checkpoint inside it) that its own
+    code replaced with a link to another run's folder must lose the link, not the other run's files (the store's
+    delete unlinks a symlink and refuses a path that passes through one).
+    """
     try:
-        uri = canonical_uri(value)
+        uri = uris.parse(value)
     except uris.BadUri:
         return
     if store_base().contains(uri) and str(uri) != str(store_base()):

@@ -129,11 +129,23 @@ class LocalStore:
         return [(rel, path.stat().st_size) for path, rel in _tree_files(root)] if root.is_dir() else []
 
     def delete(self, uri: uris.Uri) -> None:
+        """Delete the file or folder at `uri` itself, never what a symlink there points to.
+
+        A symlink at `uri` is unlinked (its target is untouched); a path that passes through a symlinked folder
+        below the store's base is refused (deleting "inside" it would delete inside the link's target). rmtree
+        does not follow links inside the tree (Python's fd-based rmtree).
+        """
         path = self._path(uri)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+        base = self.base.local_path
+        folder = base
+        for part in path.relative_to(base).parts[:-1]:
+            folder = folder / part
+            if folder.is_symlink():
+                raise uris.BadUri(f"{uri} passes through the symlink {folder}: not deleted")
+        if path.is_symlink() or not path.is_dir():
             path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class S3Store:

@@ -132,3 +132,38 @@ def test_deleting_a_run_removes_its_objects_from_the_bucket_and_keeps_the_others
             ),
         ]
     )
+
+
+
+def test_a_run_folder_replaced_by_a_symlink_loses_the_link_not_the_target(researcher: User, local_store: Path) -> None:
+    """A run's code can write into its own folder on a shared local store: if it swaps its folder (or a checkpoint
+    folder inside it, or one recorded elsewhere in the store) for a link to another run's folder or to uploads,
+    deleting the run removes the link only."""
+    import shutil
+
+    victim, victim_folder = _local_run_with_files(researcher, local_store, "victim")
+    uploads = local_store / "uploads"
+    uploads.mkdir()
+    (uploads / "study.jsonl").write_bytes(b"{}")
+
+    # 1. the whole run folder becomes a link to the victim's
+    whole, whole_folder = _local_run_with_files(researcher, local_store, "whole")
+    shutil.rmtree(whole_folder)
+    whole_folder.symlink_to(victim_folder)
+    delete_run(run=whole, by=researcher)
+    assert not whole_folder.is_symlink() and not whole_folder.exists()
+
+    # 2. a reported checkpoint folder (inside the run's folder, and one recorded outside it) becomes a link
+    inner, inner_folder = _local_run_with_files(researcher, local_store, "inner")
+    shutil.rmtree(inner_folder / "checkpoint-1")
+    (inner_folder / "checkpoint-1").symlink_to(uploads)
+    old = local_store / "old-layout" / "checkpoint-9"
+    old.parent.mkdir()
+    old.symlink_to(victim_folder / "final")
+    inner.checkpoints.create(step=9, path=str(old))
+    delete_run(run=inner, by=researcher)
+    assert not inner_folder.exists() and not old.is_symlink()
+
+    assert sorted(p.name for p in victim_folder.iterdir()) == ["checkpoint-1", "checkpoint-2", "final"]
+    assert (victim_folder / "final" / "config.json").read_bytes() == b"weights"
+    assert (uploads / "study.jsonl").read_bytes() == b"{}"

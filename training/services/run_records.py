@@ -50,6 +50,13 @@ def set_run_archived(*, run: Run, archived: bool) -> Run:
     return run
 
 
+def _as_written(value: str) -> uris.Uri | None:
+    try:
+        return uris.parse(value.strip())
+    except uris.BadUri:
+        return None
+
+
 def _canonical(value: str) -> uris.Uri | None:
     try:
         return canonical_uri(value.strip())
@@ -99,7 +106,9 @@ def run_files(run: Run) -> list[uris.Uri]:
     base = store_base()
     wanted = [run_uri(run_id=run.id)]
     for value in [*run.checkpoints.values_list("path", flat=True), *run.artifacts.values_list("uri", flat=True)]:
-        uri = _canonical(value)
+        # As recorded (rows were canonical when reported), not re-resolved now: a folder since replaced by a
+        # symlink must not lead the delete to the link's target.
+        uri = _as_written(value)
         if uri is not None and base.contains(uri) and str(uri) != str(base):
             wanted.append(uri)
     places = [u for u in wanted if not any(w.contains(u) and str(w) != str(u) for w in wanted)]  # outermost
