@@ -6,7 +6,8 @@ stopping is started again after a delay that doubles with each quick failure (1 
 The other children are left alone. A child that crashes quickly `give_up_after` times in a row (each run shorter
 than the stable period: supervisord's `startretries` and its FATAL state) is given up on: it is not restarted,
 and one message says which child, its last exit status and the last lines it wrote to stderr, and how to try
-again (SIGHUP to runplatform starts the given-up children afresh; or restart runplatform).
+again (SIGUSR1 to runplatform starts the given-up children afresh; or restart runplatform). SIGHUP (the
+terminal closing) stops runplatform like SIGINT and SIGTERM, as a foreground command should.
 
 Each child runs in its own process group, so a crash is cleaned up whole (a dead Celery worker's pool processes
 go with it) and Ctrl-C, which the terminal sends to the foreground group only, reaches the children once,
@@ -65,7 +66,7 @@ class Child:
     failures: int = 0  # consecutive exits that came before the stable period
     restarts: int = 0
     restart_at: float | None = None
-    fatal: bool = False  # given up on after too many quick failures; SIGHUP (retry_fatal) clears it
+    fatal: bool = False  # given up on after too many quick failures; SIGUSR1 (retry_fatal) clears it
     last_status: int | None = None
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     reader: threading.Thread | None = None
@@ -193,7 +194,7 @@ class EmbeddedSupervisor:
         logger.critical(
             "Gave up on %s: it crashed %d times in a row, each within %.0f s of starting (last: pid %d, exit status "
             "%s after %.1f s). It will not be restarted. Its last stderr lines:\n%s\n"
-            "%s. Fix the cause, then send SIGHUP to runplatform (kill -HUP %d) to start %s again, "
+            "%s. Fix the cause, then send SIGUSR1 to runplatform (kill -USR1 %d) to start %s again, "
             "or stop runplatform (Ctrl-C) and start it again.",
             child.name,
             child.failures,
@@ -208,7 +209,7 @@ class EmbeddedSupervisor:
         )
 
     def retry_fatal(self, *_: object) -> None:
-        """SIGHUP: start the given-up children again, with a fresh count (done by the loop, not in the handler)."""
+        """SIGUSR1: start the given-up children again, with a fresh count (done by the loop, not in the handler)."""
         self.retry_requested = True
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class EmbeddedSupervisor:
             self.retry_requested = False
             for child in self.children:
                 if child.fatal:
-                    logger.warning("%s: starting again on request (SIGHUP)", child.name)
+                    logger.warning("%s: starting again on request (SIGUSR1)", child.name)
                     child.fatal, child.failures = False, 0
                     child.restart_at = now
         for child in self.children:
@@ -232,9 +233,13 @@ class EmbeddedSupervisor:
         self.stopping = True
 
     def run(self) -> bool:
-        """Supervise until SIGINT or SIGTERM, then stop every child. False when every child was given up on."""
-        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.retry_fatal)
+        """Supervise until SIGINT, SIGTERM or SIGHUP, then stop every child. False when every child was given up on.
+
+        SIGHUP stops too: closing the terminal must not leave the platform running in the background holding its
+        port. SIGUSR1 starts the given-up children again."""
+        stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in stops}
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self.retry_fatal)
         try:
             for child in self.children:
                 self.start(child)

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -262,7 +263,7 @@ def test_stop_ends_what_the_children_started_in_sessions_of_their_own(tmp_path: 
 
 def test_a_child_that_keeps_crashing_at_start_is_given_up_on_once_in_words(caplog: pytest.LogCaptureFixture) -> None:
     """A real child that exits at once: after `give_up_after` quick crashes it stays down, one message names it, its
-    exit status, its last stderr lines and how to restart it; the other child keeps running; SIGHUP tries again."""
+    exit status, its last stderr lines and how to restart it; the other child keeps running; SIGUSR1 tries again."""
     now = [1000.0]
     crash = "import sys; print('connecting to the broker', file=sys.stderr); sys.exit('broker refused: bad password')"
     supervisor = EmbeddedSupervisor(
@@ -305,11 +306,41 @@ def test_a_child_that_keeps_crashing_at_start_is_given_up_on_once_in_words(caplo
         assert message.startswith("Gave up on worker: it crashed 4 times in a row")
         assert "exit status 1" in message and "| broker refused: bad password" in message
         assert "| connecting to the broker" in message
-        assert "The others keep running: web" in message and f"kill -HUP {os.getpid()}" in message
+        assert "The others keep running: web" in message and f"kill -USR1 {os.getpid()}" in message
         assert web.proc is not None and web.proc.poll() is None
-        # SIGHUP (here its handler) starts the given-up child again with a fresh count.
+        # SIGUSR1 (here its handler) starts the given-up child again with a fresh count.
         supervisor.retry_fatal()
         supervisor.step()
         assert not worker.fatal and worker.failures == 0 and worker.proc is not None
     finally:
         supervisor.stop()
+
+
+
+def test_sighup_stops_the_supervisor_and_its_children_and_sigusr1_does_not() -> None:
+    """Closing the terminal (SIGHUP) stops runplatform and every child, as Ctrl-C does: nothing is left running in
+    the background holding the port. SIGUSR1 is the retry signal and leaves everything running."""
+    supervisor = EmbeddedSupervisor(
+        {"web": [sys.executable, "-c", "import time; time.sleep(600)"]}, env=dict(os.environ), poll_s=0.05
+    )
+    (web,) = supervisor.children
+    seen: list[Any] = []
+
+    def send_signals() -> None:  # signal handlers run in the main thread, where run() is
+        deadline = time.monotonic() + 30
+        while web.proc is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert web.proc is not None
+        seen.append(psutil.Process(web.proc.pid))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.5)
+        seen.append(web.proc is not None and web.proc.poll() is None and not supervisor.stopping)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    sender = threading.Thread(target=send_signals)
+    sender.start()
+    returned = supervisor.run()
+    sender.join(timeout=30)
+    child, alive_after_usr1 = seen
+    assert alive_after_usr1 is True and returned is True
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
