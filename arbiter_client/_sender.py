@@ -537,6 +537,10 @@ class Sender(threading.Thread):
         """
         if self.heartbeat_interval <= 0 or self._disabled is not None:
             return
+        if self._inflight:
+            # A request in flight is itself a sign of life (the server counts every report), and the beat would
+            # wait for its connection while a free slot and new data wait behind it.
+            return
         now = time.monotonic()
         if now - self._last_contact < self.heartbeat_interval or now < self._outage_until:
             return

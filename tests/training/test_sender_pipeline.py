@@ -107,3 +107,33 @@ def test_a_barrier_waits_for_every_request_in_flight(hold_first: HoldFirst) -> N
         hold_first.release.set()
     assert hold_first.bodies[-1] == {"status": "succeeded"}
     assert sender.report.delivered_points == 30 and sender.report.delivered_calls == 1
+
+
+def test_a_due_heartbeat_does_not_stall_the_free_slot(hold_first: HoldFirst) -> None:
+    """A request in flight is a sign of life: no heartbeat then, so new data goes out on the free slot at once
+    instead of waiting for the held request's connection."""
+    sender = Sender(
+        Connection(hold_first.url, "arb_r_test"),
+        1,
+        max_batch=10,
+        parallel=2,
+        flush_interval=0.001,
+        heartbeat_interval=0.05,
+    )
+    sender.start()
+    try:
+        for step in range(10):
+            sender.add_row(("a",), step, 1.0, (float(step),))
+        time.sleep(0.3)  # the first request is held, and a beat is long overdue
+        for step in range(10, 20):
+            sender.add_row(("a",), step, 1.0, (float(step),))
+        deadline = time.monotonic() + 5
+        while sender.report.delivered_points < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sender.report.delivered_points == 10  # delivered while the first is still held
+        assert all("blocks" in body for body in hold_first.bodies)  # and no beat was sent meanwhile
+        hold_first.release.set()
+        assert sender.stop(timeout=20)
+    finally:
+        hold_first.release.set()
+    assert sender.report.delivered_points == 20
