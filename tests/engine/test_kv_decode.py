@@ -99,3 +99,26 @@ def test_rollout_is_the_same_sample_on_the_lean_and_the_generic_path() -> None:
     generic = backend.generate(prompts(tokenizer), n=4, max_new_tokens=10)
     assert torch.equal(lean.completion_ids, generic.completion_ids)
     assert torch.equal(lean.finished, generic.finished)
+
+
+def test_a_one_token_wide_prefill_with_an_all_padding_row_stays_finite() -> None:
+    """Prompts one token wide where one row is all padding (an empty prompt): the prefill must let that row attend
+    to itself, as the fused path does, or its NaN keys and values poison every later step of the row."""
+    model, tokenizer = tiny()
+    pad = int(tokenizer.pad_token_id)
+    ids = torch.tensor([[encode_prompt(tokenizer, "7")[-1]], [pad]])
+    mask = torch.tensor([[1], [0]])
+    pos = positions(mask)
+    lean = LeanKVDecoder(model, batch=2, max_len=5)
+    generic = CacheDecoder(model, batch=2, max_len=5)
+    with torch.no_grad():
+        a, b = lean.prefill(ids, mask, pos), generic.prefill(ids, mask, pos)
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a[0], b[0], atol=1e-5)
+        next_pos = pos[:, -1:] + 1
+        for _ in range(3):
+            token = a.argmax(-1)
+            a, b = lean.step(token, next_pos), generic.step(token, next_pos)
+            assert torch.isfinite(a).all()
+            assert torch.allclose(a[0], b[0], atol=1e-5)
+            next_pos = next_pos + 1

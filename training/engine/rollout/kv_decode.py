@@ -150,7 +150,7 @@ class LeanKVDecoder:
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One new token per row attends to every real key so far (the cache holds no future positions)."""
-        return self._forward(tokens[:, None], positions, self.key_mask[:, None, None, : self.length + 1])
+        return self._forward(tokens[:, None], positions, self.key_mask[:, None, None, : self.length + 1], decode=True)
 
     def keep_rows(self, rows: torch.Tensor) -> bool:
         """Shrink the cache to ``rows``: finished completions stop costing compute in later steps."""
@@ -160,8 +160,14 @@ class LeanKVDecoder:
         self.key_bias = self.key_bias.index_select(0, rows)
         return True
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor, *, decode: bool = False
+    ) -> torch.Tensor:
         blocks = self.blocks
+        # The matmul attention only for decode steps (a one-token-wide prefill has left-pad rows that must attend
+        # to themselves, which prefill's mask does and key_bias does not), and only in float32 on CPU: in bf16/fp16
+        # the scores would be rounded before the softmax, where the fused kernel accumulates in float32.
+        one_query = decode and ids.device.type == "cpu" and self.keys[0].dtype == torch.float32
         batch, width = ids.shape
         start, end = self.length, self.length + width
         shape = (batch, width, -1, self.head_dim)
@@ -175,7 +181,7 @@ class LeanKVDecoder:
             q, k = _rotary(q, k, cos, sin)
             self.keys[index][:, :, start:end] = k
             self.values[index][:, :, start:end] = v
-            if width == 1 and ids.device.type == "cpu":
+            if one_query:
                 out = self._one_query_attention(q, self.keys[index][:, :, :end], self.values[index][:, :, :end])
             else:
                 out = F.scaled_dot_product_attention(
