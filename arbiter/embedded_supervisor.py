@@ -78,18 +78,32 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+STDERR_PARTIAL_MAX = 4096  # bytes of an unfinished line kept for the give-up message
+
+
 def _tee_stderr(pipe: IO[bytes], tail: deque[str], out: IO[bytes] | None) -> None:
-    """Pass a child's stderr through to ours, line by line, keeping its last lines."""
+    """Pass a child's stderr through to ours as it comes (a progress bar redrawn with carriage returns shows at
+    once, nothing waits for a newline), keeping its last lines (an unfinished one cut to STDERR_PARTIAL_MAX)."""
+    partial = b""
     with contextlib.suppress(OSError, ValueError):
-        for line in iter(pipe.readline, b""):
-            tail.append(line.decode("utf-8", "replace").rstrip("\n"))
-            if out is None:
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                out.write(line)
-                out.flush()
+        fd = pipe.fileno()
+        while chunk := os.read(fd, 65536):
+            if out is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    out.write(chunk)
+                    out.flush()
+            *lines, partial = (partial + chunk).split(b"\n")
+            tail.extend(_last_redraw(line) for line in lines)
+            partial = partial[-STDERR_PARTIAL_MAX:]
+    if partial:
+        tail.append(_last_redraw(partial))
     with contextlib.suppress(OSError):
         pipe.close()
+
+
+def _last_redraw(line: bytes) -> str:
+    """What a terminal shows of a line redrawn with carriage returns (a progress bar): its last drawing."""
+    return line.rstrip(b"\r").rsplit(b"\r", 1)[-1].decode("utf-8", "replace")
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> bool:

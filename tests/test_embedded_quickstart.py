@@ -344,3 +344,45 @@ def test_sighup_stops_the_supervisor_and_its_children_and_sigusr1_does_not() -> 
     child, alive_after_usr1 = seen
     assert alive_after_usr1 is True and returned is True
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_childs_stderr_passes_through_as_it_comes_not_line_by_line() -> None:
+    """A progress bar redrawn with carriage returns (no newline until it ends) shows while the child runs, and the
+    give-up message's tail keeps what a terminal would show of each line."""
+    from collections import deque
+
+    from arbiter.embedded_supervisor import _tee_stderr
+
+    class Out:
+        def __init__(self) -> None:
+            self.chunks: list[tuple[float, bytes]] = []
+
+        def write(self, data: bytes) -> int:
+            self.chunks.append((time.monotonic(), data))
+            return len(data)
+
+        def flush(self) -> None:
+            return None
+
+    script = (
+        "import sys\n"
+        "for i in range(3): sys.stderr.write(f'\\rdownloading {i}/3'); sys.stderr.flush()\n"
+        "sys.stdin.read()\n"  # holds the line open until the test has seen the bar
+        "sys.stderr.write('\\rdone       \\nbye\\r\\n')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, tail = Out(), deque[str](maxlen=20)
+    assert proc.stderr is not None and proc.stdin is not None
+    reader = threading.Thread(target=_tee_stderr, args=(proc.stderr, tail, out), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while b"downloading 2/3" not in b"".join(c for _, c in out.chunks) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # the bar is through while the child still waits, its line unfinished
+    assert b"".join(c for _, c in out.chunks) == b"\rdownloading 0/3\rdownloading 1/3\rdownloading 2/3"
+    assert proc.poll() is None
+    proc.stdin.close()
+    reader.join(timeout=30)
+    proc.wait(timeout=30)
+    assert b"".join(c for _, c in out.chunks).endswith(b"bye\r\n")
+    assert list(tail) == ["done       ", "bye"]
