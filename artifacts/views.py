@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.http import Http404, StreamingHttpResponse
 
 from arbiter.accounts.decorators import researcher_required
+from arbiter.streaming import in_thread
 from artifacts import services, uris
 from artifacts.archive import zip_stream
 from training import selectors as run_selectors
@@ -27,6 +28,6 @@ def checkpoint_download(request: AuthedHttpRequest, checkpoint_id: int) -> Strea
     if not store.list(uri):
         raise Http404("This checkpoint's files are gone.")
     name = f"run-{run.id}-checkpoint-{checkpoint.step}"
-    response = StreamingHttpResponse(zip_stream(store, uri, folder=name), content_type="application/zip")
+    response = StreamingHttpResponse(in_thread(zip_stream(store, uri, folder=name)), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{name}.zip"'
     return response

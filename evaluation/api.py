@@ -28,6 +28,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from arbiter.accounts.models import Role, User
 from arbiter.db import busy_response
+from arbiter.streaming import file_download
 from artifacts import services as artifact_services
 from evaluation import api_payloads, export, results, selectors, services
 from evaluation.forms import MAX_UPLOAD_BYTES
@@ -431,4 +432,4 @@ def export_download(request: HttpRequest, study_id: int, export_id: int) -> File
     root = Path(settings.ARTIFACT_ROOT).resolve()
     if not path.is_file() or root not in path.resolve().parents:
         raise ApiError(404, "this export has no file (it was deleted)")
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+    return file_download(path, filename=path.name)

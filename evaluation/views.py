@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import researcher_required
 from arbiter.dependants import HasDependants
+from arbiter.streaming import file_download
 from artifacts import services as artifact_services
 from evaluation import display, examples, export, selectors, services
 from evaluation import results as results_module
@@ -436,4 +437,4 @@ def export_download(request: HttpRequest, study_id: int, export_id: int) -> File
     if job.status != ExportStatus.DONE or not path.is_file() or root not in path.resolve().parents:
         raise Http404("This export has no file.")
     # researcher_required is typed for views returning HttpResponse; a FileResponse streams instead.
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+    return file_download(path, filename=path.name)

@@ -166,3 +166,59 @@ async def test_a_request_thread_is_idle_only_when_its_work_is_done() -> None:
     future.result(timeout=5)
     assert thread.idle()
     thread.shutdown()
+
+
+async def test_a_checkpoint_download_streams_before_the_zip_is_finished(
+    researcher: User, settings: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ASGI a download goes out chunk by chunk: its first bytes are sent while the zip is still being read
+    (Django reads a sync iterator whole into memory first, which for a multi-GB checkpoint is the web process's
+    memory)."""
+    import artifacts.views
+    from arbiter.asgi import application
+    from training.models import Run, RunStatus
+    from training.services import ingest
+
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    settings.ARTIFACT_STORE_URL = ""
+    user = researcher
+    run = await Run.objects.acreate(owner=user, name="big", recipe="demo", status=RunStatus.SUCCEEDED)
+    folder = tmp_path / "artifacts" / "runs" / str(run.id) / "checkpoint-1"
+    folder.mkdir(parents=True)
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (folder / name).write_bytes(b"w" * (1 << 20))
+    checkpoint = await sync_to_async(ingest.record_checkpoint)(run=run, step=1, path=str(folder))
+    events: list[str] = []
+    real_zip = artifacts.views.zip_stream
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        for chunk in real_zip(*args, **kwargs):
+            events.append("read")
+            yield chunk
+        events.append("zip done")
+
+    monkeypatch.setattr(artifacts.views, "zip_stream", observed)
+    client = Client()
+    await sync_to_async(client.force_login)(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    sent_at: list[int] = []
+    link = f"/artifacts/checkpoints/{checkpoint.id}/download/"
+    status, headers, body = await _request(_Observing(application, events, sent_at), "GET", link, cookie=cookie)
+    assert status == 200 and headers["content-type"] == "application/zip" and body.startswith(b"PK")
+    assert "zip done" in events and sent_at
+    assert sent_at[0] < events.index("zip done")  # the first bytes left before the zip was finished
+
+
+class _Observing:
+    """The ASGI app, with each body message's position among the zip's reads recorded."""
+
+    def __init__(self, app: Any, events: list[str], sent_at: list[int]) -> None:
+        self.app, self.events, self.sent_at = app, events, sent_at
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def observing_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                self.sent_at.append(len(self.events))
+            await send(message)
+
+        await self.app(scope, receive, observing_send)

@@ -62,7 +62,7 @@ def test_every_checkpoint_is_listed_newest_first_a_page_at_a_time(
     ]
     download = client.get(rows[0][1])
     assert download.status_code == 200 and download["Content-Type"] == "application/zip"
-    assert b"".join(download.streaming_content).startswith(b"PK")
+    assert b"".join(download).startswith(b"PK")
 
 
 def test_another_researcher_gets_404_on_the_list_and_on_every_link(

@@ -23,7 +23,7 @@ FILES = {"model.safetensors": os.urandom(3 * 1024 * 1024 + 5), "config.json": b'
 
 
 def _zip(answer: Any) -> dict[str, bytes]:
-    archive = zipfile.ZipFile(io.BytesIO(b"".join(answer.streaming_content)))
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(answer)))
     return {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
 
 

@@ -431,7 +431,7 @@ def test_exports_started_by_a_script_download_the_bytes_the_export_page_gives(
         downloaded = page.get(
             reverse("evaluation:export_download", kwargs={"study_id": study.id, "export_id": theirs.id})
         )
-        assert b"".join(downloaded.streaming_content) == path.read_bytes(), fmt
+        assert b"".join(downloaded) == path.read_bytes(), fmt
         same = api.download(f"/api/studies/{study.id}/exports/{theirs.id}/download/", tmp_path / "theirs")
         assert same.read_bytes() == path.read_bytes()
     reward = [json.loads(line) for line in (tmp_path / "reward.out").read_bytes().splitlines()]

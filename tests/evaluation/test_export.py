@@ -95,7 +95,7 @@ def test_exports_run_on_a_real_worker(
     page = client.get(url).content.decode()
     assert "Train on this" in page and "recipe=dpo" in page
     download = client.get(reverse("evaluation:export_download", kwargs={"study_id": study.pk, "export_id": jobs[0].pk}))
-    assert download.status_code == 200 and b"".join(download.streaming_content).count(b"\n") == 4
+    assert download.status_code == 200 and b"".join(download).count(b"\n") == 4
 
 
 def test_redelivered_export_does_nothing(make_study, annotator, settings, tmp_path) -> None:
