@@ -24,9 +24,13 @@ _DONE = object()
 async def in_thread(iterable: Iterable[bytes]) -> AsyncIterator[bytes]:
     """Yield `iterable`'s chunks, each read in a thread (not thread-sensitive: no database work inside)."""
     iterator = iter(iterable)
-    take = sync_to_async(next, thread_sensitive=False)
+
+    def take() -> Any:
+        return next(iterator, _DONE)
+
+    pull = sync_to_async(take, thread_sensitive=False)
     try:
-        while (chunk := await take(iterator, _DONE)) is not _DONE:
+        while (chunk := await pull()) is not _DONE:
             yield chunk
     finally:
         close = getattr(iterator, "close", None)

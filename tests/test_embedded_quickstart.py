@@ -316,7 +316,6 @@ def test_a_child_that_keeps_crashing_at_start_is_given_up_on_once_in_words(caplo
         supervisor.stop()
 
 
-
 def test_sighup_stops_the_supervisor_and_its_children_and_sigusr1_does_not() -> None:
     """Closing the terminal (SIGHUP) stops runplatform and every child, as Ctrl-C does: nothing is left running in
     the background holding the port. SIGUSR1 is the retry signal and leaves everything running."""

@@ -134,14 +134,13 @@ def test_deleting_a_run_removes_its_objects_from_the_bucket_and_keeps_the_others
     )
 
 
-
 def test_a_run_folder_replaced_by_a_symlink_loses_the_link_not_the_target(researcher: User, local_store: Path) -> None:
     """A run's code can write into its own folder on a shared local store: if it swaps its folder (or a checkpoint
     folder inside it, or one recorded elsewhere in the store) for a link to another run's folder or to uploads,
     deleting the run removes the link only."""
     import shutil
 
-    victim, victim_folder = _local_run_with_files(researcher, local_store, "victim")
+    _, victim_folder = _local_run_with_files(researcher, local_store, "victim")
     uploads = local_store / "uploads"
     uploads.mkdir()
     (uploads / "study.jsonl").write_bytes(b"{}")
