@@ -32,25 +32,22 @@ Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/x REDIS_URL=redis://127.0
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import os
 import random
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import SERVER_LOG, Row, Server, print_table, session_backend  # noqa: E402
+from harness import SERVER_LOG, Judged, Refused, Row, Server, annotator_load, parse_quick, print_table, session_backend  # noqa: E402
 
 BUDGET_MS = {1: 20.0, 32: 50.0}  # p95 of each request (DESIGN.md)
 WARM_ANNOTATORS = 8  # connections opened before measuring, so that every server worker has served some
@@ -176,24 +173,6 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def _cpu_seconds(procs: list[Any]) -> dict[int, float]:
-    seconds = {}
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):  # a backend that closed took its time with it
-            times = proc.cpu_times()
-            seconds[proc.pid] = times.user + times.system
-    return seconds
-
-
-def _cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds spent between two samples by the processes alive at both."""
-    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
-
-
-def _postgres_processes() -> list[Any]:
-    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
-
-
 def run_level(
     port: int,
     study_id: int,
@@ -202,84 +181,35 @@ def run_level(
     servers: list[Any],
     think: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """`sessions` annotators loop for `seconds`; with `think` = (lo, hi) each pauses a uniform lo..hi
-    seconds after every submit (seeded per annotator), as a person reading the next item would."""
-    fetch: list[float] = []
-    submit: list[float] = []
-    loop: list[float] = []
-    accepted: list[int] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(len(sessions) + 1)
-    stop_at = [0.0]
+    """`sessions` annotators loop for `seconds` (harness.annotator_load): fetch the form page, submit a
+    judgment; with `think` = (lo, hi) each pauses a uniform lo..hi seconds after every submit."""
+    next_path, submit_path = f"/annotate/{study_id}/", f"/annotate/{study_id}/submit/"
 
-    def annotator(session_key: str) -> None:
+    def start(session_key: str) -> Callable[[], Judged]:
         client = Client(port, session_key)
-        pause = random.Random(session_key)
-        my_fetch, my_submit, my_loop, my_ok = [], [], [], []
         perf = time.perf_counter
-        next_path, submit_path = f"/annotate/{study_id}/", f"/annotate/{study_id}/submit/"
-        barrier.wait()
-        if think is not None:
-            # Arrive as people already at work do, not all 32 in the same millisecond: a barrier start
-            # made every level begin with one burst that dominated the p95 of a short level.
-            time.sleep(pause.uniform(0, think[1]))
-        try:
-            while perf() < stop_at[0]:
-                t0 = perf()
-                status, page = client.request("GET", next_path)
-                t1 = perf()
-                my_fetch.append(t1 - t0)
-                match = ASSIGNMENT_RE.search(page)
-                if status != 200:
-                    errors.append(f"fetch answered {status}")
-                    break
-                if not match:
-                    break  # nothing left for this annotator
-                token = CSRF_RE.search(page).group(1)  # type: ignore[union-attr]
-                form = b"csrfmiddlewaretoken=%s&assignment=%s&choice=left&time_ms=900" % (token, match.group(1))
-                t2 = perf()
-                status, _ = client.request("POST", submit_path, form)
-                t3 = perf()
-                my_submit.append(t3 - t2)
-                my_loop.append(t3 - t2 + t1 - t0)
-                if status != 302:
-                    errors.append(f"submit answered {status}")
-                    break
-                my_ok.append(int(match.group(1)))
-                if think is not None:
-                    time.sleep(pause.uniform(*think))
-        except Exception as exc:  # reported in the table
-            errors.append(repr(exc))
-        with lock:
-            fetch.extend(my_fetch)
-            submit.extend(my_submit)
-            loop.extend(my_loop)
-            accepted.extend(my_ok)
 
-    threads = [threading.Thread(target=annotator, args=(s,)) for s in sessions]
-    for t in threads:
-        t.start()
-    postgres = _postgres_processes()
-    client0, servers0, postgres0 = time.process_time(), _cpu_seconds(servers), _cpu_seconds(postgres)
-    stop_at[0] = time.perf_counter() + seconds
-    started = time.perf_counter()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    client_cpu = time.process_time() - client0
-    server_cpu = _cpu_used(servers0, _cpu_seconds(servers))
-    db_cpu = _cpu_used(postgres0, _cpu_seconds(postgres))
-    return {
-        "fetch": fetch,
-        "submit": submit,
-        "loop": loop,
-        "accepted": accepted,
-        "errors": errors,
-        "elapsed": elapsed,
-        "cpu": {"client": client_cpu, "server": server_cpu, "postgres": db_cpu},
-    }
+        def judge() -> Judged:
+            t0 = perf()
+            status, page = client.request("GET", next_path)
+            t1 = perf()
+            match = ASSIGNMENT_RE.search(page)
+            if status != 200:
+                raise Refused(f"fetch answered {status}", t1 - t0)
+            if not match:
+                return t1 - t0, None, None  # nothing left for this annotator
+            token = CSRF_RE.search(page).group(1)  # type: ignore[union-attr]
+            form = b"csrfmiddlewaretoken=%s&assignment=%s&choice=left&time_ms=900" % (token, match.group(1))
+            t2 = perf()
+            status, _ = client.request("POST", submit_path, form)
+            t3 = perf()
+            if status != 302:
+                raise Refused(f"submit answered {status}", t1 - t0, t3 - t2)
+            return t1 - t0, t3 - t2, int(match.group(1))
+
+        return judge
+
+    return annotator_load(sessions, start, seconds, servers, think)
 
 
 def level_rows(results: list[Any]) -> list[Row]:
@@ -323,10 +253,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (docker: WEB_WORKERS=2)")
     parser.add_argument("--settings", default="arbiter.settings", help="DJANGO_SETTINGS_MODULE for the servers")
     parser.add_argument("--db", default="arbiter_bench_annotation", help="database to create (dropped first)")
-    parser.add_argument("--quick", action="store_true", help="2,000 items, 5 s per level")
-    args = parser.parse_args()
-    if args.quick:
-        args.items, args.seconds = min(args.items, 2000), min(args.seconds, 5.0)
+    args = parse_quick(parser)
     levels = [int(x) for x in args.levels.split(",")]
 
     admin_url, bench_url = _database_urls(args.db)
@@ -459,7 +386,8 @@ def main() -> None:
         export.run_export(export_id=job.pk)
         exports[fmt] = time.perf_counter() - t0
 
-    db_pool = settings.DATABASES["default"]["OPTIONS"].get("pool", {}).get("max_size", "no")
+    options: Any = settings.DATABASES["default"]["OPTIONS"]
+    db_pool = options.get("pool", {}).get("max_size", "no")
     rows = level_rows(results)
     rows.append(
         Row(

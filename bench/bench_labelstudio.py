@@ -29,10 +29,11 @@ through POST /api/projects/<id>/import.
 
 The loop, the calls Label Studio's annotator UI makes: GET /api/projects/<id>/next/ (the next task, with its
 data), then POST /api/tasks/<task>/annotations/?project=<id> with the pairwise result; 32 annotators with no
-think time for --seconds, then 32 more pausing 1-3 s after each submit for twice as long (as
-bench_annotation.py does for Arbiter). Each annotator is a thread of one client process with its own
-keep-alive connection. p50/p95/p99 of each request, judgments/s, and the CPU of client, server and
-PostgreSQL; afterwards the tasks over their overlap and (task, annotator) pairs judged twice are counted.
+think time for --seconds, then 32 more, each arriving after a uniform 0-3 s and pausing 1-3 s after each
+submit, for twice as long (bench_annotation.py's loop for Arbiter; both run harness.annotator_load). Each
+annotator is a thread of one client process with its own keep-alive connection. p50/p95/p99 of each request,
+judgments/s, and the CPU of client, server and PostgreSQL; afterwards the tasks over their overlap and
+(task, annotator) pairs judged twice are counted.
 
 Arbiter's side is bench/bench_annotation.py itself, run once at the same sizes (`--levels 32`), its table
 printed here; the ratio of judgments/s at 32 annotators with no think time, for each way of serving Label
@@ -49,14 +50,13 @@ import argparse
 import http.client
 import json
 import os
-import random
 import re
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -66,8 +66,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_annotation import _cpu_seconds, _cpu_used, _fresh_database, _items_jsonl, _pct, _postgres_processes  # noqa: E402
-from harness import Row, print_table  # noqa: E402
+from bench_annotation import _fresh_database, _items_jsonl, _pct  # noqa: E402
+from harness import Judged, Refused, Row, annotator_load, parse_quick, print_table, stop_process, wait_for  # noqa: E402
 
 LS_VERSION = "1.23.2"
 UWSGI_VERSION = "2.0.31"  # its Docker image serves with uWSGI (deploy/uwsgi.ini); built from source here
@@ -159,17 +159,13 @@ class LabelStudio:
             cmd += ["--http-timeout", "300", "--harakiri", "120", "--disable-logging", "--die-on-term"]
         with SERVER_LOG.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=DATA_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600  # the first start migrates a fresh database
-        while True:
-            try:
-                status, _ = self.call("GET", "/api/projects/", token=ADMIN_TOKEN)
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"label-studio did not start; see {SERVER_LOG}")
-            time.sleep(1.0)
+        deadline = wait_for(  # the first start migrates a fresh database
+            self.proc,
+            lambda: self.call("GET", "/api/projects/", token=ADMIN_TOKEN)[0] == 200,
+            seconds=600,
+            interval=1.0,
+            failure=f"label-studio did not start; see {SERVER_LOG}",
+        )
         while server == "uwsgi" and SERVER_LOG.read_text(errors="replace").count(" ready in ") < self.workers:
             if time.monotonic() > deadline:
                 raise SystemExit(f"not every uWSGI worker loaded Label Studio; see {SERVER_LOG}")
@@ -190,98 +186,48 @@ class LabelStudio:
             conn.close()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 def run_level(
     ls: LabelStudio, project: int, tokens: list[str], seconds: float, think: tuple[float, float] | None = None
 ) -> dict[str, Any]:
-    """bench_annotation.run_level's loop against Label Studio's API: next task, submit, (think)."""
-    fetch: list[float] = []
-    submit: list[float] = []
-    loop: list[float] = []
-    accepted: list[int] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(len(tokens) + 1)
-    stop_at = [0.0]
+    """bench_annotation.run_level's loop (harness.annotator_load) against Label Studio's API: next task, submit."""
     body = json.dumps({"result": RESULT, "lead_time": 0.9, "project": project}).encode()
 
-    def annotator(token: str) -> None:
+    def start(token: str) -> Callable[[], Judged]:
         conn = http.client.HTTPConnection("127.0.0.1", ls.port, timeout=120)
         get_headers = {"Authorization": f"Token {token}"}
         post_headers = {**get_headers, "Content-Type": "application/json"}
-        pause = random.Random(token)
-        my_fetch, my_submit, my_loop, my_ok = [], [], [], []
         perf = time.perf_counter
-        barrier.wait()
-        try:
-            while perf() < stop_at[0]:
-                t0 = perf()
-                conn.request("GET", f"/api/projects/{project}/next/", headers=get_headers)
-                response = conn.getresponse()
-                page = response.read()
-                if not ls.keepalive:
-                    conn.close()  # uWSGI's HTTP router answers one request a connection; the next one reconnects
-                t1 = perf()
-                my_fetch.append(t1 - t0)
-                if response.status == 404:
-                    break  # nothing left for this annotator
-                if response.status != 200:
-                    errors.append(f"next answered {response.status}")
-                    break
-                task = json.loads(page)["id"]
-                t2 = perf()
-                conn.request("POST", f"/api/tasks/{task}/annotations/?project={project}", body, post_headers)
-                response = conn.getresponse()
-                response.read()
-                if not ls.keepalive:
-                    conn.close()
-                t3 = perf()
-                my_submit.append(t3 - t2)
-                my_loop.append(t3 - t2 + t1 - t0)
-                if response.status != 201:
-                    errors.append(f"submit answered {response.status}")
-                    break
-                my_ok.append(task)
-                if think is not None:
-                    time.sleep(pause.uniform(*think))
-        except Exception as exc:  # reported in the table
-            errors.append(repr(exc))
-        with lock:
-            fetch.extend(my_fetch)
-            submit.extend(my_submit)
-            loop.extend(my_loop)
-            accepted.extend(my_ok)
 
-    threads = [threading.Thread(target=annotator, args=(t,)) for t in tokens]
-    for t in threads:
-        t.start()
-    postgres = _postgres_processes()
-    client0, servers0, postgres0 = time.process_time(), _cpu_seconds(ls.processes), _cpu_seconds(postgres)
-    stop_at[0] = time.perf_counter() + seconds
-    started = time.perf_counter()
-    barrier.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    return {
-        "fetch": fetch,
-        "submit": submit,
-        "loop": loop,
-        "accepted": accepted,
-        "errors": errors,
-        "elapsed": elapsed,
-        "cpu": {
-            "client": time.process_time() - client0,
-            "server": _cpu_used(servers0, _cpu_seconds(ls.processes)),
-            "postgres": _cpu_used(postgres0, _cpu_seconds(postgres)),
-        },
-    }
+        def judge() -> Judged:
+            t0 = perf()
+            conn.request("GET", f"/api/projects/{project}/next/", headers=get_headers)
+            response = conn.getresponse()
+            page = response.read()
+            if not ls.keepalive:
+                conn.close()  # uWSGI's HTTP router answers one request a connection; the next one reconnects
+            t1 = perf()
+            if response.status == 404:
+                return t1 - t0, None, None  # nothing left for this annotator
+            if response.status != 200:
+                raise Refused(f"next answered {response.status}", t1 - t0)
+            task = json.loads(page)["id"]
+            t2 = perf()
+            conn.request("POST", f"/api/tasks/{task}/annotations/?project={project}", body, post_headers)
+            response = conn.getresponse()
+            response.read()
+            if not ls.keepalive:
+                conn.close()
+            t3 = perf()
+            if response.status != 201:
+                raise Refused(f"submit answered {response.status}", t1 - t0, t3 - t2)
+            return t1 - t0, t3 - t2, int(task)
+
+        return judge
+
+    return annotator_load(tokens, start, seconds, ls.processes, think)
 
 
 def level_rows(result: dict[str, Any], think: tuple[float, float] | None, label: str) -> list[Row]:
@@ -418,10 +364,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds, no think time (twice: think)")
     parser.add_argument("--db", default="arbiter_bench_labelstudio", help="Arbiter's database; <db>_labelstudio theirs")
     parser.add_argument("--servers", default="start,uwsgi", help="label-studio start and/or its Docker image's uWSGI")
-    parser.add_argument("--quick", action="store_true", help="2,000 items, 5 s per level")
-    args = parser.parse_args()
-    if args.quick:
-        args.items, args.seconds = min(args.items, 2000), min(args.seconds, 5.0)
+    args = parse_quick(parser)
     servers = args.servers.split(",")
     assert set(servers) <= {"start", "uwsgi"}, "--servers: start, uwsgi"
     ls_python("uwsgi" in servers)  # install before anything is timed

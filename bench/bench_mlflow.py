@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_sdk import KEYS, CpuShare, configure, free_port, run_script  # noqa: E402
-from harness import Row, Server, print_table  # noqa: E402
+from harness import Row, Server, print_table, stop_process, wait_for  # noqa: E402
 
 MLFLOW_VERSION = "3.17.2"
 PSYCOPG_VERSION = "3.3.9"  # SQLAlchemy 2.1 (MLflow's) reads postgresql:// URIs with psycopg 3
@@ -164,18 +164,16 @@ class MlflowServer:
         cmd = [mlflow, "server", "--backend-store-uri", store_uri, "--host", "127.0.0.1", "--port", str(self.port)]
         with SERVER_LOG.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=WORKDIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300  # the first start creates its schema (alembic migrations)
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-                    s.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                    if b" 200 " in s.recv(200):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"mlflow server did not start; see {SERVER_LOG}")
-            time.sleep(0.5)
+
+        def healthy() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                s.sendall(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                return b" 200 " in s.recv(200)
+
+        # the first start creates its schema (alembic migrations)
+        wait_for(
+            self.proc, healthy, seconds=300, interval=0.5, failure=f"mlflow server did not start; see {SERVER_LOG}"
+        )
         time.sleep(2.0)  # every worker up
         self.top = psutil.Process(self.proc.pid)
 
@@ -188,11 +186,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         children = self.top.children(recursive=True)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         for child in children:  # uvicorn workers left behind by a terminated CLI
             if child.is_running():
                 child.kill()

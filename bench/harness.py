@@ -1,18 +1,25 @@
-"""What the benches share: the production web server as arbiter/server.py starts it, and the closing table
-(each measure beside its budget, whether it is met, and the command that printed it)."""
+"""What the benches share: the production web server as arbiter/server.py starts it, starting and stopping a
+server process, the annotator load driver (bench_annotation.py, bench_labelstudio.py) with its CPU sampling, and
+the closing table (each measure beside its budget, whether it is met, and the command that printed it)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import http.client
 import os
+import random
 import shlex
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_LOG = Path(tempfile.gettempdir()) / "arbiter_bench_server.log"
@@ -38,17 +45,15 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"the web server did not start; see {SERVER_LOG}") from None
-                time.sleep(0.3)
+
+        def healthy() -> bool:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+
+        wait_for(
+            self.proc, healthy, seconds=90, interval=0.3, failure=f"the web server did not start; see {SERVER_LOG}"
+        )
         time.sleep(1.0 if workers > 1 else 0.0)  # every worker up, not only the first to answer
         top = psutil.Process(self.proc.pid)
         self.processes = [top, *top.children(recursive=True)]
@@ -59,11 +64,158 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.proc.terminate()
+        stop_process(self.proc)
+
+
+def wait_for(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], *, seconds: float, interval: float, failure: str
+) -> float:
+    """Poll `ready` (an OSError counts as not yet) every `interval` s until it answers True; SystemExit(failure)
+    when `proc` has exited or `seconds` have passed. Returns the deadline, for any further waiting."""
+    deadline = time.monotonic() + seconds
+    while True:
         try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            if ready():
+                return deadline
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(failure)
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 20 s to exit, then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def cpu_seconds(procs: list[Any]) -> dict[int, float]:
+    """User + system CPU seconds so far of each psutil process still alive, by pid."""
+    import psutil
+
+    seconds = {}
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a backend that closed took its time with it
+            times = proc.cpu_times()
+            seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two samples by the processes alive at both."""
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+
+
+def postgres_processes() -> list[Any]:
+    import psutil
+
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+
+
+class Refused(Exception):
+    """A request the server answered with an unexpected status: the load driver records the timings taken
+    (fetch_s, and submit_s when the submit was made) and the message, and stops that annotator."""
+
+    def __init__(self, message: str, fetch_s: float, submit_s: float | None = None) -> None:
+        super().__init__(message)
+        self.fetch_s, self.submit_s = fetch_s, submit_s
+
+
+# One judgment: (fetch seconds, submit seconds, accepted id); (fetch seconds, None, None) when the fetch found
+# nothing left for the annotator.
+Judged = tuple[float, float | None, int | None]
+
+
+def annotator_load(
+    annotators: Sequence[str],
+    start: Callable[[str], Callable[[], Judged]],
+    seconds: float,
+    servers: list[Any],
+    think: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Each of `annotators` is a thread that calls `start(annotator)` (its connection, before the start line),
+    then, from a common start, the judge it returned over and over for `seconds`. With `think` = (lo, hi) each
+    first arrives after a uniform 0..hi s and pauses a uniform lo..hi s after every accepted judgment (seeded
+    per annotator), as a person reading the next item would. A judge raises Refused for an unexpected answer;
+    any other exception is reported too; either stops that annotator. Returns the fetch, submit and whole-loop
+    seconds, the accepted ids, the errors, the elapsed seconds and the CPU seconds of this client process, of
+    `servers` (psutil processes) and of every PostgreSQL process."""
+    fetch: list[float] = []
+    submit: list[float] = []
+    loop: list[float] = []
+    accepted: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(annotators) + 1)
+    stop_at = [0.0]
+
+    def annotator(key: str) -> None:
+        judge = start(key)
+        pause = random.Random(key)
+        my_fetch: list[float] = []
+        my_submit: list[float] = []
+        my_loop: list[float] = []
+        my_ok: list[int] = []
+        perf = time.perf_counter
+        barrier.wait()
+        if think is not None:
+            # Arrive as people already at work do, not all 32 in the same millisecond: a barrier start
+            # made every level begin with one burst that dominated the p95 of a short level.
+            time.sleep(pause.uniform(0, think[1]))
+        try:
+            while perf() < stop_at[0]:
+                try:
+                    fetch_s, submit_s, ok = judge()
+                except Refused as refused:
+                    my_fetch.append(refused.fetch_s)
+                    if refused.submit_s is not None:
+                        my_submit.append(refused.submit_s)
+                        my_loop.append(refused.submit_s + refused.fetch_s)
+                    errors.append(str(refused))
+                    break
+                my_fetch.append(fetch_s)
+                if submit_s is None or ok is None:
+                    break  # nothing left for this annotator
+                my_submit.append(submit_s)
+                my_loop.append(submit_s + fetch_s)
+                my_ok.append(ok)
+                if think is not None:
+                    time.sleep(pause.uniform(*think))
+        except Exception as exc:  # reported in the table
+            errors.append(repr(exc))
+        with lock:
+            fetch.extend(my_fetch)
+            submit.extend(my_submit)
+            loop.extend(my_loop)
+            accepted.extend(my_ok)
+
+    threads = [threading.Thread(target=annotator, args=(a,)) for a in annotators]
+    for t in threads:
+        t.start()
+    postgres = postgres_processes()
+    client0, servers0, postgres0 = time.process_time(), cpu_seconds(servers), cpu_seconds(postgres)
+    stop_at[0] = time.perf_counter() + seconds
+    started = time.perf_counter()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client0
+    server_cpu = cpu_used(servers0, cpu_seconds(servers))
+    db_cpu = cpu_used(postgres0, cpu_seconds(postgres))
+    return {
+        "fetch": fetch,
+        "submit": submit,
+        "loop": loop,
+        "accepted": accepted,
+        "errors": errors,
+        "elapsed": elapsed,
+        "cpu": {"client": client_cpu, "server": server_cpu, "postgres": db_cpu},
+    }
 
 
 @dataclass(frozen=True)
@@ -87,6 +239,16 @@ def command_line() -> str:
     """How this table was produced, to quote beside any figure taken from it (README)."""
     env = " ".join(f"{k}=..." for k in ("DATABASE_URL", "REDIS_URL") if k in os.environ)
     return " ".join(filter(None, [env, ".venv/bin/python", shlex.join(sys.argv)]))
+
+
+def parse_quick(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Adds --quick to an annotator bench's `parser` (which has --items and --seconds), parses the command line,
+    and applies it: at most 2,000 items and 5 s per level."""
+    parser.add_argument("--quick", action="store_true", help="2,000 items, 5 s per level")
+    args = parser.parse_args()
+    if args.quick:
+        args.items, args.seconds = min(args.items, 2000), min(args.seconds, 5.0)
+    return args
 
 
 def print_table(title: str, rows: list[Row], *, notes: tuple[str, ...] | list[str] = ()) -> None:
