@@ -6,7 +6,7 @@ through `sync_to_async`, and the sync view through one more: 16 hand-offs betwee
 the request's thread for one annotator page. Each costs CPU on both sides and needs the GIL twice;
 with several requests in flight in one process they queue behind each other's GIL holds. Measured
 in-process through this app (8 annotators at once, the same machine and minute): 9.6-10.1 ms of server
-CPU per judgment with Django's handler, 6.7-7.0 ms with this one (/work/notes/annot.md).
+CPU per judgment with Django's handler, 6.7-7.0 ms with this one (an in-process A/B, 2026-12-02).
 
 `ArbiterASGIHandler` builds the chain as a WSGI server would (every middleware that can run
 synchronously does, and the view is called directly), so everything below the async-only static-file
