@@ -37,11 +37,11 @@ def test_the_run_pages_checkpoint_link_downloads_its_files(
         with page.expect_download() as download_info:
             page.click("#checkpoint-download")
         download = download_info.value
+        assert download.suggested_filename == f"run-{run.id}-checkpoint-4.zip"
+        saved = tmp_path / download.suggested_filename
+        download.save_as(saved)  # waits for the whole download: the zip is streamed from the files as it goes
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
-    assert download.suggested_filename == f"run-{run.id}-checkpoint-4.zip"
-    saved = tmp_path / download.suggested_filename
-    download.save_as(saved)
     with zipfile.ZipFile(saved) as archive:
         got = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
     assert got == files
