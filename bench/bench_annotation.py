@@ -1,9 +1,11 @@
 """Benchmark the annotator loop over real HTTP on the production server (uvicorn + PostgreSQL) and print a table.
 
-The loop: fetch the next item (GET /annotate/<study>/, the full form page) and submit a
-judgment (POST .../submit/), with no think time, at 1, 8 and 32 concurrent annotators on a
-pairwise study of 10,000 items (a prompt and two ~300-word answers), overlap 2. Budgets
-(DESIGN.md): p95 < 20 ms at 1 annotator and < 50 ms at 32, for each request (fetch, submit).
+The loop, as the browser makes it: the first page (GET /annotate/<study>/, the full form page), then
+a judgment (POST .../submit/) whose answer is the next item's full page, and the next judgment on
+that page (one request a judgment; a redirect only at the queue's end, then a GET), with no think
+time, at 1, 8 and 32 concurrent annotators on a pairwise study of 10,000 items (a prompt and two
+~300-word answers), overlap 2. Budgets (DESIGN.md): p95 < 20 ms at 1 annotator and < 50 ms at 32,
+over every request an annotator waits for (fetches and submits together; each also printed).
 With no think time 32 annotators are 32 requests always in flight: their p95 is queueing, about
 32 / (requests per second) on top of one request's time, so this is the machine's throughput as
 much as one request's latency. Then 32 annotators again, each pausing 1-3 s (uniform) after every
@@ -188,24 +190,28 @@ def run_level(
     def start(session_key: str) -> Callable[[], Judged]:
         client = Client(port, session_key)
         perf = time.perf_counter
+        shown: list[bytes | None] = [None]  # the page on screen: the last submit's answer, as in the browser
 
         def judge() -> Judged:
-            t0 = perf()
-            status, page = client.request("GET", next_path)
-            t1 = perf()
+            page, fetch_s = shown[0], None
+            if page is None:  # the first page, or after the end of the queue (a redirect)
+                t0 = perf()
+                status, page = client.request("GET", next_path)
+                fetch_s = perf() - t0
+                if status != 200:
+                    raise Refused(f"fetch answered {status}", fetch_s)
             match = ASSIGNMENT_RE.search(page)
-            if status != 200:
-                raise Refused(f"fetch answered {status}", t1 - t0)
             if not match:
-                return t1 - t0, None, None  # nothing left for this annotator
+                return fetch_s or 0.0, None, None  # nothing left for this annotator
             token = CSRF_RE.search(page).group(1)  # type: ignore[union-attr]
             form = b"csrfmiddlewaretoken=%s&assignment=%s&choice=left&time_ms=900" % (token, match.group(1))
             t2 = perf()
-            status, _ = client.request("POST", submit_path, form)
+            status, answer = client.request("POST", submit_path, form)
             t3 = perf()
-            if status != 302:
-                raise Refused(f"submit answered {status}", t1 - t0, t3 - t2)
-            return t1 - t0, t3 - t2, int(match.group(1))
+            if status not in (200, 302):
+                raise Refused(f"submit answered {status}", fetch_s, t3 - t2)
+            shown[0] = answer if status == 200 else None  # 200: the next item's page; 302: the queue's end
+            return fetch_s, t3 - t2, int(match.group(1))
 
         return judge
 
@@ -217,11 +223,13 @@ def level_rows(results: list[Any]) -> list[Row]:
     for level, r, think in results:
         n = len(r["accepted"])
         p95 = {req: _pct(r[req], 95) * 1000 for req in ("fetch", "submit", "loop")}
+        every = _pct(r["fetch"] + r["submit"], 95) * 1000  # each request an annotator waited for
         budget = BUDGET_MS.get(level)
         cells = ", ".join(
             f"{req} p50 {_pct(r[req], 50) * 1000:.1f} / p95 {p95[req]:.1f} / p99 {_pct(r[req], 99) * 1000:.1f} ms"
             for req in ("fetch", "submit")
         )
+        cells += f"; every request p95 {every:.1f} ms ({len(r['fetch'])} fetches, {len(r['submit'])} submits)"
         rows.append(
             Row(
                 f"{level} annotator{'s' if level > 1 else ''}"
@@ -229,12 +237,12 @@ def level_rows(results: list[Any]) -> list[Row]:
                 f"{n} judgments, {n / r['elapsed']:.1f}/s, "
                 f"{len(r['errors'])} errors",
                 cells,
-                f"p95 < {budget:.0f} ms each" if budget else "",
-                (max(p95["fetch"], p95["submit"]) < budget and not r["errors"]) if budget else None,
+                f"p95 < {budget:.0f} ms" if budget else "",
+                (every < budget and not r["errors"]) if budget else None,
             )
         )
         rows.append(
-            Row("    whole loop (fetch + submit)", f"p50 {_pct(r['loop'], 50) * 1000:.1f} / p95 {p95['loop']:.1f} ms")
+            Row("    whole loop (a judgment)", f"p50 {_pct(r['loop'], 50) * 1000:.1f} / p95 {p95['loop']:.1f} ms")
         )
         cpu, elapsed = r["cpu"], r["elapsed"]
         parts = [f"{name} {100 * sec / elapsed:.0f}%" for name, sec in cpu.items()]

@@ -120,14 +120,14 @@ class Refused(Exception):
     """A request the server answered with an unexpected status: the load driver records the timings taken
     (fetch_s, and submit_s when the submit was made) and the message, and stops that annotator."""
 
-    def __init__(self, message: str, fetch_s: float, submit_s: float | None = None) -> None:
+    def __init__(self, message: str, fetch_s: float | None, submit_s: float | None = None) -> None:
         super().__init__(message)
         self.fetch_s, self.submit_s = fetch_s, submit_s
 
 
 # One judgment: (fetch seconds, submit seconds, accepted id); (fetch seconds, None, None) when the fetch found
-# nothing left for the annotator.
-Judged = tuple[float, float | None, int | None]
+# nothing left for the annotator. Fetch None: no separate fetch, the previous submit's answer was the page.
+Judged = tuple[float | None, float | None, int | None]
 
 
 def annotator_load(
@@ -171,17 +171,19 @@ def annotator_load(
                 try:
                     fetch_s, submit_s, ok = judge()
                 except Refused as refused:
-                    my_fetch.append(refused.fetch_s)
+                    if refused.fetch_s is not None:
+                        my_fetch.append(refused.fetch_s)
                     if refused.submit_s is not None:
                         my_submit.append(refused.submit_s)
-                        my_loop.append(refused.submit_s + refused.fetch_s)
+                        my_loop.append(refused.submit_s + (refused.fetch_s or 0.0))
                     errors.append(str(refused))
                     break
-                my_fetch.append(fetch_s)
+                if fetch_s is not None:
+                    my_fetch.append(fetch_s)
                 if submit_s is None or ok is None:
                     break  # nothing left for this annotator
                 my_submit.append(submit_s)
-                my_loop.append(submit_s + fetch_s)
+                my_loop.append(submit_s + (fetch_s or 0.0))
                 my_ok.append(ok)
                 if think is not None:
                     time.sleep(pause.uniform(*think))

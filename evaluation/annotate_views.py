@@ -4,7 +4,8 @@ Annotators see only their own assignments: every lookup (selectors.annotation_st
 selectors.own_assignment, get_annotation_study_for) checks that the requester annotates
 the study and filters assignments by the requester. Model identities never reach these
 templates (see evaluation.display). This is the hot path of the annotator loop: two queries per
-page besides the session's user (see selectors.annotation_state), item text pre-rendered.
+page besides the session's user (see selectors.annotation_state), item text pre-rendered; a submit answers with
+the next item's page, one request a judgment.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
@@ -54,17 +56,28 @@ def _render_item(
         "position": progress.done + 1,
         "percent": round(100 * progress.done / progress.total) if progress.total else 0,
         "scale": list(enumerate(study.scale, start=1)) if study.kind == StudyKind.RATING else (),
+        "page_url": reverse("annotate:next", kwargs={"study_id": study.pk}),
     }
     return render(request, "evaluation/annotate_item.html", context, status=status)
 
 
 @annotator_required
 def next_item(request: HttpRequest, study_id: int) -> HttpResponse:
+    return _next_page(request, study_id, after_post=False)
+
+
+def _next_page(request: HttpRequest, study_id: int, *, after_post: bool) -> HttpResponse:
+    """The next item's form (leased now, or the one already open). After a submit or skip it is the POST's own
+    answer: one round trip a judgment, not a redirect and a second request (annotate.js then sets the
+    address bar to the page's own URL, so a reload or Back asks for the page, never re-sends the form).
+    The end of the queue after a POST is still a redirect, so the address bar says where the done page is."""
     # One query for the study, the membership check, progress and the open assignment; one to lease.
     state = selectors.annotation_state(user=request.user, study_id=study_id)  # type: ignore[arg-type]
     study = state.study
     assignment = services.next_assignment(annotator=request.user, study=study, latest=state.latest)  # type: ignore[arg-type]
     if assignment is None:
+        if after_post:
+            return redirect("annotate:next", study_id=study_id)
         progress = selectors.annotator_progress(study=study, annotator=request.user)  # type: ignore[arg-type]
         return render(request, "evaluation/annotate_done.html", {"study": study, "progress": progress})
     return _render_item(request, study, assignment, state.progress)
@@ -113,7 +126,7 @@ def submit(request: HttpRequest, study_id: int) -> HttpResponse:
         return render(request, "evaluation/annotate_expired.html", {"study": study}, status=409)
     except services.AssignmentClosed:
         pass  # skipped already; move on
-    return redirect("annotate:next", study_id=study.pk)
+    return _next_page(request, study.pk, after_post=True)
 
 
 @annotator_required
@@ -130,4 +143,4 @@ def skip(request: HttpRequest, study_id: int) -> HttpResponse:
         flagged=form.cleaned_data["flag"],
         flag_reason=form.cleaned_data["reason"],
     )
-    return redirect("annotate:next", study_id=study_id)
+    return _next_page(request, study_id, after_post=True)

@@ -61,6 +61,41 @@ def test_pairwise_choices_stay_on_screen_with_long_responses(asgi_server, screen
     assert Judgment.objects.get().payload["shown"] == "right"
 
 
+def test_a_submit_answers_with_the_next_item_and_a_reload_never_resends_it(
+    asgi_server, browser, login_page, annotator, make_study
+):
+    """One request a judgment: the submit's answer is the next item's page (no redirect, no second GET); the
+    address bar then shows the page's own URL, so a reload asks for the page and stores nothing twice."""
+    rows = [{"prompt": f"prompt {i}", "response_a": f"a{i}", "response_b": f"b{i}"} for i in range(3)]
+    study = make_study(rows=rows, annotators=[annotator])
+    page = browser.new_context().new_page()
+    page.set_default_timeout(15_000)
+    _open(page, asgi_server, login_page, annotator, study)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(f"{r.method} {r.url}") if r.resource_type == "document" else None)
+    first = page.input_value("input[name=assignment]")
+    page.keyboard.press("a")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('input[name=assignment]').value !== '{first}'")
+    second = page.input_value("input[name=assignment]")
+    assert requests == [f"POST {asgi_server.url}/annotate/{study.pk}/submit/"]  # one request, the next item in it
+    assert page.url == f"{asgi_server.url}/annotate/{study.pk}/"
+    assert page.inner_text("#progress-text").startswith("2 of 3")
+    page.reload()  # a GET of the page: the same open item, the first judgment not sent again
+    assert requests[-1] == f"GET {asgi_server.url}/annotate/{study.pk}/"
+    assert page.input_value("input[name=assignment]") == second
+    assert Judgment.objects.count() == 1
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelector('input[name=assignment]').value !== '{second}'")
+    page.keyboard.press("t")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#done-message")  # the last submit: a redirect to the done page's own address
+    assert page.url == f"{asgi_server.url}/annotate/{study.pk}/"
+    assert Judgment.objects.count() == 3
+    page.context.close()
+
+
 def test_rating_scale_stays_on_screen(asgi_server, screen, login_page, annotator, make_study):
     study = make_study(kind="rating", rows=[{"prompt": LONG, "response": LONG}], annotators=[annotator])
     _open(screen, asgi_server, login_page, annotator, study)

@@ -97,8 +97,12 @@ def test_each_kind_form_stores_a_judgment(kind, client_for, annotator, make_stud
     client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
     assignment = Assignment.objects.get(annotator=annotator)
     response = _submit(client, study, {"assignment": assignment.pk, "time_ms": 1234, **FORM_DATA[kind]})
-    assert response.status_code == 302, response.content.decode()[:2000]
+    assert response.status_code == 200, response.content.decode()[:2000]
     judgment = Judgment.objects.get()
+    # The answer is the next item's form (one request a judgment), its page's own URL for the address bar.
+    following = Assignment.objects.exclude(pk=assignment.pk).get(annotator=annotator)
+    assert f'name="assignment" value="{following.pk}"' in response.content.decode()
+    assert f'data-url="/annotate/{study.pk}/"' in response.content.decode()
     assert judgment.time_ms <= 1234
     if kind == "rubric":
         expected_plan_1 = ["satisfied", "satisfied", "not_satisfied"]
@@ -107,6 +111,8 @@ def test_each_kind_form_stores_a_judgment(kind, client_for, annotator, make_stud
     if kind == "violation":
         assert judgment.payload["violations"] == [{"step": 1, "policy": 0, "dimension": "user_consent"}]
         assert judgment.payload["fraction"] == 0.5 and judgment.payload["dormant"] == [1]
+    last = _submit(client, study, {"assignment": following.pk, "time_ms": 10, **FORM_DATA[kind]})
+    assert (last.status_code, last["Location"]) == (302, f"/annotate/{study.pk}/")  # the end: the done page's URL
 
 
 @pytest.mark.sqlite
@@ -240,11 +246,12 @@ def test_annotator_loop_query_counts_are_pinned(
     client.get(url)  # the first request also sweeps leases; measure the steady state
     assignment = Assignment.objects.get(annotator=annotator)
     # In production (autocommit; the session comes from the cache): submit = user, the assignment with
-    # its study and membership, one write statement (3); next = user, one read of study + membership +
-    # progress + latest assignment, one claim statement (3). The test runs inside a transaction, which
-    # wraps each write statement in a savepoint (+2).
-    with django_assert_max_num_queries(5):
-        _submit(client, study, {"assignment": assignment.pk, "choice": "tie"})
+    # its study and membership, one write statement, then the next page in the same request: one read of
+    # study + membership + progress + latest assignment, one claim statement (5). next = user, the read,
+    # the claim (3). The test runs inside a transaction, which wraps each write statement in a savepoint (+2).
+    with django_assert_max_num_queries(9):
+        response = _submit(client, study, {"assignment": assignment.pk, "choice": "tie"})
+    assert response.status_code == 200 and Assignment.objects.filter(annotator=annotator).count() == 2
     with django_assert_max_num_queries(5):
         client.get(url)
 
