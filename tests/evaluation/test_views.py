@@ -116,6 +116,24 @@ def test_each_kind_form_stores_a_judgment(kind, client_for, annotator, make_stud
 
 
 @pytest.mark.sqlite
+def test_skip_and_flag_answer_with_the_next_item(client_for, annotator, make_study) -> None:
+    study = make_study(n_items=2, annotators=[annotator])
+    client = client_for(annotator)
+    client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
+    first = Assignment.objects.get(annotator=annotator)
+    skip = reverse("annotate:skip", kwargs={"study_id": study.pk})
+    response = client.post(skip, {"assignment": first.pk, "flag": "1", "reason": "garbled"})
+    assert response.status_code == 200
+    first.refresh_from_db()
+    assert first.skipped and first.flagged and first.flag_reason == "garbled"
+    following = Assignment.objects.exclude(pk=first.pk).get(annotator=annotator)
+    assert f'name="assignment" value="{following.pk}"' in response.content.decode()
+    last = client.post(skip, {"assignment": following.pk})
+    assert (last.status_code, last["Location"]) == (302, f"/annotate/{study.pk}/")  # the end: the done page
+    assert not Judgment.objects.exists()
+
+
+@pytest.mark.sqlite
 def test_invalid_submit_rerenders_with_422(client_for, annotator, make_study) -> None:
     study = make_study(n_items=1, annotators=[annotator])
     client = client_for(annotator)
