@@ -247,7 +247,11 @@ def level_rows(results: list[Any]) -> list[Row]:
         cpu, elapsed = r["cpu"], r["elapsed"]
         parts = [f"{name} {100 * sec / elapsed:.0f}%" for name, sec in cpu.items()]
         per = sum(cpu.values()) / max(1, n) * 1000
-        rows.append(Row("    CPU (share of one core)", ", ".join(parts) + f"; {per:.1f} ms of CPU per judgment"))
+        busy = r["machine_cpu"]
+        machine = f"; whole machine {100 * busy / elapsed:.0f}% ({busy / max(1, n) * 1000:.1f} ms)"
+        rows.append(
+            Row("    CPU (share of one core)", ", ".join(parts) + f"; {per:.1f} ms of CPU per judgment" + machine)
+        )
     return rows
 
 
@@ -420,7 +424,12 @@ def main() -> None:
         f"Annotator loop over HTTP: uvicorn x{args.workers} (arbiter/server.py), PostgreSQL (pool {db_pool}/process);\n"
         f"{args.items:,} pairwise items (2 x ~300-word answers), overlap 2, {args.seconds:.0f} s a level (paced 2x)",
         rows,
-        notes=[*notes, "CPU: client = this bench's annotator threads; postgres counts every backend on the server."],
+        notes=[
+            *notes,
+            "CPU: client = this bench's annotator threads; postgres = every backend on the server, those opened "
+            "during the level included; whole machine = all CPU time not idle (Redis, the kernel's networking "
+            "and any other load too; of 100% x cores), the figure to read on a quiet machine.",
+        ],
     )
 
 

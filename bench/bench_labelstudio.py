@@ -249,7 +249,8 @@ def level_rows(result: dict[str, Any], think: tuple[float, float] | None, label:
         ),
         Row(
             "    CPU (share of one core)",
-            f"{share}; {sum(cpu.values()) / max(1, n) * 1e3:.1f} ms of CPU per judgment",
+            f"{share}; {sum(cpu.values()) / max(1, n) * 1e3:.1f} ms of CPU per judgment; whole machine "
+            f"{100 * result['machine_cpu'] / elapsed:.0f}% ({result['machine_cpu'] / max(1, n) * 1e3:.1f} ms)",
         ),
     ]
 

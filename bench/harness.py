@@ -116,6 +116,31 @@ def postgres_processes() -> list[Any]:
     return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
 
 
+def postgres_cpu_since(before: dict[int, float], started: float) -> float:
+    """CPU seconds of every PostgreSQL process since `before` was sampled (wall time `started`), counting the
+    backends opened since then (a pool growing under load, a server that connects per request) from zero.
+    A backend that opened and closed in between is not seen: `machine_busy` counts it."""
+    import psutil
+
+    total = 0.0
+    for proc in postgres_processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            if proc.pid in before:
+                total += times.user + times.system - before[proc.pid]
+            elif proc.create_time() >= started - 0.5:
+                total += times.user + times.system
+    return total
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy so far (all processes and the kernel; not idle or iowait)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 class Refused(Exception):
     """A request the server answered with an unexpected status: the load driver records the timings taken
     (fetch_s, and submit_s when the submit was made) and the message, and stops that annotator."""
@@ -200,6 +225,7 @@ def annotator_load(
         t.start()
     postgres = postgres_processes()
     client0, servers0, postgres0 = time.process_time(), cpu_seconds(servers), cpu_seconds(postgres)
+    machine0, wall0 = machine_busy(), time.time()
     stop_at[0] = time.perf_counter() + seconds
     started = time.perf_counter()
     barrier.wait()
@@ -208,7 +234,8 @@ def annotator_load(
     elapsed = time.perf_counter() - started
     client_cpu = time.process_time() - client0
     server_cpu = cpu_used(servers0, cpu_seconds(servers))
-    db_cpu = cpu_used(postgres0, cpu_seconds(postgres))
+    db_cpu = postgres_cpu_since(postgres0, wall0)
+    machine_cpu = machine_busy() - machine0
     return {
         "fetch": fetch,
         "submit": submit,
@@ -217,6 +244,7 @@ def annotator_load(
         "errors": errors,
         "elapsed": elapsed,
         "cpu": {"client": client_cpu, "server": server_cpu, "postgres": db_cpu},
+        "machine_cpu": machine_cpu,  # everything busy on the machine: the above, Redis, the kernel, other load
     }
 
 
