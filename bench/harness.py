@@ -138,7 +138,8 @@ def machine_busy() -> float:
     import psutil
 
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    busy: float = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return busy
 
 
 class Refused(Exception):
