@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from training.http import AuthedHttpRequest
 from training.models import ApiToken, Checkpoint, Run, RunTransition
-from training.services import runs
+from training.services import run_records, runs
 
 # ModelAdmin and TabularInline are generic only in django-stubs; the runtime classes take no subscript.
 if TYPE_CHECKING:
@@ -58,6 +58,25 @@ class RunAdmin(_RunAdmin):
     raw_id_fields = ("owner", "parent")
     inlines = (TransitionInline, CheckpointInline)
     actions = ("cancel_runs", "retry_runs", "sweep_lost")
+
+    # Delete as the run page deletes (training.services.run_records.delete_run): an active run or one that
+    # something depends on is listed as protected on admin's own "cannot delete" page, and a deleted run's
+    # files leave the artifact store after the commit.
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        for run in objs:
+            if run.is_active:
+                protected.append(f"Run #{run.id} is {run.status}: cancel it before deleting it.")
+            for found in run_records.dependants_of_run(run=run, user=request.user):  # type: ignore[arg-type]
+                protected.append(f"Run #{run.id} is needed by {found.label} ({found.reason}).")
+        return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request: HttpRequest, obj: Run) -> None:
+        run_records.delete_run(run=obj, by=request.user)  # type: ignore[arg-type]
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        for run in queryset:
+            run_records.delete_run(run=run, by=request.user)  # type: ignore[arg-type]
 
     @admin.action(description="Cancel selected runs")
     def cancel_runs(self, request: AuthedHttpRequest, queryset: QuerySet[Run]) -> None:

@@ -77,6 +77,23 @@ def test_the_study_page_refuses_with_a_409_listing_the_run_that_trained_on_its_e
     assert type(study).objects.filter(pk=study.pk).exists()
 
 
+def test_admin_delete_of_that_study_shows_the_run_on_its_cannot_delete_page(
+    judged: Any, researcher: Any, admin_user: Any, client_for: Any
+) -> None:
+    """Django admin deletes through study_records.delete_study too: it lists the run and removes nothing."""
+    _, study = judged
+    job = finished_export(study, researcher)
+    trained = launch_run(owner=researcher, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
+    admin = client_for(admin_user)
+    page = admin.get(f"/admin/evaluation/study/{study.pk}/delete/")
+    assert (
+        page.status_code == 200 and f"run #{trained.id} {trained.name} (trained on its export)" in page.content.decode()
+    )
+    admin.post(f"/admin/evaluation/study/{study.pk}/delete/", {"post": "yes"})
+    admin.post("/admin/evaluation/study/", {"action": "delete_selected", "_selected_action": [study.pk], "post": "yes"})
+    assert type(study).objects.filter(pk=study.pk).exists()
+
+
 @pytest.mark.parametrize("spelling", ["{head}/./{tail}", "{head}//{tail}", "file://{head}/{tail}"])
 def test_a_run_launched_on_another_spelling_of_the_export_still_protects_the_study(
     judged: Any, researcher: Any, spelling: str

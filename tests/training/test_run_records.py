@@ -172,3 +172,40 @@ def test_a_scripts_run_naming_a_checkpoint_in_its_config_does_not_block_the_dele
     assert created.status_code == 201, created.content
     response = client_for(researcher).post(f"/runs/{base.id}/delete/")
     assert response.status_code == 302 and not Run.objects.filter(id=base.id).exists()
+
+
+def test_admin_delete_refuses_what_the_run_page_refuses_and_removes_files_like_it(
+    client_for: Any,
+    admin_user: User,
+    researcher: User,
+    make_run: Any,
+    settings: Any,
+    tmp_path: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """Django admin's delete goes through run_records.delete_run: an active run or one a resumed run needs is
+    listed on admin's "cannot delete" page and stays; a deletable run's files leave the artifact store."""
+    settings.ARTIFACT_ROOT, settings.ARTIFACT_STORE_URL = tmp_path / "artifacts", ""
+    admin = client_for(admin_user)
+    active = make_run(researcher, name="busy", status="queued")
+    base = make_run(researcher, name="base", config={"max_steps": 3})
+    base.checkpoints.create(step=2, path="/a/checkpoint-2")
+    child = runs.resume_run(run=base, by=researcher)
+    for run, says in ((active, "is queued: cancel it before deleting it"), (base, f"run #{child.id}")):
+        page = admin.get(f"/admin/training/run/{run.id}/delete/")
+        assert page.status_code == 200 and says in page.content.decode(), page.content.decode()[-3000:]
+        admin.post(f"/admin/training/run/{run.id}/delete/", {"post": "yes"})
+        assert Run.objects.filter(id=run.id).exists()  # refused: still there
+    bulk = admin.post(
+        "/admin/training/run/", {"action": "delete_selected", "_selected_action": [active.id], "post": "yes"}
+    )
+    assert bulk.status_code == 200 and Run.objects.filter(id=active.id).exists()
+    done = make_run(researcher, name="done")
+    folder = tmp_path / "artifacts" / "runs" / str(done.id) / "checkpoint-1"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"w")
+    ingest.record_checkpoint(run=done, step=1, path=str(folder))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post(f"/admin/training/run/{done.id}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not Run.objects.filter(id=done.id).exists()
+    assert not folder.exists()  # the files went with the row, after the commit
