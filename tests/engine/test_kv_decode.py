@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from training.engine.batching import encode_prompt, pad_left, positions, token_logprobs
 from training.engine.modeling import tiny_llama_config, train_char_tokenizer
@@ -122,3 +122,98 @@ def test_a_one_token_wide_prefill_with_an_all_padding_row_stays_finite() -> None
             assert torch.isfinite(a).all()
             assert torch.allclose(a[0], b[0], atol=1e-5)
             next_pos = next_pos + 1
+
+
+def _decode(lean: LeanKVDecoder, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """The prefill's logits, then those of ``steps`` greedy decode steps."""
+    pos = positions(mask)
+    with torch.no_grad():
+        out = [lean.prefill(ids, mask, pos)]
+        next_pos = pos[:, -1:] + 1
+        for _ in range(steps):
+            out.append(lean.step(out[-1].argmax(-1), next_pos))
+            next_pos = next_pos + 1
+    return out
+
+
+def test_fused_decode_step_equals_the_module_by_module_step() -> None:
+    """q|k|v and gate|up as one matmul, rotary from a table: the same arithmetic, so the same logits (to the bit
+    where the BLAS accumulates a fused row as it does the separate ones, as for these sizes on this machine's
+    MKL; to float round-off elsewhere), and the model's own forward to round-off."""
+    model, tokenizer = tiny()
+    ids, mask = pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))
+    fused = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 6)
+    assert fused.fused is not None  # a silent fallback would make the comparison below vacuous
+    plain = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 6)
+    plain.fused = None
+    a, b = _decode(fused, ids, mask, 6), _decode(plain, ids, mask, 6)
+    for x, y in zip(a, b, strict=True):
+        assert torch.allclose(x, y, rtol=0, atol=1e-6)
+    # the plain Hugging Face forward over prompt + the greedy tokens
+    tokens = torch.stack([x.argmax(-1) for x in a[:-1]], 1)
+    full_ids, full_mask = torch.cat([ids, tokens], 1), torch.cat([mask, torch.ones_like(tokens)], 1)
+    with torch.no_grad():
+        logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=positions(full_mask)).logits
+    expected = logits[:, ids.size(1) - 1 :]
+    assert torch.allclose(torch.stack(a, 1), expected, atol=1e-5)
+
+
+def test_fused_decode_step_adds_qwen2_projection_biases() -> None:
+    """Qwen2 has q/k/v biases: the fused matmul carries them (concatenated)."""
+    tokenizer = train_char_tokenizer(["0123456789+= abcdefghijklmnopqrstuvwxyz?:\n."])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=int(tokenizer.pad_token_id),
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.bias.normal_()  # initialised to zero: make them matter
+    ids, mask = pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))
+    fused = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 4)
+    assert fused.fused is not None and fused.fused.layers[0].qkv_bias is not None
+    plain = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 4)
+    plain.fused = None
+    for x, y in zip(_decode(fused, ids, mask, 4), _decode(plain, ids, mask, 4), strict=True):
+        assert torch.allclose(x, y, rtol=0, atol=1e-6)
+
+
+def test_fused_decode_step_is_not_used_over_an_adapter_layer() -> None:
+    """A projection that is not a plain Linear (a LoRA layer adds its adapter in its own forward) keeps the
+    module-by-module step, which calls it."""
+
+    class Adapted(torch.nn.Linear):
+        pass
+
+    model, _ = tiny()
+    old = model.model.layers[1].self_attn.v_proj
+    adapted = Adapted(old.in_features, old.out_features, bias=False)
+    adapted.load_state_dict(old.state_dict())
+    model.model.layers[1].self_attn.v_proj = adapted
+    assert LeanKVDecoder(model, batch=1, max_len=4).fused is None
+
+
+def test_shared_prompt_prefill_equals_a_prefill_of_every_row() -> None:
+    """Prefilling each prompt once and copying its cache to its n rows gives what prefilling n copies gives."""
+    model, tokenizer = tiny()
+    ids, mask = pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))
+    pos = positions(mask)
+    shared = LeanKVDecoder(model, batch=12, max_len=ids.size(1) + 3)
+    each = LeanKVDecoder(model, batch=12, max_len=ids.size(1) + 3)
+    with torch.no_grad():
+        a = shared.prefill(ids, mask, pos, repeats=3)
+        b = each.prefill(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), pos.repeat_interleave(3, 0))
+        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.equal(shared.key_bias, each.key_bias)
+        for x, y in zip([*shared.keys, *shared.values], [*each.keys, *each.values], strict=True):
+            assert torch.allclose(x[:, :, : ids.size(1)], y[:, :, : ids.size(1)], atol=1e-6)
+        next_pos = pos.repeat_interleave(3, 0)[:, -1:] + 1
+        token = a.argmax(-1)
+        assert torch.allclose(shared.step(token, next_pos), each.step(token, next_pos), atol=1e-6)

@@ -72,13 +72,14 @@ class HFRollout:
         first_row = first_prompt * n
         was_training = self.model.training
         self.model.train(False)  # eval mode; restored below
-        rows = [p for p in prompts for _ in range(n)]
-        ids, mask = pad_left(rows, pad_id=self.pad_token_id)
+        # Each prompt is prefilled once; the decoder copies its cache to the prompt's n rows (i·n ... i·n + n-1).
+        ids, mask = pad_left(prompts, pad_id=self.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         pos = positions(mask)
-        batch = ids.size(0)
+        batch = ids.size(0) * n
         decoder = make_decoder(self.model, batch=batch, max_len=ids.size(1) + max_new_tokens)
-        logits = decoder.prefill(ids, mask, pos)
+        logits = decoder.prefill(ids, mask, pos, repeats=n)
+        pos = pos.repeat_interleave(n, 0)
         tokens = torch.full((batch, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         logps = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None
         done = torch.zeros(batch, dtype=torch.bool, device=device)

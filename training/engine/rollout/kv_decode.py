@@ -26,8 +26,11 @@ _LEAN_MODEL_TYPES = frozenset({"llama", "qwen2"})
 class Decoder(Protocol):
     """Prefill once, then one token per row per step; both return the logits of each row's last position."""
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Run the (left-padded) prompts; return (B, V) next-token logits."""
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *, repeats: int = 1
+    ) -> torch.Tensor:
+        """Run the (left-padded) prompts; return (B, V) next-token logits. With ``repeats`` = n, each prompt
+        stands for n consecutive rows of the batch (a GRPO group's G completions share it): (B·n, V)."""
         ...
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -118,6 +121,135 @@ class _Blocks:
         )
 
 
+_FUSED_MLPS = frozenset({"LlamaMLP", "Qwen2MLP"})  # down(silu(gate(x)) * up(x))
+_SILU = frozenset({"SiLUActivation", "SiLU"})
+_STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})  # cos/sin depend on the position alone
+
+
+def _linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A plain ``nn.Linear``'s weight and bias; TypeError for anything else (a LoRA layer adds its adapter in
+    its own forward, which the fused step would skip)."""
+    if type(module) is not torch.nn.Linear:
+        raise TypeError(f"{type(module).__name__} is not a plain Linear")
+    return module.weight.detach(), None if module.bias is None else module.bias.detach()
+
+
+def _cat_bias(weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The biases of fused projections, zeros for the ones without (adding 0 changes no bit); None if none has."""
+    if all(b is None for b in biases):
+        return None
+    return torch.cat([b if b is not None else w.new_zeros(w.size(0)) for w, b in zip(weights, biases, strict=True)])
+
+
+def _rms(norm: torch.nn.Module) -> tuple[torch.Tensor, tuple[int], float]:
+    """A float32 Llama/Qwen2 RMSNorm as F.rms_norm's arguments (what ``_norm`` calls); TypeError otherwise."""
+    weight = getattr(norm, "weight", None)
+    if type(norm).__name__ not in _RMS_NORMS or not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(norm).__name__} is not a known RMSNorm")
+    return weight.detach(), (weight.size(-1),), float(getattr(norm, "variance_epsilon", 1e-6))
+
+
+@dataclass(frozen=True)
+class _FusedLayer:
+    """One decoder block's weights as tensors, q|k|v and gate|up concatenated along their output rows."""
+
+    input_norm: torch.Tensor
+    input_norm_shape: tuple[int]
+    input_eps: float
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    post_norm_shape: tuple[int]
+    post_eps: float
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    intermediate: int
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _FusedStep:
+    """What LeanKVDecoder._fused_step reads: the model's weights (fused copies where concatenated) and the
+    rotary cos/sin of every position of the rollout, computed once by the model's own rotary module."""
+
+    embed: torch.Tensor
+    layers: list[_FusedLayer]
+    norm: torch.Tensor
+    norm_shape: tuple[int]
+    norm_eps: float
+    lm_head: torch.Tensor
+    lm_head_bias: torch.Tensor | None
+    cos: torch.Tensor  # (max_len, head_dim)
+    sin: torch.Tensor
+
+    @classmethod
+    def of(cls, blocks: _Blocks, model: PreTrainedModel, *, max_len: int) -> _FusedStep | None:
+        """The fused step's tensors, or None where it would not reproduce ``_forward``: off CPU or float32 (the
+        one-query attention's conditions; on a GPU the copies would also cost memory), any module not the
+        plain one the step replaces (LoRA layers, other MLPs or activations), a rotary that changes with the
+        sequence length (dynamic RoPE)."""
+        param = next(model.parameters())
+        if param.device.type != "cpu" or any(p.dtype != torch.float32 for p in model.parameters()):
+            return None
+        if getattr(blocks.rotary, "rope_type", "default") not in _STATIC_ROPE or type(blocks.embed) is not (
+            torch.nn.Embedding
+        ):
+            return None
+        try:
+            with torch.no_grad():
+                layers = [_fused_layer(layer) for layer in blocks.layers]
+                norm, norm_shape, norm_eps = _rms(blocks.norm)
+                lm_head, lm_head_bias = _linear(blocks.lm_head)
+                where = torch.arange(max_len, device=param.device)[None]
+                cos, sin = blocks.rotary(param.new_zeros(1), where)
+        except (AttributeError, TypeError):
+            return None
+        return cls(
+            embed=blocks.embed.weight.detach(),
+            layers=layers,
+            norm=norm,
+            norm_shape=norm_shape,
+            norm_eps=norm_eps,
+            lm_head=lm_head,
+            lm_head_bias=lm_head_bias,
+            cos=cos[0],
+            sin=sin[0],
+        )
+
+
+def _fused_layer(layer: _Layer) -> _FusedLayer:
+    """One block's fused tensors; AttributeError or TypeError when a part is not what the fused step assumes."""
+    mlp = layer.mlp
+    if type(mlp).__name__ not in _FUSED_MLPS or type(_module(mlp, "act_fn")).__name__ not in _SILU:
+        raise TypeError(f"{type(mlp).__name__} is not a SiLU-gated MLP")
+    (q, q_bias), (k, k_bias), (v, v_bias) = _linear(layer.q), _linear(layer.k), _linear(layer.v)
+    (gate, gate_bias), (up, up_bias) = _linear(_module(mlp, "gate_proj")), _linear(_module(mlp, "up_proj"))
+    o, o_bias = _linear(layer.o)
+    down, down_bias = _linear(_module(mlp, "down_proj"))
+    input_norm, input_norm_shape, input_eps = _rms(layer.input_norm)
+    post_norm, post_norm_shape, post_eps = _rms(layer.post_norm)
+    return _FusedLayer(
+        input_norm=input_norm,
+        input_norm_shape=input_norm_shape,
+        input_eps=input_eps,
+        qkv=torch.cat([q, k, v]),
+        qkv_bias=_cat_bias([q, k, v], [q_bias, k_bias, v_bias]),
+        o=o,
+        o_bias=o_bias,
+        post_norm=post_norm,
+        post_norm_shape=post_norm_shape,
+        post_eps=post_eps,
+        gate_up=torch.cat([gate, up]),
+        gate_up_bias=_cat_bias([gate, up], [gate_bias, up_bias]),
+        intermediate=gate.size(0),
+        down=down,
+        down_bias=down_bias,
+    )
+
+
 class LeanKVDecoder:
     """A Llama-family forward over a KV cache preallocated for ``max_len`` positions."""
 
@@ -135,21 +267,35 @@ class LeanKVDecoder:
         # the same mask as an additive bias (0 or -inf), for the one-query attention of a decode step
         self.key_bias = torch.zeros((batch, max_len), dtype=torch.float32, device=param.device)
         self.length = 0
+        # The decode step's fast path (CPU, float32, plain modules); built per rollout, so after every
+        # optimiser step: its fused weights are copies, never stale within the rollout they serve.
+        self.fused = _FusedStep.of(self.blocks, model, max_len=max_len)
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *, repeats: int = 1
+    ) -> torch.Tensor:
         """Causal attention over the prompts; a left-pad query attends to itself alone (its output is unused,
-        but a fully masked row would give NaN keys and values to later layers)."""
-        width = ids.size(1)
-        self.key_mask[:, :width] = mask.bool()
-        self.key_bias[:, :width].masked_fill_(~mask.bool(), float("-inf"))
+        but a fully masked row would give NaN keys and values to later layers). With ``repeats`` > 1 each
+        prompt runs once and its keys and values are copied to its ``repeats`` rows of the cache."""
+        width, rows = ids.size(1), ids.size(0) * repeats
+        real = mask.bool()
+        self.key_mask[:rows, :width] = real.repeat_interleave(repeats, 0) if repeats > 1 else real
+        self.key_bias[:rows, :width].masked_fill_(~self.key_mask[:rows, :width], float("-inf"))
         arange = torch.arange(width, device=ids.device)
         causal = arange[None, :] <= arange[:, None]
         itself = arange[None, :] == arange[:, None]
-        allowed = (causal[None] & self.key_mask[:, None, :width]) | itself[None]
-        return self._forward(ids, positions, allowed[:, None])
+        allowed = (causal[None] & real[:, None, :]) | itself[None]
+        logits = self._forward(ids, positions, allowed[:, None])
+        if repeats > 1:
+            for cache in (*self.keys, *self.values):
+                cache[:rows, :, :width] = cache[: ids.size(0), :, :width].repeat_interleave(repeats, 0)
+            logits = logits.repeat_interleave(repeats, 0)
+        return logits
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One new token per row attends to every real key so far (the cache holds no future positions)."""
+        if self.fused is not None:
+            return self._fused_step(self.fused, tokens, positions)
         return self._forward(tokens[:, None], positions, self.key_mask[:, None, None, : self.length + 1], decode=True)
 
     def keep_rows(self, rows: torch.Tensor) -> bool:
@@ -179,15 +325,17 @@ class LeanKVDecoder:
             k = layer.k(normed).view(shape).transpose(1, 2)
             v = layer.v(normed).view(shape).transpose(1, 2)
             q, k = _rotary(q, k, cos, sin)
-            self.keys[index][:, :, start:end] = k
-            self.values[index][:, :, start:end] = v
+            # the first ``batch`` rows: a shared-prompt prefill fills them before copying them to their groups
+            keys, values = self.keys[index][:batch], self.values[index][:batch]
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
             if one_query:
-                out = self._one_query_attention(q, self.keys[index][:, :, :end], self.values[index][:, :, :end])
+                out = self._one_query_attention(q, keys[:, :, :end], values[:, :, :end])
             else:
                 out = F.scaled_dot_product_attention(
                     q,
-                    self.keys[index][:, :, :end],
-                    self.values[index][:, :, :end],
+                    keys[:, :, :end],
+                    values[:, :, :end],
                     attn_mask=attn_mask,
                     enable_gqa=self.kv_heads != self.heads,
                 )
@@ -208,6 +356,42 @@ class LeanKVDecoder:
         scores = scores + self.key_bias[:, None, None, :end]
         out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
         return out.reshape(batch, self.heads, 1, self.head_dim)
+
+    def _fused_step(self, fused: _FusedStep, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``_forward``'s decode step with fewer, larger operations and the same arithmetic: q|k|v and gate|up as
+        one matmul each (a fused output row is the separate rows side by side), rotary on q and k at once with
+        cos/sin looked up in a table, weights as tensors rather than modules (a module call costs more than a
+        32-row matmul here), and ``_one_query_attention`` on (B, H, D) rows. The logits are those of the
+        module-by-module step to the bit where the BLAS accumulates a fused row as it does a separate one
+        (measured with MKL on the bench's model: a seeded rollout samples the same tokens), else to round-off
+        (tests/engine/test_kv_decode.py)."""
+        batch, start, end = tokens.size(0), self.length, self.length + 1
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        rotated_heads = heads + kv_heads
+        where = positions.reshape(-1)
+        cos, sin = fused.cos.index_select(0, where)[:, None], fused.sin.index_select(0, where)[:, None]
+        bias = self.key_bias[:, None, None, :end]
+        scale = head_dim**-0.5
+        hidden = F.embedding(tokens, fused.embed)
+        for index, layer in enumerate(fused.layers):
+            normed = F.rms_norm(hidden, layer.input_norm_shape, layer.input_norm, layer.input_eps)
+            qkv = F.linear(normed, layer.qkv, layer.qkv_bias).view(batch, rotated_heads + kv_heads, head_dim)
+            qk = qkv[:, :rotated_heads]
+            rotated = (qk * cos) + (_rotate_half(qk) * sin)
+            keys, values = self.keys[index], self.values[index]
+            keys[:, :, start] = rotated[:, heads:]
+            values[:, :, start] = qkv[:, rotated_heads:]
+            grouped = rotated[:, :heads].reshape(batch, kv_heads, heads // kv_heads, head_dim)
+            scores = torch.matmul(grouped, keys[:, :, :end].transpose(-1, -2)).mul_(scale).add_(bias)
+            out = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, :end]).reshape(batch, -1)
+            hidden = hidden + F.linear(out, layer.o, layer.o_bias)
+            normed = F.rms_norm(hidden, layer.post_norm_shape, layer.post_norm, layer.post_eps)
+            gate_up = F.linear(normed, layer.gate_up, layer.gate_up_bias)
+            gate, up = gate_up[:, : layer.intermediate], gate_up[:, layer.intermediate :]
+            hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+        self.length = end
+        normed = F.rms_norm(hidden, fused.norm_shape, fused.norm, fused.norm_eps)
+        return F.linear(normed, fused.lm_head, fused.lm_head_bias)
 
 
 _RMS_NORMS = frozenset({"LlamaRMSNorm", "Qwen2RMSNorm"})  # weight * (x / rms(x)), in float32
@@ -251,8 +435,14 @@ class CacheDecoder:
         self.mask = torch.ones((batch, max_len), dtype=torch.long, device=param.device)
         self.length = 0
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """The prompts in one call, keeping only the last position's logits."""
+    def prefill(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, *, repeats: int = 1
+    ) -> torch.Tensor:
+        """The prompts in one call, keeping only the last position's logits (repeated prompts run as rows of
+        their own: cache classes differ in how, and whether, they copy rows)."""
+        if repeats > 1:
+            ids, mask = ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+            positions = positions.repeat_interleave(repeats, 0)
         self.length = ids.size(1)
         self.mask[:, : self.length] = mask
         out = self.model(
