@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from training.engine import packed_forward
 from training.engine.batching import positions
 from training.engine.modeling import enable_gradient_checkpointing, tiny_llama_config
 from training.engine.packed_forward import can_pack, packed_logits
@@ -81,3 +85,33 @@ def test_models_it_cannot_reproduce_keep_the_padded_forward() -> None:
     assert not can_pack(dropout.train())
     assert can_pack(dropout.eval())
     assert not can_pack(torch.nn.Linear(2, 2))
+
+
+def test_short_rows_attend_as_matmuls_with_the_fused_kernels_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU short rows take the matmul attention: its logits and gradients are the fused kernel's."""
+    results = []
+    for widest in (packed_forward._MATMUL_ATTENTION_MAX_WIDTH, 0):  # the default, then the fused kernel always
+        monkeypatch.setattr(packed_forward, "_MATMUL_ATTENTION_MAX_WIDTH", widest)
+        model = tiny()
+        ids, mask = grpo_batch()
+        calls: list[int] = []
+        monkeypatch.setattr(
+            packed_forward, "_matmul_attention", _counted(packed_forward._matmul_attention, calls), raising=True
+        )
+        logits = packed_logits(model, ids, mask, positions(mask), keep=COMPLETION + 1)
+        (logits * mask[:, -COMPLETION - 1 :, None]).sum().backward()
+        assert len(calls) == (2 if widest else 0)  # one per layer, or none
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        monkeypatch.undo()
+    (matmul, matmul_grads), (fused, fused_grads) = results
+    assert torch.allclose(matmul, fused, atol=1e-5)
+    for a, b in zip(matmul_grads, fused_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _counted(function: Callable[..., torch.Tensor], calls: list[int]) -> Callable[..., torch.Tensor]:
+    def counted(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return function(*args)
+
+    return counted
