@@ -141,14 +141,17 @@ def test_fused_decode_step_equals_the_module_by_module_step() -> None:
     where the BLAS accumulates a fused row as it does the separate ones, as for these sizes on this machine's
     MKL; to float round-off elsewhere), and the model's own forward to round-off."""
     model, tokenizer = tiny()
-    ids, mask = pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))
-    fused = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 6)
-    assert fused.fused is not None  # a silent fallback would make the comparison below vacuous
-    plain = LeanKVDecoder(model, batch=4, max_len=ids.size(1) + 6)
-    plain.fused = None
-    a, b = _decode(fused, ids, mask, 6), _decode(plain, ids, mask, 6)
-    for x, y in zip(a, b, strict=True):
-        assert torch.allclose(x, y, rtol=0, atol=1e-6)
+    unpadded = pad_left([encode_prompt(tokenizer, p) for p in ("1+2=", "3+4=")], pad_id=int(tokenizer.pad_token_id))
+    for batch in (unpadded, pad_left(prompts(tokenizer), pad_id=int(tokenizer.pad_token_id))):
+        ids, mask = batch
+        fused = LeanKVDecoder(model, batch=ids.size(0), max_len=ids.size(1) + 6)
+        assert fused.fused is not None  # a silent fallback would make the comparison below vacuous
+        plain = LeanKVDecoder(model, batch=ids.size(0), max_len=ids.size(1) + 6)
+        plain.fused = None
+        a, b = _decode(fused, ids, mask, 6), _decode(plain, ids, mask, 6)
+        assert fused.padded == (not bool(mask.all()))
+        for x, y in zip(a, b, strict=True):
+            assert torch.allclose(x, y, rtol=0, atol=1e-6)
     # the plain Hugging Face forward over prompt + the greedy tokens
     tokens = torch.stack([x.argmax(-1) for x in a[:-1]], 1)
     full_ids, full_mask = torch.cat([ids, tokens], 1), torch.cat([mask, torch.ones_like(tokens)], 1)

@@ -267,6 +267,7 @@ class LeanKVDecoder:
         # the same mask as an additive bias (0 or -inf), for the one-query attention of a decode step
         self.key_bias = torch.zeros((batch, max_len), dtype=torch.float32, device=param.device)
         self.length = 0
+        self.padded = True  # whether some prompt is left-padded (a key to mask), known after the prefill
         # The decode step's fast path (CPU, float32, plain modules); built per rollout, so after every
         # optimiser step: its fused weights are copies, never stale within the rollout they serve.
         self.fused = _FusedStep.of(self.blocks, model, max_len=max_len)
@@ -281,6 +282,7 @@ class LeanKVDecoder:
         real = mask.bool()
         self.key_mask[:rows, :width] = real.repeat_interleave(repeats, 0) if repeats > 1 else real
         self.key_bias[:rows, :width].masked_fill_(~self.key_mask[:rows, :width], float("-inf"))
+        self.padded = not bool(real.all())
         arange = torch.arange(width, device=ids.device)
         causal = arange[None, :] <= arange[:, None]
         itself = arange[None, :] == arange[:, None]
@@ -370,8 +372,9 @@ class LeanKVDecoder:
         rotated_heads = heads + kv_heads
         where = positions.reshape(-1)
         cos, signed_sin = fused.cos.index_select(0, where)[:, None], fused.signed_sin.index_select(0, where)[:, None]
-        bias = self.key_bias[:, None, None, :end]
-        scale = head_dim**-0.5
+        # adding a bias of zeros changes no bit: skipped when no prompt was padded
+        bias = self.key_bias[:, None, :end] if self.padded else None
+        scale, groups, length = head_dim**-0.5, heads // kv_heads, self.keys[0].size(2)
         hidden = F.embedding(tokens, fused.embed)
         for index, layer in enumerate(fused.layers):
             normed = F.rms_norm(hidden, layer.input_norm_shape, layer.input_norm, layer.input_eps)
@@ -383,14 +386,19 @@ class LeanKVDecoder:
             keys, values = self.keys[index], self.values[index]
             keys[:, :, start] = rotated[:, heads:]
             values[:, :, start] = qkv[:, rotated_heads:]
-            grouped = rotated[:, :heads].reshape(batch, kv_heads, heads // kv_heads, head_dim)
-            scores = torch.matmul(grouped, keys[:, :, :end].transpose(-1, -2)).mul_(scale).add_(bias)
-            out = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, :end]).reshape(batch, -1)
-            hidden = hidden + F.linear(out, layer.o, layer.o_bias)
+            # the batched matmuls torch.matmul makes of (B, KV, G, D) x (B, KV, D, T), called directly
+            grouped = rotated[:, :heads].reshape(batch * kv_heads, groups, head_dim)
+            scores = torch.bmm(grouped, keys.view(batch * kv_heads, length, head_dim)[:, :end].transpose(1, 2))
+            scores = scores.mul_(scale).view(batch, heads, end)
+            if bias is not None:
+                scores = scores.add_(bias)
+            probs = torch.softmax(scores, dim=-1).view(batch * kv_heads, groups, end)
+            out = torch.bmm(probs, values.view(batch * kv_heads, length, head_dim)[:, :end]).view(batch, -1)
+            hidden = hidden.add_(F.linear(out, layer.o, layer.o_bias))
             normed = F.rms_norm(hidden, layer.post_norm_shape, layer.post_norm, layer.post_eps)
             gate_up = F.linear(normed, layer.gate_up, layer.gate_up_bias)
             gate, up = gate_up[:, : layer.intermediate], gate_up[:, layer.intermediate :]
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            hidden = hidden.add_(F.linear(F.silu(gate).mul_(up), layer.down, layer.down_bias))
         self.length = end
         normed = F.rms_norm(hidden, fused.norm_shape, fused.norm, fused.norm_eps)
         return F.linear(normed, fused.lm_head, fused.lm_head_bias)
