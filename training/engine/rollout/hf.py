@@ -26,7 +26,7 @@ def sample_next(
     """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float() / temperature if temperature != 1 else logits.float()  # x / 1 is x, to the bit
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
@@ -83,8 +83,8 @@ class HFRollout:
         tokens = torch.full((batch, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         logps = torch.zeros((batch, max_new_tokens), device=device) if return_logprobs else None
         done = torch.zeros(batch, dtype=torch.bool, device=device)
-        lengths = torch.zeros(batch, dtype=torch.long, device=device)
         pad = torch.full((batch,), self.pad_token_id, dtype=torch.long, device=device)
+        steps = 0
         next_pos = pos[:, -1:] + 1
         live = torch.arange(batch, device=device)  # the rows the decoder still computes, in its order
         for t in range(max_new_tokens):
@@ -98,17 +98,17 @@ class HFRollout:
                 scale = temperature or 1.0  # greedy rows report the log-prob of the unscaled distribution
                 step_logp = torch.log_softmax(logits.float() / scale, -1).gather(-1, token[:, None])[:, 0]
                 logps[:, t] = torch.where(done, torch.zeros_like(step_logp), step_logp)
-            lengths += (~done).long()
+            steps = t + 1
             if self.eos_token_id is not None:
                 done |= token == self.eos_token_id
-            if t == max_new_tokens - 1 or bool(done.all()):
+            finished_rows = int(done.sum())  # one read per step: the rows not computed any more are all finished
+            if t == max_new_tokens - 1 or finished_rows == batch:
                 break
-            finished = done.index_select(0, live)
             # Once an eighth of the computed rows have finished, copying the cache without them costs less
             # than computing them on. Every row is still sampled (a finished row's token is replaced by pad),
             # so the random stream is the one an unshrunk batch would draw.
-            if int(finished.sum()) * 8 >= live.numel():
-                keep = (~finished).nonzero().squeeze(1)
+            if (finished_rows - (batch - live.numel())) * 8 >= live.numel():
+                keep = (~done.index_select(0, live)).nonzero().squeeze(1)
                 if decoder.keep_rows(keep):
                     live = live.index_select(0, keep)
             if live.numel() == batch:
@@ -117,6 +117,11 @@ class HFRollout:
                 step_logits = decoder.step(token.index_select(0, live), next_pos.index_select(0, live))
                 logits = logits.index_copy(0, live, step_logits)
             next_pos = next_pos + 1
+        # A row's length: up to its first EOS included, else every step taken (later tokens are padding).
+        lengths = torch.full((batch,), steps, dtype=torch.long, device=device)
+        if self.eos_token_id is not None and batch:
+            is_eos = tokens[:, :steps] == self.eos_token_id
+            lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1) + 1, lengths)
         width = int(lengths.max()) if batch else 0
         width = max(width, 1)
         arange = torch.arange(width, device=device)[None, :]
