@@ -136,12 +136,13 @@ def assert_metrics_close(got: Mapping[str, float], want: Mapping[str, float], *,
 def assert_weights_close(got: Path, want: Path) -> None:
     a, b = load_file(str(got / "model.safetensors")), load_file(str(want / "model.safetensors"))
     assert a.keys() == b.keys()
-    # atol 1e-5, a thousandth of the largest learning rate here: AdamW divides each gradient by its own size, so
-    # where a gradient is near its eps (1e-8) the update carries that gradient's float round-off at the scale of
-    # the learning rate. The single process scores GRPO with the packed forward (packed_forward.py; DDP keeps
-    # the padded one), which sums in another order: its gradients agree to round-off (asserted above).
+    # atol 2e-5, two thousandths of the largest learning rate here: AdamW divides each gradient by its own size,
+    # so where a gradient is near its eps (1e-8) the update carries that gradient's float round-off at the scale
+    # of the learning rate. The single process scores GRPO with the packed forward (packed_forward.py, which on
+    # CPU attends as matmuls; DDP keeps the padded one and the fused attention kernel), which sums in another
+    # order: its gradients agree to round-off (asserted above); one weight of 3,072 moved 1.2e-5 apart.
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=2e-5, msg=lambda m, k=key: f"{k}: {m}")
 
 
 @pytest.fixture(scope="module")
