@@ -8,6 +8,11 @@ allocated once per rollout. On CPU a decode step's one-query attention is two ma
 float32 RMSNorm torch's fused kernel (same arithmetic, fewer calls): its logits equal ``model(...)`` with a
 DynamicCache to float round-off (they were bit-identical before those two), and a seeded rollout samples
 the same tokens (tests/engine/test_kv_decode.py). Architectures it does not know keep the generic path.
+
+On CPU in float32 a decode step of plain modules goes further (``LeanKVDecoder._fused_step``): weights copied
+once per rollout with q|k|v and gate|up concatenated, rotary cos/sin from a per-rollout table, and about half
+the tensor operations of the module-by-module step, for the same products (bench rollout: 0.72x the time,
+the same tokens). A GRPO group's prompt is prefilled once and its cache copied to its G rows.
 """
 
 from __future__ import annotations
