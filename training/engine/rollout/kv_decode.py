@@ -188,6 +188,7 @@ class _FusedStep:
     lm_head: torch.Tensor
     lm_head_bias: torch.Tensor | None
     cos: torch.Tensor  # (max_len, head_dim)
+    sin: torch.Tensor
     signed_sin: torch.Tensor  # sin with its first half negated (see _fused_step)
 
     @classmethod
@@ -221,6 +222,7 @@ class _FusedStep:
             lm_head=lm_head,
             lm_head_bias=lm_head_bias,
             cos=cos[0],
+            sin=sin[0],
             signed_sin=torch.cat([-sin[0, :, : sin.size(-1) // 2], sin[0, :, sin.size(-1) // 2 :]], -1),
         )
 
@@ -324,13 +326,22 @@ class LeanKVDecoder:
         batch, width = ids.shape
         start, end = self.length, self.length + width
         shape = (batch, width, -1, self.head_dim)
-        hidden: torch.Tensor = blocks.embed(ids)
-        cos, sin = blocks.rotary(hidden, positions)
+        fused = self.fused  # the fused step's tensors serve the prefill too: the same products, fewer calls
+        if fused is not None:
+            hidden = F.embedding(ids, fused.embed)
+            cos, sin = fused.cos[positions], fused.sin[positions]
+        else:
+            hidden = blocks.embed(ids)
+            cos, sin = blocks.rotary(hidden, positions)
+        q_width, kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for index, layer in enumerate(blocks.layers):
             normed = _norm(layer.input_norm, hidden)
-            q = layer.q(normed).view(shape).transpose(1, 2)
-            k = layer.k(normed).view(shape).transpose(1, 2)
-            v = layer.v(normed).view(shape).transpose(1, 2)
+            if fused is not None:
+                qkv = F.linear(normed, fused.layers[index].qkv, fused.layers[index].qkv_bias)
+                q, k, v = qkv.split((q_width, kv_width, kv_width), -1)
+            else:
+                q, k, v = layer.q(normed), layer.k(normed), layer.v(normed)
+            q, k, v = q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
             q, k = _rotary(q, k, cos, sin)
             # the first ``batch`` rows: a shared-prompt prefill fills them before copying them to their groups
             keys, values = self.keys[index][:batch], self.values[index][:batch]
@@ -347,7 +358,14 @@ class LeanKVDecoder:
                     enable_gqa=self.kv_heads != self.heads,
                 )
             hidden = hidden + layer.o(out.transpose(1, 2).reshape(batch, width, -1))
-            hidden = hidden + layer.mlp(_norm(layer.post_norm, hidden))
+            normed = _norm(layer.post_norm, hidden)
+            if fused is not None:
+                fl = fused.layers[index]
+                gate_up = F.linear(normed, fl.gate_up, fl.gate_up_bias)
+                gated = F.silu(gate_up[..., : fl.intermediate]) * gate_up[..., fl.intermediate :]
+                hidden = hidden + F.linear(gated, fl.down, fl.down_bias)
+            else:
+                hidden = hidden + layer.mlp(normed)
         self.length = end
         logits: torch.Tensor = blocks.lm_head(_norm(blocks.norm, hidden[:, -1]))
         return logits
