@@ -338,7 +338,7 @@ class LeanKVDecoder:
             normed = _norm(layer.input_norm, hidden)
             if fused is not None:
                 qkv = F.linear(normed, fused.layers[index].qkv, fused.layers[index].qkv_bias)
-                q, k, v = qkv.split((q_width, kv_width, kv_width), -1)
+                q, k, v = qkv.split_with_sizes([q_width, kv_width, kv_width], dim=-1)
             else:
                 q, k, v = layer.q(normed), layer.k(normed), layer.v(normed)
             q, k, v = q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
