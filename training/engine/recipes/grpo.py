@@ -179,7 +179,7 @@ class GRPORecipe(Recipe):
         # Skip autograd for rows whose gradient is exactly zero (see _policy_logps); the bench turns it off
         # to time the full pass, as TRL runs it.
         self.zero_advantage_shortcut = True
-        self.last_samples: SampleTable | None = None  # rows of the latest generation batch, for the samples table
+        self.last_samples: _LatestSamples | None = None  # the latest generation batch, for the samples table
         self.tokens_seen = 0.0
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
@@ -342,13 +342,8 @@ class GRPORecipe(Recipe):
             batch.metrics[f"rewards/{name}/std"] = float(values.std()) if values.numel() > 1 else 0.0
         self.tokens_seen += all_sum({"tokens": float(attention_mask.sum())}, info)["tokens"]
         if self.ctx.dist.is_main and self.config.sample_table_steps:
-            k = min(config.sample_table_rows, len(local_rewards))
-            texts = self.tokenizer.batch_decode(
-                [ids[:n] for ids, n in zip(rollout.completion_ids[:k].tolist(), lengths[:k].tolist(), strict=True)],
-                skip_special_tokens=True,
-            )
-            repeated = [e for e in examples for _ in range(g)][:k]
-            self.last_samples = self._table(repeated, texts, local_rewards, scored.per_func, advantages)
+            # kept, and made into a table only on the steps that log one (sample_table)
+            self.last_samples = _LatestSamples(examples, rollout.completion_ids, lengths, scored, advantages)
         return batch
 
     def _sample_and_score(
@@ -453,7 +448,20 @@ class GRPORecipe(Recipe):
     def sample_table(self, step: int) -> SampleTable | None:
         """The latest generation batch's rows; during the SFT warm start, fresh samples of a few fixed prompts."""
         if step > self.config.sft_warmup_steps:
-            return self.last_samples
+            if self.last_samples is None:
+                return None
+            latest, g = self.last_samples, self.config.num_generations
+            k = min(self.config.sample_table_rows, latest.completion_ids.size(0))
+            texts = self.tokenizer.batch_decode(
+                [
+                    ids[:n]
+                    for ids, n in zip(latest.completion_ids[:k].tolist(), latest.lengths[:k].tolist(), strict=True)
+                ],
+                skip_special_tokens=True,
+            )
+            repeated = [e for e in latest.examples for _ in range(g)][:k]
+            scored = latest.scored
+            return self._table(repeated, texts, scored.total, scored.per_func, latest.advantages)
         if not self.can_sample_alone():
             return None
         config = self.config
@@ -711,6 +719,17 @@ class GRPORecipe(Recipe):
         ratio = torch.exp(logps - logps.detach())
         per_token = -ratio * shaped.unsqueeze(-1)
         return gtpo_loss(per_token, mask, conflicts), {"keep": keep, "seq_entropy": seq_entropy}
+
+
+@dataclass(frozen=True)
+class _LatestSamples:
+    """What the samples table of the latest generation batch is made from (this rank's rows)."""
+
+    examples: list[PromptExample]
+    completion_ids: torch.Tensor
+    lengths: torch.Tensor
+    scored: RewardBreakdown
+    advantages: torch.Tensor
 
 
 def _conflict_rows(conflicts: GTPOConflicts, index: torch.Tensor) -> GTPOConflicts:
