@@ -49,15 +49,17 @@ def _annotate(study: Study, annotator: User, choices: list[str]) -> int:
     client = Client()
     client.force_login(annotator)
     submitted = 0
+    page = client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
     while True:
-        page = client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
         found = re.search(rb'name="assignment" value="(\d+)"', page.content)
         if found is None:
             return submitted
         data = {"assignment": found.group(1).decode(), "choice": choices[submitted % len(choices)], "strength": "2"}
-        answer = client.post(reverse("annotate:submit", kwargs={"study_id": study.pk}), data)
-        assert answer.status_code == 302, answer.content[:500]
+        page = client.post(reverse("annotate:submit", kwargs={"study_id": study.pk}), data)
+        assert page.status_code in (200, 302), page.content[:500]  # the next item's page, or the queue's end
         submitted += 1
+        if page.status_code == 302:
+            page = client.get(page["Location"])
 
 
 def _page_chart_data(user: User, study_id: int) -> Any:
@@ -324,12 +326,14 @@ FORM_ANSWERS = {
 def _judge_by_form(study: Study, annotator: User, answers: list[dict[str, str]]) -> None:
     client = Client()
     client.force_login(annotator)
+    page = client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
     for n in range(study.items.count()):
-        page = client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
         found = re.search(rb'name="assignment" value="(\d+)"', page.content)
         assert found, page.content[:300]
         data = {"assignment": found.group(1).decode(), **answers[n % len(answers)]}
-        assert client.post(reverse("annotate:submit", kwargs={"study_id": study.pk}), data).status_code == 302
+        page = client.post(reverse("annotate:submit", kwargs={"study_id": study.pk}), data)
+        # The next item's page is the submit's answer; after the last item, a redirect to the done page.
+        assert page.status_code == (302 if n == study.items.count() - 1 else 200), page.content[:300]
 
 
 def _api_results(user: User, study_id: int) -> dict[str, Any]:
