@@ -31,10 +31,17 @@ class _Sink(io.RawIOBase):
 
 
 def zip_stream(store: LocalStore | S3Store, uri: uris.Uri, *, folder: str) -> Iterator[bytes]:
-    """The files under `uri` as a zip (stored, not deflated: weights do not compress) with paths under `folder/`."""
+    """The files under `uri` as a zip (stored, not deflated: weights do not compress) with paths under `folder/`.
+
+    Files gone by the time the zip is built (deleted after the view looked) raise FileNotFoundError, before or
+    while they would be read: the download then ends short and the browser says it failed, never a complete zip
+    that silently lacks them."""
+    listing = sorted(store.list(uri))
+    if not listing:
+        raise FileNotFoundError(f"no files under {uri} any more")
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for rel, size in sorted(store.list(uri)):
+        for rel, size in listing:
             info = zipfile.ZipInfo(f"{folder}/{rel}" if rel else folder)
             info.compress_type = zipfile.ZIP_STORED
             with (

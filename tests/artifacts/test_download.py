@@ -67,3 +67,26 @@ def test_a_checkpoint_in_the_bucket_downloads_the_same_bytes(
     answer = client_for(researcher).get(f"/artifacts/checkpoints/{checkpoint.id}/download/")
     assert answer.status_code == 200 and _zip(answer) == FILES
     assert str(uris.parse(checkpoint.path)) == str(uri)
+
+
+def test_a_folder_emptied_before_the_zip_is_built_fails_the_download_instead_of_an_empty_zip(tmp_path: Path) -> None:
+    """The view checks the files exist; if they go before the stream reads them, the stream raises (the browser
+    shows a failed download) rather than finishing a valid zip with nothing in it. A file removed after the
+    listing fails the same way when it is opened."""
+    from artifacts.archive import zip_stream
+    from artifacts.store import LocalStore
+
+    store = LocalStore(uris.parse(tmp_path.as_uri()))
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    _write(folder)
+    assert set(_zip(zip_stream(store, uris.parse(folder.as_uri()), folder="c"))) == set(FILES)
+    stream = zip_stream(store, uris.parse(folder.as_uri()), folder="c")
+    next(stream)  # listed, and the first file begun
+    (folder / "tok" / "vocab.txt").unlink()  # gone between the listing and its read
+    with pytest.raises(FileNotFoundError):
+        b"".join(stream)
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    with pytest.raises(FileNotFoundError):
+        b"".join(zip_stream(store, uris.parse(folder.as_uri()), folder="c"))
