@@ -115,3 +115,16 @@ def _counted(function: Callable[..., torch.Tensor], calls: list[int]) -> Callabl
         return function(*args)
 
     return counted
+
+
+def test_bf16_autocast_keeps_the_fused_attention_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 autocast the matmul attention would round its scores to bf16 before the softmax: not used."""
+    calls: list[int] = []
+    monkeypatch.setattr(packed_forward, "_matmul_attention", _counted(packed_forward._matmul_attention, calls))
+    model = tiny()
+    ids, mask = grpo_batch()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        packed_logits(model, ids, mask, positions(mask), keep=COMPLETION + 1)
+    assert calls == []
+    packed_logits(model, ids, mask, positions(mask), keep=COMPLETION + 1)
+    assert len(calls) == 2  # and used without autocast (one call per layer)

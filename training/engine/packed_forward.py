@@ -127,13 +127,15 @@ _MATMUL_ATTENTION_MAX_WIDTH = 48
 
 
 def _matmul_attention_pays(device: torch.device, embed: torch.nn.Module, width: int) -> bool:
-    """Whether to attend by ``_matmul_attention``: CPU, float32 weights (scores are not rounded to bf16 before
-    the softmax), rows short enough that the (B, H, W, W) scores are small and the matmuls faster."""
+    """Whether to attend by ``_matmul_attention``: CPU, float32 weights and no bf16 autocast (scores are not
+    rounded to bf16 before the softmax, which the fused kernel keeps in float32), rows short enough that the
+    (B, H, W, W) scores are small and the matmuls faster."""
     weight = getattr(embed, "weight", None)
     return (
         device.type == "cpu"
         and isinstance(weight, torch.Tensor)
         and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled(device.type)
         and width <= _MATMUL_ATTENTION_MAX_WIDTH
     )
 
