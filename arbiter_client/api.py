@@ -76,15 +76,30 @@ class Api:
         return RunRef(self, int(run_id))
 
     def runs(
-        self, *, archived: bool | None = False, status: str | None = None, tag: str | None = None, limit: int = 200
+        self,
+        *,
+        archived: bool | None = False,
+        status: str | None = None,
+        tag: str | None = None,
+        recipe: str | None = None,
+        name_contains: str | None = None,
+        limit: int = 200,
     ) -> list[RunRef]:
-        """The runs this user may see, newest first (`archived=None` for archived and not), at most `limit`."""
+        """The runs this user may see, newest first (`archived=None` for archived and not), at most `limit`;
+        `recipe` exactly, `name_contains` any part of the name in any case."""
         out: list[RunRef] = []
         before: int | None = None
         flag = "all" if archived is None else ("true" if archived else "false")
         while len(out) < limit:
             page = self.get(
-                "/api/runs/", archived=flag, status=status, tag=tag, before=before, limit=min(200, limit - len(out))
+                "/api/runs/",
+                archived=flag,
+                status=status,
+                tag=tag,
+                recipe=recipe,
+                q=name_contains,
+                before=before,
+                limit=min(200, limit - len(out)),
             )
             out += [RunRef(self, int(data["id"]), data) for data in page["runs"]]
             before = page["next"]

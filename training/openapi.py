@@ -548,6 +548,13 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                         {"name": "archived", "in": "query", "schema": {"enum": ["false", "true", "all"]}},
                         {"name": "status", "in": "query", "schema": {"enum": RUN_STATUSES}},
                         {"name": "tag", "in": "query", "schema": {"type": "string", "maxLength": MAX_TAG}},
+                        {"name": "recipe", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "description": "A part of the run's name, in any case.",
+                            "schema": {"type": "string", "maxLength": 200},
+                        },
                     ],
                     "responses": {
                         "200": _ok("RunList"),

@@ -72,6 +72,23 @@ def test_lineage_and_state_name_only_runs_the_caller_may_see(
     ]
 
 
+def test_the_list_filters_by_recipe_and_a_part_of_the_name(asgi_server: Any, researcher: User) -> None:
+    sweep = [_run(researcher, f"lr-sweep {i}") for i in range(2)]
+    dpo = Run.objects.create(owner=researcher, name="LR-SWEEP dpo", recipe="dpo", status="succeeded")
+    other = _run(researcher, "baseline")
+    _, key = runs.issue_api_token(user=researcher, name="a")
+    url = f"{asgi_server.url}/api/runs/"
+    assert [r["id"] for r in _get(url, key, q="lr-sweep").json()["runs"]] == [dpo.id, sweep[1].id, sweep[0].id]
+    assert [r["id"] for r in _get(url, key, q="sweep", recipe="demo").json()["runs"]] == [sweep[1].id, sweep[0].id]
+    assert [r["id"] for r in _get(url, key, recipe="demo", q="base").json()["runs"]] == [other.id]
+    assert _get(url, key, recipe="sft").json()["runs"] == []
+    for field, value in (("recipe", "r" * 65), ("q", "q" * 201)):
+        bad = _get(url, key, **{field: value})
+        assert (bad.status_code, bad.json()["field"]) == (400, field)
+    api = arbiter_client.Api(asgi_server.url, key)
+    assert [r.id for r in api.runs(recipe="dpo", name_contains="Sweep")] == [dpo.id]
+
+
 def test_only_researchers_list_runs(asgi_server: Any, client_for: Any, annotator: User) -> None:
     assert client_for(annotator).get("/api/runs/").status_code == 403
     assert requests.get(f"{asgi_server.url}/api/runs/", timeout=30).status_code == 401
