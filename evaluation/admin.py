@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from arbiter.admin_deletes import ServiceDeletes
 from evaluation import services
 from evaluation.models import Assignment, AutomaticJudgment, ExportJob, ImportJob, Item, Judgment, Study
 from evaluation.services import study_records
@@ -27,28 +28,16 @@ else:
 
 
 @admin.register(Study)
-class StudyAdmin(_StudyAdmin):
+class StudyAdmin(ServiceDeletes, _StudyAdmin):
     list_display = ["name", "kind", "owner", "overlap", "created_at"]
     list_filter = ["kind"]
     search_fields = ["name", "owner__username"]
     filter_horizontal = ["annotators", "shared_with"]
     actions = ["release_expired"]
 
-    # Delete as the study page deletes (study_records.delete_study): a study a run trained on is listed as
-    # protected on admin's own "cannot delete" page instead of being removed under that run.
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        for study in objs:
-            for found in study_records.dependants_of_study(study=study, user=request.user):  # type: ignore[arg-type]
-                protected.append(f"Study #{study.pk} is needed by {found.label} ({found.reason}).")
-        return deleted, counts, perms_needed, protected
-
-    def delete_model(self, request: HttpRequest, obj: Study) -> None:
-        study_records.delete_study(study=obj, by=request.user)  # type: ignore[arg-type]
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Study]) -> None:
-        for study in queryset:
-            study_records.delete_study(study=study, by=request.user)  # type: ignore[arg-type]
+    # Delete as the study page deletes (study_records.delete_study; arbiter.admin_deletes).
+    def delete_through_service(self, obj: Study, user: Any) -> None:
+        study_records.delete_study(study=obj, by=user)
 
     @admin.action(description="Return expired leases to the queue")
     def release_expired(self, request: HttpRequest, queryset: QuerySet[Study]) -> None:

@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from arbiter.admin_deletes import ServiceDeletes
 from training.http import AuthedHttpRequest
 from training.models import ApiToken, Checkpoint, Run, RunTransition
 from training.services import run_records, runs
@@ -38,7 +39,7 @@ class CheckpointInline(_CheckpointInline):
 
 
 @admin.register(Run)
-class RunAdmin(_RunAdmin):
+class RunAdmin(ServiceDeletes, _RunAdmin):
     list_display = ("id", "name", "owner", "recipe", "queue", "status", "worker", "heartbeat_at", "created_at")
     list_filter = ("status", "recipe", "queue", "shared")
     search_fields = ("name", "owner__username", "worker")
@@ -59,24 +60,12 @@ class RunAdmin(_RunAdmin):
     inlines = (TransitionInline, CheckpointInline)
     actions = ("cancel_runs", "retry_runs", "sweep_lost")
 
-    # Delete as the run page deletes (training.services.run_records.delete_run): an active run or one that
-    # something depends on is listed as protected on admin's own "cannot delete" page, and a deleted run's
-    # files leave the artifact store after the commit.
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        for run in objs:
-            if run.is_active:
-                protected.append(f"Run #{run.id} is {run.status}: cancel it before deleting it.")
-            for found in run_records.dependants_of_run(run=run, user=request.user):  # type: ignore[arg-type]
-                protected.append(f"Run #{run.id} is needed by {found.label} ({found.reason}).")
-        return deleted, counts, perms_needed, protected
+    # Delete as the run page deletes (training.services.run_records.delete_run; arbiter.admin_deletes).
+    def delete_through_service(self, obj: Run, user: Any) -> None:
+        run_records.delete_run(run=obj, by=user)
 
-    def delete_model(self, request: HttpRequest, obj: Run) -> None:
-        run_records.delete_run(run=obj, by=request.user)  # type: ignore[arg-type]
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
-        for run in queryset:
-            run_records.delete_run(run=run, by=request.user)  # type: ignore[arg-type]
+    def refusals(self, obj: Run, user: Any) -> list[str]:
+        return [f"Run #{obj.id} is {obj.status}: cancel it before deleting it."] if obj.is_active else []
 
     @admin.action(description="Cancel selected runs")
     def cancel_runs(self, request: AuthedHttpRequest, queryset: QuerySet[Run]) -> None:
