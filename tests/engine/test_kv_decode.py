@@ -220,3 +220,11 @@ def test_shared_prompt_prefill_equals_a_prefill_of_every_row() -> None:
         next_pos = pos.repeat_interleave(3, 0)[:, -1:] + 1
         token = a.argmax(-1)
         assert torch.allclose(shared.step(token, next_pos), each.step(token, next_pos), atol=1e-6)
+
+
+def test_fused_decode_step_is_not_used_under_bf16_autocast() -> None:
+    """Under CPU bf16 autocast the module-by-module step (scores scaled in float32) keeps serving the rollout."""
+    model, _ = tiny()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert LeanKVDecoder(model, batch=1, max_len=4).fused is None
+    assert LeanKVDecoder(model, batch=1, max_len=4).fused is not None

@@ -193,12 +193,14 @@ class _FusedStep:
 
     @classmethod
     def of(cls, blocks: _Blocks, model: PreTrainedModel, *, max_len: int) -> _FusedStep | None:
-        """The fused step's tensors, or None where it would not reproduce ``_forward``: off CPU or float32 (the
-        one-query attention's conditions; on a GPU the copies would also cost memory), any module not the
-        plain one the step replaces (LoRA layers, other MLPs or activations), a rotary that changes with the
-        sequence length (dynamic RoPE)."""
+        """The fused step's tensors, or None where it would not reproduce ``_forward``: off CPU, off float32 or
+        under bf16 autocast (the one-query attention's conditions; on a GPU the copies would also cost memory),
+        any module not the plain one the step replaces (LoRA layers, other MLPs or activations), a rotary that
+        changes with the sequence length (dynamic RoPE)."""
         param = next(model.parameters())
         if param.device.type != "cpu" or any(p.dtype != torch.float32 for p in model.parameters()):
+            return None
+        if torch.is_autocast_enabled("cpu"):  # bf16 matmuls: the module-by-module step scales scores in float32
             return None
         if getattr(blocks.rotary, "rope_type", "default") not in _STATIC_ROPE or type(blocks.embed) is not (
             torch.nn.Embedding
