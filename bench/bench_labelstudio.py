@@ -266,7 +266,8 @@ def ours(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
     for key, pace in (("none", "no think time"), ("think", r"think [\d.]+-[\d.]+ s")):
         found = re.search(
             rf"{LEVEL} annotators, {pace}: (\d+) judgments, ([\d.]+)/s.*?\| fetch p50 [\d.]+ / p95 "
-            r"([\d.]+) / p99 [\d.]+ ms, submit p50 [\d.]+ / p95 ([\d.]+).*?([\d.]+) ms of CPU per judgment",
+            r"([\d.]+) / p99 [\d.]+ ms, submit p50 [\d.]+ / p95 ([\d.]+).*?([\d.]+) ms of CPU per judgment; "
+            r"whole machine \d+% \(([\d.]+) ms\)",
             out.stdout,
             re.S,
         )
@@ -275,6 +276,7 @@ def ours(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
         figures[f"{key}_rate"] = float(found.group(2))
         figures[f"{key}_fetch95"], figures[f"{key}_submit95"] = float(found.group(3)), float(found.group(4))
         figures[f"{key}_cpu_ms"] = float(found.group(5))
+        figures[f"{key}_machine_ms"] = float(found.group(6))
     return out.stdout, figures
 
 
@@ -353,6 +355,7 @@ def theirs(args: argparse.Namespace, server: str, label: str) -> tuple[list[Row]
     figures = {
         "none_rate": len(none["accepted"]) / none["elapsed"],
         "none_cpu_ms": sum(none["cpu"].values()) / max(1, len(none["accepted"])) * 1e3,
+        "none_machine_ms": none["machine_cpu"] / max(1, len(none["accepted"])) * 1e3,
         "think_fetch95": _pct(paced["fetch"], 95) * 1e3,
         "think_submit95": _pct(paced["submit"], 95) * 1e3,
     }
@@ -389,6 +392,12 @@ def main() -> None:
                 f"    CPU per judgment (client + server + PostgreSQL), no think time: {label} / Arbiter",
                 f"{their['none_cpu_ms'] / our['none_cpu_ms']:.1f}x ({their['none_cpu_ms']:.1f} / "
                 f"{our['none_cpu_ms']:.1f} ms; steadier than judgments/s on a shared machine)",
+            ),
+            Row(
+                f"    whole machine's CPU per judgment, no think time: {label} / Arbiter",
+                f"{their['none_machine_ms'] / our['none_machine_ms']:.1f}x ({their['none_machine_ms']:.1f} / "
+                f"{our['none_machine_ms']:.1f} ms; counts the PostgreSQL backends a server opens and closes per "
+                "request, which no process sample sees; read on a quiet machine)",
             ),
             Row(
                 f"    p95 at {LEVEL} annotators, think 1-3 s: {label} next / submit vs Arbiter fetch / submit",
