@@ -3,7 +3,7 @@
 Admin's own delete would remove the row and cascade, skipping what the service checks (something depends on
 the object; a run still active) and does after the commit (a run's files leave the artifact store). With this
 mixin, what the service would refuse is listed on admin's "cannot delete" page (its `protected` list, so admin
-never calls delete), and a delete that proceeds, single or bulk, goes through the service.
+never calls delete), and a delete that proceeds, single or bulk, goes through the service, all or nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
@@ -40,8 +42,14 @@ class ServiceDeletes(_Admin):
         return deleted, counts, perms_needed, protected
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
-        self.delete_through_service(obj, request.user)
+        self.delete_queryset(request, [obj])  # type: ignore[arg-type]
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        for obj in queryset:
-            self.delete_through_service(obj, request.user)
+        # All or nothing; a refusal that appeared after the confirmation page (a run started again, a new
+        # dependant) is a 403 naming it, with nothing deleted, not a 500 after half the selection went.
+        try:
+            with transaction.atomic():
+                for obj in queryset:
+                    self.delete_through_service(obj, request.user)
+        except ValidationError as exc:
+            raise PermissionDenied(" ".join(exc.messages)) from None

@@ -90,8 +90,17 @@ class ArbiterASGIHandler(ASGIHandler):
         self._idle: list[RequestThread] = []
         # Pages (everything but static files): the whole request in one call on its thread.
         self._sync = _SyncChain([m for m in settings.MIDDLEWARE if m != STATIC_MIDDLEWARE])
-        url = settings.STATIC_URL or ""
-        self._static_prefix = ("/" + url.lstrip("/")) if STATIC_MIDDLEWARE in settings.MIDDLEWARE and url else None
+        self._static_prefix: str | None = None
+        self._all_async = False
+        if STATIC_MIDDLEWARE in settings.MIDDLEWARE:
+            from servestatic.middleware import ServeStaticMiddleware
+
+            # The prefix ServeStatic itself matches request.path_info against; files it serves from
+            # SERVESTATIC_ROOT sit at any path, so with that set every request takes its chain.
+            prefix = getattr(settings, "SERVESTATIC_STATIC_PREFIX", None)
+            prefix = prefix or ServeStaticMiddleware.default_static_prefix(settings)
+            self._static_prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+            self._all_async = getattr(settings, "SERVESTATIC_ROOT", None) is not None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -100,7 +109,7 @@ class ArbiterASGIHandler(ASGIHandler):
         executor = self._idle.pop() if self._idle else RequestThread()
         try:
             async with ThreadSensitiveContext(executor=executor):
-                if self._static_prefix is not None and scope["path"].startswith(self._static_prefix):
+                if self._static(scope):
                     await self.handle(scope, receive, send)  # ServeStatic answers on the event loop, no thread
                 else:
                     await self.handle_in_thread(scope, receive, send)
@@ -111,6 +120,19 @@ class ArbiterASGIHandler(ASGIHandler):
                 # Still running a view whose client went away (Django stopped waiting for it), or enough
                 # idle threads kept: let it finish its work and exit.
                 executor.shutdown(wait=False)
+
+    def _static(self, scope: Any) -> bool:
+        """Whether ServeStatic may answer: its prefix against the request's path_info, which (as Django's
+        ASGIRequest computes it) is the path without the script prefix (FORCE_SCRIPT_NAME or root_path)."""
+        if self._static_prefix is None:
+            return False
+        if self._all_async:
+            return True
+        path: str = scope["path"]
+        script = get_script_prefix(scope).rstrip("/")
+        if script:
+            path = path.removeprefix(script)
+        return path.startswith(self._static_prefix)
 
     async def handle_in_thread(self, scope: Any, receive: Any, send: Any) -> None:
         """Django's `handle` with everything between reading the body and sending the answer in one hop.
@@ -129,22 +151,31 @@ class ArbiterASGIHandler(ASGIHandler):
         set_script_prefix(get_script_prefix(scope))
         try:
             response = await sync_to_async(self._respond, thread_sensitive=True)(scope, body_file)
-        finally:
+        except asyncio.CancelledError:
+            raise  # the view may still be running on its thread with the body: the request closes it there
+        except BaseException:
             body_file.close()
+            raise
         if not response.streaming:
+            body_file.close()  # request.close() in response.close() has closed it already; a no-op then
             await self.send_response(response, send)
             return
+        # A streamed answer may still read the request: its body stays open until the response is closed.
+        sending = asyncio.create_task(self.send_response(response, send))
+        listening = asyncio.create_task(self.listen_for_disconnect(receive))
         try:
-            sending = asyncio.create_task(self.send_response(response, send))
-            listening = asyncio.create_task(self.listen_for_disconnect(receive))
             await asyncio.wait([sending, listening], return_when=asyncio.FIRST_COMPLETED)
-            for task in (listening, sending):
-                if not task.done():
-                    task.cancel()
-                with suppress(asyncio.CancelledError, RequestAborted):
-                    await task
         finally:
-            await sync_to_async(response.close, thread_sensitive=True)()
+            try:
+                # Also when this task itself is cancelled: no task outlives the request's thread context.
+                for task in (listening, sending):
+                    if not task.done():
+                        task.cancel()
+                    with suppress(asyncio.CancelledError, RequestAborted):
+                        await task  # a stream that failed part-way raises here, after its connection was cut
+            finally:
+                await sync_to_async(response.close, thread_sensitive=True)()
+                body_file.close()
 
     def _respond(self, scope: Any, body_file: Any) -> HttpResponseBase:
         signals.request_started.send(sender=self.__class__, scope=scope)

@@ -138,7 +138,9 @@ def machine_busy() -> float:
     import psutil
 
     times = psutil.cpu_times()
-    busy: float = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    # guest time is already inside user/nice; steal is the hypervisor's, not this machine's work
+    left_out = sum(getattr(times, f, 0.0) for f in ("idle", "iowait", "guest", "guest_nice", "steal"))
+    busy: float = sum(times) - left_out
     return busy
 
 

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 async def _request(
-    app: Any, method: str, path: str, *, cookie: str = "", body: bytes = b""
+    app: Any, method: str, path: str, *, cookie: str = "", body: bytes = b"", root_path: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
+    path = root_path + path  # as uvicorn fills the scope: path includes root_path
     headers = [(b"host", b"127.0.0.1")]
     if cookie:
         headers.append((b"cookie", cookie.encode()))
@@ -29,7 +30,7 @@ async def _request(
         ]
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": root_path, "headers": headers,
         "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
     }  # fmt: skip
     received = False
@@ -95,6 +96,18 @@ async def test_security_headers_csrf_and_sessions_still_apply() -> None:
     assert status == 403  # no CSRF token: refused as before
     status, headers, _ = await _request(application, "GET", "/static/vendor/plotly.min.js")
     assert status == 200 and headers["x-content-type-options"] == "nosniff"  # static files keep the headers
+
+
+async def test_static_files_behind_a_path_prefix_are_still_served() -> None:
+    """Behind a proxy mounting the app under /arbiter (uvicorn --root-path), ServeStatic matches the path without
+    the prefix, as Django's request.path_info is; the handler must route by the same path."""
+    from arbiter.asgi_handler import ArbiterASGIHandler
+
+    handler = ArbiterASGIHandler()
+    status, headers, body = await _request(handler, "GET", "/static/vendor/htmx.min.js", root_path="/arbiter")
+    assert status == 200 and body and headers["x-content-type-options"] == "nosniff"  # ServeStatic's chain
+    status, _, page = await _request(handler, "GET", "/accounts/login/", root_path="/arbiter")
+    assert status == 200 and b'action="/arbiter/accounts/login/' in page  # pages still see their prefix
 
 
 async def test_https_redirect_still_happens_before_anything_else() -> None:

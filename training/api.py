@@ -253,10 +253,6 @@ def runs_json(runs_: list[Run], *, user: Any) -> list[dict[str, Any]]:
     ]
 
 
-MAX_RECIPE = 64  # Run.recipe's column
-MAX_NAME_QUERY = 200
-
-
 def _run_list(request: HttpRequest) -> JsonResponse:
     """The runs the caller may see, newest first, `limit` at a time; `next` is the `before` of the next page.
     Filters: archived, status, tag, recipe (exactly), q (a part of the name, any case)."""
@@ -279,12 +275,12 @@ def _run_list(request: HttpRequest) -> JsonResponse:
     if tag := request.GET.get("tag", ""):
         qs = qs.filter(tags__name=tag.replace("\x00", ""))
     if recipe := request.GET.get("recipe", ""):
-        if len(recipe) > MAX_RECIPE:
-            raise ApiError(400, f"recipe must be at most {MAX_RECIPE} characters", "recipe")
+        if len(recipe) > payloads.MAX_RECIPE:
+            raise ApiError(400, f"recipe must be at most {payloads.MAX_RECIPE} characters", "recipe")
         qs = qs.filter(recipe=recipe)
     if q := request.GET.get("q", ""):
-        if len(q) > MAX_NAME_QUERY:
-            raise ApiError(400, f"q must be at most {MAX_NAME_QUERY} characters", "q")
+        if len(q) > payloads.MAX_NAME_QUERY:
+            raise ApiError(400, f"q must be at most {payloads.MAX_NAME_QUERY} characters", "q")
         qs = qs.filter(name__icontains=q)
     if before is not None:
         qs = qs.filter(id__lt=before)

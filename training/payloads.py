@@ -22,6 +22,8 @@ MAX_TIME = 1e11  # unix seconds (year 5138): a bound that refuses milliseconds s
 INT32 = (-(2**31), 2**31 - 1)  # IntegerField (exit_code)
 MAX_NAME = 200
 MAX_TAG = 50
+MAX_RECIPE = 64  # Run.recipe's column
+MAX_NAME_QUERY = 200  # GET /api/runs/?q=, a part of a run's name
 MAX_TAGS = 100
 MAX_PATH = 1000
 MAX_CONFIG_DEPTH = 32

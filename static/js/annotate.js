@@ -6,12 +6,14 @@
 // D then a number toggles "dormant" for that policy.
 (() => {
   "use strict";
+  // A submit or skip answers with the next item's page (one request a judgment), or with the lease-expired
+  // page. Put the page's own address in the bar and in this history entry, so a reload or Back asks for the
+  // page instead of re-sending the form.
+  const holder = document.querySelector("[data-page-url]");
+  const pageUrl = holder && holder.dataset.pageUrl;
+  if (pageUrl && window.location.pathname !== pageUrl) window.history.replaceState(null, "", pageUrl);
   const form = document.getElementById("judgment-form");
   if (!form) return;
-  // A submit or skip answers with the next item's page (one request a judgment). Put the page's own address
-  // in the bar and in this history entry, so a reload or Back asks for the page instead of re-sending the form.
-  const pageUrl = form.closest(".annotate").dataset.url;
-  if (pageUrl && window.location.pathname !== pageUrl) window.history.replaceState(null, "", pageUrl);
   const skipForm = document.getElementById("skip-form");
   const timeField = form.querySelector("input[name=time_ms]");
   const rows = Array.from(form.querySelectorAll("[data-row]"));

@@ -102,7 +102,7 @@ def test_each_kind_form_stores_a_judgment(kind, client_for, annotator, make_stud
     # The answer is the next item's form (one request a judgment), its page's own URL for the address bar.
     following = Assignment.objects.exclude(pk=assignment.pk).get(annotator=annotator)
     assert f'name="assignment" value="{following.pk}"' in response.content.decode()
-    assert f'data-url="/annotate/{study.pk}/"' in response.content.decode()
+    assert f'data-page-url="/annotate/{study.pk}/"' in response.content.decode()
     assert judgment.time_ms <= 1234
     if kind == "rubric":
         expected_plan_1 = ["satisfied", "satisfied", "not_satisfied"]
@@ -130,6 +130,30 @@ def test_skip_and_flag_answer_with_the_next_item(client_for, annotator, make_stu
     assert f'name="assignment" value="{following.pk}"' in response.content.decode()
     last = client.post(skip, {"assignment": following.pk})
     assert (last.status_code, last["Location"]) == (302, f"/annotate/{study.pk}/")  # the end: the done page
+    assert not Judgment.objects.exists()
+
+
+@pytest.mark.sqlite
+def test_a_submit_after_the_lease_went_to_someone_else_is_a_409_that_names_the_pages_own_url(
+    client_for, make_annotators, make_study
+) -> None:
+    """The 409 answers the POST; like the item page it carries the page's URL, which annotate.js puts in the
+    address bar, so reloading it asks for the next item instead of re-sending the late judgment."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    slow, fast = make_annotators(2)
+    study = make_study(n_items=1, overlap=1, annotators=[slow, fast])
+    client = client_for(slow)
+    client.get(reverse("annotate:next", kwargs={"study_id": study.pk}))
+    held = Assignment.objects.get(annotator=slow)
+    Assignment.objects.filter(pk=held.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    client_for(fast).get(reverse("annotate:next", kwargs={"study_id": study.pk}))  # takes the freed slot
+    response = _submit(client, study, {"assignment": held.pk, "choice": "left"})
+    assert response.status_code == 409 and "timed out" in response.content.decode()
+    assert f'data-page-url="/annotate/{study.pk}/"' in response.content.decode()
+    assert "js/annotate.js" in response.content.decode()
     assert not Judgment.objects.exists()
 
 

@@ -209,3 +209,20 @@ def test_admin_delete_refuses_what_the_run_page_refuses_and_removes_files_like_i
         response = admin.post(f"/admin/training/run/{done.id}/delete/", {"post": "yes"})
     assert response.status_code == 302 and not Run.objects.filter(id=done.id).exists()
     assert not folder.exists()  # the files went with the row, after the commit
+
+
+def test_an_admin_bulk_delete_refused_part_way_deletes_nothing_and_is_a_403(
+    admin_user: User, researcher: User, make_run: Any, rf: Any
+) -> None:
+    """A refusal that appears after admin's confirmation page (here: a run active again) stops the whole bulk
+    delete: all or nothing, a 403 naming the reason, never a 500 after half the selection went."""
+    from django.contrib.admin.sites import site
+    from django.core.exceptions import PermissionDenied
+
+    done = make_run(researcher, name="done")
+    busy = make_run(researcher, name="busy", status="queued")
+    request = rf.post("/admin/training/run/")
+    request.user = admin_user
+    with pytest.raises(PermissionDenied, match="cancel it before deleting it"):
+        site._registry[Run].delete_queryset(request, Run.objects.filter(id__in=[done.id, busy.id]).order_by("id"))
+    assert Run.objects.filter(id__in=[done.id, busy.id]).count() == 2

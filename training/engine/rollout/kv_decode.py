@@ -278,7 +278,9 @@ class LeanKVDecoder:
         self.length = 0
         self.padded = True  # whether some prompt is left-padded (a key to mask), known after the prefill
         # The decode step's fast path (CPU, float32, plain modules); built per rollout, so after every
-        # optimiser step: its fused weights are copies, never stale within the rollout they serve.
+        # optimiser step: its fused q|k|v and gate|up weights are copies made here, never stale within the
+        # rollout they serve; the other weights are views of the live parameters (not for FSDP-sharded ones,
+        # whose storage a reshard frees: the fast path is CPU-only and not used under FSDP).
         self.fused = _FusedStep.of(self.blocks, model, max_len=max_len)
 
     def prefill(
