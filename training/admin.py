@@ -36,6 +36,10 @@ class CheckpointInline(_CheckpointInline):
     model = Checkpoint
     extra = 0
     readonly_fields = ("step", "path", "created_at")
+    # A checkpoint goes with its run (run_records.delete_run: its files too, and never while a run resumed
+    # from it or a study sampled it); deleting the row alone would leave its files and break those links.
+    can_delete = False
+    max_num = 0  # and none are added by hand: the engine records them
 
 
 @admin.register(Run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -226,3 +227,15 @@ def test_an_admin_bulk_delete_refused_part_way_deletes_nothing_and_is_a_403(
     with pytest.raises(PermissionDenied, match="cancel it before deleting it"):
         site._registry[Run].delete_queryset(request, Run.objects.filter(id__in=[done.id, busy.id]).order_by("id"))
     assert Run.objects.filter(id__in=[done.id, busy.id]).count() == 2
+
+
+def test_admin_shows_a_runs_checkpoints_but_cannot_delete_or_add_one(
+    client_for: Any, admin_user: User, researcher: User, make_run: Any
+) -> None:
+    run = make_run(researcher, name="base")
+    checkpoint = run.checkpoints.create(step=2, path="/a/checkpoint-2")
+    page = client_for(admin_user).get(f"/admin/training/run/{run.id}/change/").content.decode()
+    assert "/a/checkpoint-2" in page
+    assert "DELETE" not in page  # no delete box on any inline row
+    assert re.search(r'name="checkpoints-MAX_NUM_FORMS" value="0"', page)  # no row added by hand
+    assert run.checkpoints.get() == checkpoint
