@@ -52,6 +52,9 @@ class Api:
     def post(self, path: str, payload: Any) -> Any:
         return self._conn.request("POST", path, payload)
 
+    def delete(self, path: str) -> None:
+        self._conn.exchange("DELETE", path)
+
     def download(self, path: str, target: str | os.PathLike[str], **params: Any) -> Path:
         """GET `path` and write the answer's bytes to `target` (CSV, Parquet, JSONL exports).
 
@@ -198,6 +201,11 @@ class RunRef:
     def refresh(self) -> RunRef:
         self.state()
         return self
+
+    def delete(self) -> None:
+        """Delete the run and everything it logged (its checkpoints' files too), as its page does. Only its
+        owner may; refused (ArbiterError 409, saying why) while it is active or something depends on it."""
+        self.api.delete(f"/api/runs/{self.id}/")
 
     @property
     def data(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from arbiter.accounts.models import Role
 from evaluation.models import ExportJob, ImportJob
 from tests.factories import UserFactory
+from training.models import Run
 from training.openapi import openapi_document
 from training.services import runs
 
@@ -71,7 +72,11 @@ class Identities:
                 # may still climb out: a 400), and leave the URI cases as generated.
                 body["path"] = f"{django_settings.ARTIFACT_ROOT}/runs/{run.id}{body['path']}"
             return {"Authorization": f"Bearer {token}"}
-        if "run_id" in (case.path_parameters or {}):
+        if case.method.upper() == "DELETE" and "run_id" in (case.path_parameters or {}):
+            # A finished run of its own per case: a delete that is accepted removes it.
+            run = Run.objects.create(owner=self.researcher, name="fuzz-delete", recipe="demo", status="succeeded")
+            case.path_parameters["run_id"] = run.id
+        elif "run_id" in (case.path_parameters or {}):
             case.path_parameters["run_id"] = self.read_run.id
         if "study_id" in (case.path_parameters or {}):
             case.path_parameters["study_id"] = self.study.pk

@@ -30,7 +30,7 @@ from arbiter.db import busy_is_503, busy_response
 from training import payloads, selectors
 from training.models import ACTIVE_STATUSES, ApiToken, Run, RunStatus, hash_token
 from training.openapi import openapi_document
-from training.services import ingest, runs
+from training.services import ingest, run_records, runs
 
 MAX_BODY_BYTES = 32 * 2**20  # after decompression: 50,000 points are ~3 MB of JSON
 
@@ -375,10 +375,14 @@ BUCKET_RANGE = {"lo": 1, "hi": 1_000_000}  # accepted, then clamped to what the 
 ID_RANGE = {"lo": 0, "hi": 2**63 - 1}
 
 
-@require_GET
+@csrf_exempt  # DELETE takes a user API key only (never the session's cookie); GET is a read
+@require_http_methods(["GET", "DELETE"])
 @busy_is_503
-def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
-    """Backlog head for the live page: sequence number first, then status and the series it has."""
+def run_state(request: HttpRequest, run_id: int) -> HttpResponse:
+    """GET: backlog head for the live page: sequence number first, then status and the series it has.
+    DELETE: the run and everything it logged, as its page deletes it."""
+    if request.method == "DELETE":
+        return _run_delete(request, run_id)
     try:
         user = _reader(request)
         run = selectors.get_run_for(user=user, run_id=run_id)
@@ -394,6 +398,29 @@ def run_state(request: HttpRequest, run_id: int) -> JsonResponse:
             "keys": [s["key__name"] for s in selectors.run_summaries(run=run)],
         }
     )
+
+
+def _run_delete(request: HttpRequest, run_id: int) -> HttpResponse:
+    """As the run page's delete (run_records.delete_run): the owner only (anyone else, even one it is shared
+    with, gets the 404 of a run that does not exist), never while active or while something depends on it
+    (409, naming what depends on it as this user may be told of it); 204 once deleted, its files then removed
+    from the artifact store."""
+    user = user_for_api_key(_bearer(request))
+    if user is None:
+        return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
+    if not user.is_researcher:
+        return ApiError(403, "only researchers have runs").response()
+    try:
+        run = selectors.get_run_for(user=user, run_id=run_id, for_change=True)
+    except Http404:
+        return ApiError(404, "no such run").response()
+    if run.is_active:
+        return ApiError(409, f"Run #{run.id} is {run.status}: cancel it before deleting it.").response()
+    try:
+        run_records.delete_run(run=run, by=user)
+    except ValidationError as exc:  # HasDependants among them: its message names what needs the run
+        return ApiError(409, " ".join(exc.messages)).response()
+    return HttpResponse(status=204)
 
 
 def _key_param(request: HttpRequest) -> str:

@@ -600,6 +600,17 @@ def openapi_document(*, server: str) -> dict[str, Any]:
                     "security": [{"session": []}, {"apiKey": []}],
                     "responses": {"200": _ok("RunState"), "404": _ok("Error", "No such run (or not yours).")},
                 },
+                "delete": {
+                    "summary": "Delete a run and what it logged, as its page does; its files leave the store",
+                    "security": [{"apiKey": []}],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        "401": _ok("Error", "No API key."),
+                        "403": _ok("Error", "Not a researcher."),
+                        "404": _ok("Error", "No such run, or not yours to delete (shared runs included)."),
+                        "409": _ok("Error", "Still active, or something depends on it (named in `error`)."),
+                    },
+                },
             },
             "/api/runs/{run_id}/metrics/": {
                 "parameters": [RUN_ID],

@@ -10,7 +10,7 @@ import requests
 
 import arbiter_client
 from arbiter.accounts.models import User
-from training.models import Run, RunOrigin, RunTag
+from training.models import LogLine, Run, RunOrigin, RunTag
 from training.services import runs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,3 +92,43 @@ def test_the_list_filters_by_recipe_and_a_part_of_the_name(asgi_server: Any, res
 def test_only_researchers_list_runs(asgi_server: Any, client_for: Any, annotator: User) -> None:
     assert client_for(annotator).get("/api/runs/").status_code == 403
     assert requests.get(f"{asgi_server.url}/api/runs/", timeout=30).status_code == 401
+
+
+def test_a_script_deletes_its_own_finished_run_and_nothing_else(
+    asgi_server: Any, researcher: User, other_researcher: User, client_for: Any
+) -> None:
+    """DELETE /api/runs/<id>/ (RunRef.delete()) is the run page's delete (run_records.delete_run, whose file
+    removal tests/artifacts/test_run_delete_files.py covers): owner only (a shared run is a 404 to the
+    researcher it is shared with), 409 while active or needed, 204 once deleted."""
+    from arbiter_client import ArbiterError
+
+    done = _run(researcher, "done", shared=True)
+    LogLine.objects.create(run=done, stream="stdout", seq=0, text="hi", time=0)
+    busy = Run.objects.create(owner=researcher, name="busy", recipe="demo", status="queued")
+    needed = _run(researcher, "needed", config={"max_steps": 3})
+    needed.checkpoints.create(step=2, path="/a/checkpoint-2")
+    child = runs.resume_run(run=needed, by=researcher)
+    _, mine = runs.issue_api_token(user=researcher, name="a")
+    _, theirs = runs.issue_api_token(user=other_researcher, name="b")
+    url = f"{asgi_server.url}/api/runs/{{}}/"
+
+    def delete(run_id: int, key: str | None) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.delete(url.format(run_id), headers=headers, timeout=30)
+
+    assert delete(done.id, None).status_code == 401
+    assert _get(url.format(done.id), theirs).status_code == 200  # shared: they may read it...
+    assert delete(done.id, theirs).status_code == 404  # ...not delete it
+    answer = delete(busy.id, mine)
+    assert answer.status_code == 409 and "cancel it before deleting it" in answer.json()["error"]
+    answer = delete(needed.id, mine)
+    assert answer.status_code == 409 and f"run #{child.id}" in answer.json()["error"]
+    session = client_for(researcher)
+    assert session.delete(f"/api/runs/{done.id}/").status_code == 401  # a browser session cannot delete by API
+    with pytest.raises(ArbiterError) as refused:
+        arbiter_client.Api(asgi_server.url, mine).run(busy.id).delete()
+    assert refused.value.status == 409
+    arbiter_client.Api(asgi_server.url, mine).run(done.id).delete()
+    assert not Run.objects.filter(id=done.id).exists() and not LogLine.objects.filter(run_id=done.id).exists()
+    assert Run.objects.filter(id__in=[busy.id, needed.id, child.id]).count() == 3
+    assert delete(done.id, mine).status_code == 404  # gone
