@@ -119,6 +119,17 @@ def _reader(request: HttpRequest) -> Any:
     return user
 
 
+def _researcher_by_key(request: HttpRequest, doing: str) -> Any:
+    """The researcher whose user API key the request carries (never the session's cookie: these routes write
+    without CSRF), or an ApiError: 401 without a key, 403 for an annotator."""
+    user = user_for_api_key(_bearer(request))
+    if user is None:
+        raise ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)")
+    if not user.is_researcher:
+        raise ApiError(403, f"only researchers may {doing}")
+    return user
+
+
 def _readable_run(request: HttpRequest, run_id: int) -> Run:
     try:
         return selectors.get_run_for(user=_reader(request), run_id=run_id)
@@ -306,11 +317,10 @@ def runs_collection(request: HttpRequest) -> JsonResponse:
 
 
 def _run_create(request: HttpRequest) -> JsonResponse:
-    user = user_for_api_key(_bearer(request))
-    if user is None:
-        return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
-    if not user.is_researcher:
-        return ApiError(403, "only researchers may create runs").response()
+    try:
+        user = _researcher_by_key(request, "create runs")
+    except ApiError as exc:
+        return exc.response()
     try:
         name, config, tags = payloads.parse_new_run(_json_body(request))
     except payloads.PayloadError as exc:
@@ -330,11 +340,10 @@ LAUNCH_FIELDS = frozenset({"recipe", "queue", "config", "gpus", "name", "tags", 
 @busy_is_503
 def run_launch(request: HttpRequest) -> JsonResponse:
     """Launch a platform run (what the launch form does): 201, or 422 naming the config field at fault."""
-    user = user_for_api_key(_bearer(request))
-    if user is None:
-        return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
-    if not user.is_researcher:
-        return ApiError(403, "only researchers may launch runs").response()
+    try:
+        user = _researcher_by_key(request, "launch runs")
+    except ApiError as exc:
+        return exc.response()
     try:
         recipe, config, name, queue, tags, shared, gpus = payloads.parse_launch(_json_body(request))
     except payloads.PayloadError as exc:
@@ -405,11 +414,10 @@ def _run_delete(request: HttpRequest, run_id: int) -> HttpResponse:
     with, gets the 404 of a run that does not exist), never while active or while something depends on it
     (409, naming what depends on it as this user may be told of it); 204 once deleted, its files then removed
     from the artifact store."""
-    user = user_for_api_key(_bearer(request))
-    if user is None:
-        return ApiError(401, "a user API key is required (Authorization: Bearer arb_u_…)").response()
-    if not user.is_researcher:
-        return ApiError(403, "only researchers have runs").response()
+    try:
+        user = _researcher_by_key(request, "delete runs")
+    except ApiError as exc:
+        return exc.response()
     try:
         run = selectors.get_run_for(user=user, run_id=run_id, for_change=True)
     except Http404:
