@@ -34,12 +34,16 @@ class ServiceDeletes(_Admin):
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        explained: list[str] = []
         for obj in objs:
-            protected.extend(self.refusals(obj, request.user))
+            explained.extend(self.refusals(obj, request.user))
             name = f"{obj._meta.verbose_name.capitalize()} #{obj.pk}"
             for found in dependants.dependants_of(obj, user=request.user):
-                protected.append(f"{name} is needed by {found.label} ({found.reason}).")
-        return deleted, counts, perms_needed, protected
+                explained.append(f"{name} is needed by {found.label} ({found.reason}).")
+        # The finders name what a PROTECT foreign key guards (a run that trained on an export, not its bare
+        # link row), so when they explain the refusal Django's own list of protected rows would say it twice.
+        # Only when they find nothing is that list kept: PROTECT stays the last word.
+        return deleted, counts, perms_needed, explained or protected
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
         self.delete_queryset(request, [obj])  # type: ignore[arg-type]

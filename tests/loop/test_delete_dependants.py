@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -86,9 +87,11 @@ def test_admin_delete_of_that_study_shows_the_run_on_its_cannot_delete_page(
     trained = launch_run(owner=researcher, recipe="dpo", config={"dataset_path": job.path, "max_steps": 2})
     admin = client_for(admin_user)
     page = admin.get(f"/admin/evaluation/study/{study.pk}/delete/")
-    assert (
-        page.status_code == 200 and f"run #{trained.id} {trained.name} (trained on its export)" in page.content.decode()
-    )
+    html = page.content.decode()
+    assert page.status_code == 200 and html.count(f"run #{trained.id} {trained.name} (trained on its export)") == 1
+    # Said once: the run that needs the study, not also the bare link row its PROTECT foreign key guards.
+    refusals = re.search(r'<ul id="deleted-objects">(.*?)</ul>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert refusals.count("<li>") == 1 and "Run input:" not in refusals
     admin.post(f"/admin/evaluation/study/{study.pk}/delete/", {"post": "yes"})
     admin.post("/admin/evaluation/study/", {"action": "delete_selected", "_selected_action": [study.pk], "post": "yes"})
     assert type(study).objects.filter(pk=study.pk).exists()
