@@ -255,6 +255,47 @@ def level_rows(results: list[Any]) -> list[Row]:
     return rows
 
 
+def run_floor(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    researcher: Any,
+    annotators: list[Any],
+    pool: list[Any],
+    session_for: Callable[[Any], str],
+    data: bytes,
+    page_bytes: int,
+    levels: list[int],
+) -> list[Any]:
+    """The no-think levels on bench/annotation_floor.py (a bare ASGI app under the same uvicorn command line),
+    each with a study of its own (the same items: the floor is fast enough to empty one in a level), so the
+    integrity row stays Arbiter's alone."""
+    from evaluation import services
+
+    def fresh_study() -> int:
+        study = services.create_study(owner=researcher, name="floor", kind="pairwise", overlap=2, annotators=annotators)
+        services.import_items(study=study, data=data)
+        return int(study.pk)
+
+    floor_env = {
+        **env,
+        "FLOOR_DATABASE_URL": env["DATABASE_URL"],
+        "FLOOR_PAGE_BYTES": str(page_bytes),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), env["PYTHONPATH"]]),
+    }
+    server = Server(args.workers, floor_env, app="annotation_floor:app")
+    results = []
+    try:
+        warm = [session_for(pool.pop()) for _ in range(WARM_ANNOTATORS)]
+        run_level(server.port, fresh_study(), warm, 2.0, server.processes)
+        for level in levels:
+            study_id = fresh_study()
+            sessions = [session_for(pool.pop()) for _ in range(level)]
+            results.append((level, run_level(server.port, study_id, sessions, args.seconds, server.processes), None))
+    finally:
+        server.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000)
@@ -265,6 +306,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (docker: WEB_WORKERS=2)")
     parser.add_argument("--settings", default="arbiter.settings", help="DJANGO_SETTINGS_MODULE for the servers")
     parser.add_argument("--db", default="arbiter_bench_annotation", help="database to create (dropped first)")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="then the no-think levels again on bench/annotation_floor.py (no framework: the machine's limit)",
+    )
     args = parse_quick(parser)
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -301,6 +347,8 @@ def main() -> None:
     think = tuple(float(x) for x in args.think.split(","))
     assert len(think) == 2, "--think LO,HI"
     per_server = sum(levels) + args.paced + WARM_ANNOTATORS
+    if args.floor:
+        per_server += sum(levels) + WARM_ANNOTATORS + 1
     annotators = [
         User.objects.create_user(f"bench-a{i}", password=None, role=Role.ANNOTATOR) for i in range(per_server + 2)
     ]
@@ -336,8 +384,14 @@ def main() -> None:
             sessions = [session_for(pool.pop()) for _ in range(args.paced)]
             paced = run_level(server.port, study.pk, sessions, 2 * args.seconds, server.processes, think=think)
             results.append((args.paced, paced, think))
+        # One more annotator's first page: its size is the floor's (below), and its bytes go in the table.
+        status, first_page = Client(server.port, session_for(pool.pop())).request("GET", f"/annotate/{study.pk}/")
+        assert status == 200, status
     finally:
         server.stop()
+    floor_results = []
+    if args.floor:
+        floor_results = run_floor(args, env, researcher, annotators, pool, session_for, data, len(first_page), levels)
 
     # Integrity after the storm.
     over = Item.objects.filter(study=study, judgment_count__gt=F("overlap")).count()
@@ -401,6 +455,17 @@ def main() -> None:
     options: Any = settings.DATABASES["default"]["OPTIONS"]
     db_pool = options.get("pool", {}).get("max_size", "no")
     rows = level_rows(results)
+    rows.append(Row("    the page (a pairwise item, 2 answers of ~300 words)", f"{len(first_page):,} bytes"))
+    if floor_results:
+        rows.append(
+            Row(
+                "the floor (bench/annotation_floor.py): no framework; the same SQL, Redis reads and page size",
+                "the machine's limit for this loop, not a server to run: no CSRF, session or form checks, no template",
+            )
+        )
+        rows += [
+            Row(f"  floor: {r.measure}", r.result) for r in level_rows(floor_results) if "whole loop" not in r.measure
+        ]
     rows.append(
         Row(
             "integrity: judgments / over-assigned items / duplicated (item, annotator) / accepted submits not stored",

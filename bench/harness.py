@@ -29,7 +29,8 @@ class Server:
     """The production web server: arbiter/server.py's command line with `workers` uvicorn processes
     (docker/Dockerfile runs WEB_WORKERS=2; runplatform runs 1). Its output goes to SERVER_LOG."""
 
-    def __init__(self, workers: int, env: dict[str, str]) -> None:
+    def __init__(self, workers: int, env: dict[str, str], app: str = "") -> None:
+        """`app`: another ASGI application under the same command line (bench/annotation_floor.py's)."""
         import psutil
 
         from arbiter.server import web_server_command
@@ -39,7 +40,7 @@ class Server:
             self.port = probe.getsockname()[1]
         with SERVER_LOG.open("ab") as log:
             self.proc = subprocess.Popen(
-                web_server_command(host="127.0.0.1", port=self.port, workers=workers),
+                web_server_command(host="127.0.0.1", port=self.port, workers=workers, app=app or None),
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -48,6 +49,9 @@ class Server:
 
         def healthy() -> bool:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            if app:  # any answer: the floor has no health route
+                conn.connect()
+                return True
             conn.request("GET", "/healthz")
             return conn.getresponse().status == 200
 
