@@ -1,9 +1,12 @@
 """Deleting a run removes its own files from the artifact store (a local folder or an S3 bucket) once the delete has
-committed, and never files another run or an export has: a run that depends on it blocks the delete, rows and
-files alike, and a place holding another object's files is kept."""
+committed, through a real Celery worker (training.remove_run_files), and never files another run or an export has:
+a run that depends on it blocks the delete, rows and files alike, and a place holding another object's files is
+kept."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,23 @@ from artifacts.models import ArtifactKind
 from artifacts.services import register_artifact, run_uri
 from tests.artifacts.conftest import S3Server
 from training.models import Run, RunOrigin
+from training.services import run_records
 from training.services.run_records import delete_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def worker(celery_worker_app: Any) -> Any:
+    """The worker that removes a deleted run's files (this process's settings: the test's artifact store)."""
+    return celery_worker_app
+
+
+def _until(done: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the worker did not remove the files in time"
+        time.sleep(0.05)
 
 
 def _run(owner: User, name: str) -> Run:
@@ -51,11 +68,44 @@ def test_deleting_a_run_on_its_page_removes_its_folder_after_the_commit_and_keep
     with transaction.atomic():
         delete_run(run=gone, by=researcher)
         assert (gone_folder / "checkpoint-1").is_dir()  # not before the commit: a rollback must find its files
-    assert not gone_folder.exists()
+    _until(lambda: not gone_folder.exists())
     assert sorted(p.name for p in kept_folder.iterdir()) == ["checkpoint-1", "checkpoint-2", "final"]
 
     response = client_for(researcher).post(f"/runs/{kept.id}/delete/")
-    assert response.status_code == 302 and not kept_folder.exists()
+    assert response.status_code == 302 and not Run.objects.filter(id=kept.id).exists()
+    _until(lambda: not kept_folder.exists())
+
+
+def test_without_a_broker_the_files_are_removed_in_the_request(
+    researcher: User, local_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker refusing the task (down, unreachable) must not leave the files unsaid: they go in-process."""
+    from kombu.exceptions import OperationalError
+
+    from training.tasks import remove_run_files
+
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(remove_run_files, "delay", broker_down)
+    run, folder = _local_run_with_files(researcher, local_store, "offline")
+    delete_run(run=run, by=researcher)
+    assert not folder.exists()
+
+
+def test_a_place_that_another_object_moved_into_after_the_delete_is_kept(
+    researcher: User, other_researcher: User, local_store: Path
+) -> None:
+    """The removal checks each place again when it runs: an export registered inside it since the delete keeps it."""
+    run, folder = _local_run_with_files(researcher, local_store, "late")
+    places = [str(p) for p in run_records.run_files(run)]
+    run_id = run.id
+    Run.objects.filter(id=run_id).delete()
+    late = folder / "final" / "exported.jsonl"
+    late.write_text("{}\n")
+    register_artifact(owner=other_researcher, kind=ArtifactKind.DATASET, uri=str(late))
+    assert run_records.remove_run_files_now(run_id=run_id, places=places) == []
+    assert late.is_file()
 
 
 def test_a_rolled_back_delete_keeps_the_files(researcher: User, local_store: Path) -> None:
@@ -103,7 +153,12 @@ def test_a_location_holding_another_objects_files_is_kept(
     export_file.write_text("{}\n")
     register_artifact(owner=other_researcher, kind=ArtifactKind.DATASET, uri=str(export_file))
     delete_run(run=run, by=researcher)
-    assert export_file.is_file()
+    # Nothing of it is queued for removal (the folder holds another object's file); a later run's removal,
+    # done by the same worker, shows the queue has moved past this delete.
+    after, after_folder = _local_run_with_files(researcher, local_store, "after")
+    delete_run(run=after, by=researcher)
+    _until(lambda: not after_folder.exists())
+    assert export_file.is_file() and (folder / "checkpoint-1" / "model.safetensors").is_file()
 
 
 def test_deleting_a_run_removes_its_objects_from_the_bucket_and_keeps_the_others(
@@ -122,8 +177,11 @@ def test_deleting_a_run_removes_its_objects_from_the_bucket_and_keeps_the_others
 
     delete_run(run=runs[0], by=researcher)
 
-    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
-    assert keys == sorted(
+    def keys() -> list[str]:
+        return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+
+    _until(lambda: not any(k.startswith(f"arbiter/runs/{gone}/") for k in keys()))
+    assert keys() == sorted(
         [
             f"arbiter/runs/{gone}0/final/x",
             *(
@@ -150,7 +208,7 @@ def test_a_run_folder_replaced_by_a_symlink_loses_the_link_not_the_target(resear
     shutil.rmtree(whole_folder)
     whole_folder.symlink_to(victim_folder)
     delete_run(run=whole, by=researcher)
-    assert not whole_folder.is_symlink() and not whole_folder.exists()
+    _until(lambda: not whole_folder.is_symlink() and not whole_folder.exists())
 
     # 2. a reported checkpoint folder (inside the run's folder, and one recorded outside it) becomes a link
     inner, inner_folder = _local_run_with_files(researcher, local_store, "inner")
@@ -161,7 +219,7 @@ def test_a_run_folder_replaced_by_a_symlink_loses_the_link_not_the_target(resear
     old.symlink_to(victim_folder / "final")
     inner.checkpoints.create(step=9, path=str(old))
     delete_run(run=inner, by=researcher)
-    assert not inner_folder.exists() and not old.is_symlink()
+    _until(lambda: not inner_folder.exists() and not old.is_symlink())
 
     assert sorted(p.name for p in victim_folder.iterdir()) == ["checkpoint-1", "checkpoint-2", "final"]
     assert (victim_folder / "final" / "config.json").read_bytes() == b"weights"

@@ -122,9 +122,10 @@ def run_files(run: Run) -> list[uris.Uri]:
     return kept
 
 
-def _holds_others(place: uris.Uri, run: Run) -> bool:
+def _holds_others(place: uris.Uri, run: Run | int) -> bool:
     """Whether another object's checkpoint or artifact row names a place inside `place` (prefix queries on the
-    spellings a row may use: the canonical URI, and a local path for the embedded store)."""
+    spellings a row may use: the canonical URI, and a local path for the embedded store). `run`: the run whose
+    own rows do not count (its id once it is deleted: then every row counts)."""
     spellings = [str(place)] + ([place.key] if place.scheme == "file" else [])
     prefix = Q()
     for spelling in spellings:
@@ -136,17 +137,46 @@ def _holds_others(place: uris.Uri, run: Run) -> bool:
     return any(u is not None and place.contains(u) for u in map(_canonical, rows))
 
 
-def _remove_files(run_id: int, places: list[uris.Uri]) -> None:
-    for place in places:
+def _queue_removal(run_id: int, places: list[uris.Uri]) -> None:
+    """After the delete's commit: hand the files to a worker (training.remove_run_files), so that a run of many
+    GB in a bucket never holds the web request open and a removal cut short (a worker killed, the store down a
+    moment) is retried. If the broker cannot take the task, remove them here instead: never left unsaid."""
+    from training.tasks import remove_run_files
+
+    names = [str(p) for p in places]
+    if not names:
+        return
+    try:
+        remove_run_files.delay(run_id, names)
+    except Exception:  # kombu's OperationalError and the socket errors under it: remove in this process instead
+        logger.warning("Run #%s: the broker did not take the file removal; removing its files here", run_id)
+        remove_run_files_now(run_id=run_id, places=names)
+
+
+def remove_run_files_now(*, run_id: int, places: list[str]) -> list[str]:
+    """Remove a deleted run's places from the artifact store; the places that failed (logged), for a retry.
+
+    Each place is checked again first: a row written since the delete (another run's checkpoint, an export)
+    that lies inside it keeps it, as at the delete. A place already gone is done."""
+    failed = []
+    for value in places:
+        place = _as_written(value)
+        if place is None:
+            continue
+        if _holds_others(place, run_id):
+            logger.warning("Run #%s: %s is kept (another run or an export has files inside it now)", run_id, place)
+            continue
         try:
             remove(str(place))
-        except Exception:  # the row is gone whatever the store says: tell the admin what is left behind
+        except Exception:  # reported, and retried by the task; the row is gone whatever the store says
             logger.exception("Run #%s was deleted but its files at %s could not be removed", run_id, place)
+            failed.append(value)
+    return failed
 
 
 def delete_run(*, run: Run, by: User) -> None:
     """Delete a run and everything it logged, unless it is active or something depends on it (HasDependants);
-    once the delete has committed, remove the run's own files from the artifact store (local or S3).
+    once the delete has committed, a worker removes the run's own files from the artifact store (local or S3).
 
     Runs resumed from or configured to train from its checkpoints, and studies sampled from them, are dependants:
     while one exists nothing is deleted, rows or files. Files go only after the commit, so a delete that rolls
@@ -158,7 +188,7 @@ def delete_run(*, run: Run, by: User) -> None:
     with transaction.atomic():
         places = run_files(run)
         dependants.delete_unless_needed(run, what=f"Run #{run_id}", user=by)
-        transaction.on_commit(lambda: _remove_files(run_id, places))
+        transaction.on_commit(lambda: _queue_removal(run_id, places))
 
 
 def dependants_of_run(*, run: Run, user: User) -> list[Dependant]:
