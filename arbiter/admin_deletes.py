@@ -34,16 +34,24 @@ class ServiceDeletes(_Admin):
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # The finders name what a PROTECT foreign key guards (a run that trained on an export, not its bare link
+        # row), so for an object they explain, Django's own list of its protected rows would say it twice. For an
+        # object they find nothing for, that list is kept: PROTECT stays the last word.
         explained: list[str] = []
+        unexplained: list[Any] = []
         for obj in objs:
-            explained.extend(self.refusals(obj, request.user))
+            lines = list(self.refusals(obj, request.user))
             name = f"{obj._meta.verbose_name.capitalize()} #{obj.pk}"
             for found in dependants.dependants_of(obj, user=request.user):
-                explained.append(f"{name} is needed by {found.label} ({found.reason}).")
-        # The finders name what a PROTECT foreign key guards (a run that trained on an export, not its bare
-        # link row), so when they explain the refusal Django's own list of protected rows would say it twice.
-        # Only when they find nothing is that list kept: PROTECT stays the last word.
-        return deleted, counts, perms_needed, explained or protected
+                lines.append(f"{name} is needed by {found.label} ({found.reason}).")
+            explained.extend(lines)
+            if not lines:
+                unexplained.append(obj)
+        if not explained:
+            return deleted, counts, perms_needed, protected
+        if unexplained:
+            explained.extend(super().get_deleted_objects(unexplained, request)[3])
+        return deleted, counts, perms_needed, explained
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
         self.delete_queryset(request, [obj])  # type: ignore[arg-type]

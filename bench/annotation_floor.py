@@ -42,8 +42,9 @@ _state: dict[str, Any] = {}
 
 
 async def _startup() -> None:
+    size = int(os.environ.get("DATABASE_POOL_MAX_SIZE", "16"))  # as Arbiter's pool per process (settings.py)
     pool = AsyncConnectionPool(
-        os.environ["FLOOR_DATABASE_URL"], min_size=16, max_size=16, kwargs={"autocommit": True}, open=False
+        os.environ["FLOOR_DATABASE_URL"], min_size=size, max_size=size, kwargs={"autocommit": True}, open=False
     )
     await pool.open()
     _state["pool"], _state["redis"] = pool, aredis.from_url(os.environ["REDIS_URL"])
@@ -73,7 +74,7 @@ def _page(rendered: Any, assignment_id: int | None) -> bytes:
         )
         body = item + form + b"</form>"
     head = b"<!doctype html><html><head><title>floor</title></head><body>"
-    pad = max(0, PAGE_BYTES - len(head) - len(body) - 14)
+    pad = max(0, PAGE_BYTES - len(head) - len(body) - len(b"<!---->") - len(b"</body></html>"))
     return head + b"<!--" + b"x" * pad + b"-->" + body + b"</body></html>"
 
 

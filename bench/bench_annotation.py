@@ -346,9 +346,9 @@ def main() -> None:
     researcher = User.objects.create_user("bench-researcher", password=None, role=Role.RESEARCHER)
     think = tuple(float(x) for x in args.think.split(","))
     assert len(think) == 2, "--think LO,HI"
-    per_server = sum(levels) + args.paced + WARM_ANNOTATORS
+    per_server = sum(levels) + args.paced + WARM_ANNOTATORS + 1  # + 1: the page whose size is printed
     if args.floor:
-        per_server += sum(levels) + WARM_ANNOTATORS + 1
+        per_server += sum(levels) + WARM_ANNOTATORS
     annotators = [
         User.objects.create_user(f"bench-a{i}", password=None, role=Role.ANNOTATOR) for i in range(per_server + 2)
     ]
@@ -386,7 +386,7 @@ def main() -> None:
             results.append((args.paced, paced, think))
         # One more annotator's first page: its size is the floor's (below), and its bytes go in the table.
         status, first_page = Client(server.port, session_for(pool.pop())).request("GET", f"/annotate/{study.pk}/")
-        assert status == 200, status
+        assert status == 200 and ASSIGNMENT_RE.search(first_page), f"{status}: not an item's page"
     finally:
         server.stop()
     floor_results = []

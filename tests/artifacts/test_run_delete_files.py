@@ -61,7 +61,7 @@ def local_store(settings: Any, tmp_path: Path) -> Path:
 
 
 def test_deleting_a_run_on_its_page_removes_its_folder_after_the_commit_and_keeps_the_others(
-    client_for: Any, researcher: User, local_store: Path
+    client_for: Any, researcher: User, local_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     gone, gone_folder = _local_run_with_files(researcher, local_store, "gone")
     kept, kept_folder = _local_run_with_files(researcher, local_store, "kept")
@@ -74,6 +74,7 @@ def test_deleting_a_run_on_its_page_removes_its_folder_after_the_commit_and_keep
     response = client_for(researcher).post(f"/runs/{kept.id}/delete/")
     assert response.status_code == 302 and not Run.objects.filter(id=kept.id).exists()
     _until(lambda: not kept_folder.exists())
+    assert "broker did not take" not in caplog.text  # the worker removed them, not the request's fallback
 
 
 def test_without_a_broker_the_files_are_removed_in_the_request(
@@ -153,8 +154,8 @@ def test_a_location_holding_another_objects_files_is_kept(
     export_file.write_text("{}\n")
     register_artifact(owner=other_researcher, kind=ArtifactKind.DATASET, uri=str(export_file))
     delete_run(run=run, by=researcher)
-    # Nothing of it is queued for removal (the folder holds another object's file); a later run's removal,
-    # done by the same worker, shows the queue has moved past this delete.
+    # Nothing of it is queued for removal (the folder holds another object's file); a later run's removal shows
+    # the worker at work, and this folder is still whole.
     after, after_folder = _local_run_with_files(researcher, local_store, "after")
     delete_run(run=after, by=researcher)
     _until(lambda: not after_folder.exists())
@@ -162,7 +163,7 @@ def test_a_location_holding_another_objects_files_is_kept(
 
 
 def test_deleting_a_run_removes_its_objects_from_the_bucket_and_keeps_the_others(
-    s3_store: str, s3_server: S3Server, researcher: User
+    s3_store: str, s3_server: S3Server, researcher: User, caplog: pytest.LogCaptureFixture
 ) -> None:
     bucket = s3_store.removeprefix("s3://").split("/")[0]
     client = s3_server.client()
@@ -181,6 +182,7 @@ def test_deleting_a_run_removes_its_objects_from_the_bucket_and_keeps_the_others
         return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
 
     _until(lambda: not any(k.startswith(f"arbiter/runs/{gone}/") for k in keys()))
+    assert "broker did not take" not in caplog.text
     assert keys() == sorted(
         [
             f"arbiter/runs/{gone}0/final/x",

@@ -163,12 +163,12 @@ def remove_run_files_now(*, run_id: int, places: list[str]) -> list[str]:
         place = _as_written(value)
         if place is None:
             continue
-        if _holds_others(place, run_id):
-            logger.warning("Run #%s: %s is kept (another run or an export has files inside it now)", run_id, place)
-            continue
         try:
+            if _holds_others(place, run_id):
+                logger.warning("Run #%s: %s is kept (another run or an export has files inside it now)", run_id, place)
+                continue
             remove(str(place))
-        except Exception:  # reported, and retried by the task; the row is gone whatever the store says
+        except Exception:  # the database or the store failing: reported, retried by the task, the next place tried
             logger.exception("Run #%s was deleted but its files at %s could not be removed", run_id, place)
             failed.append(value)
     return failed
