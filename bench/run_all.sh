@@ -20,7 +20,7 @@ start=$SECONDS
 bench "engine vs TRL (GRPO with/without the zero-advantage shortcut, DPO)" 300 bench/bench_engine.py
 bench "LoRA vs full fine-tuning (peak memory, step time; SFT and DPO)" 600 bench/bench_lora.py
 bench "run ingest (synchronous_commit off/on; in order, out of order, re-sent), chart reads, live latency" 240 bench/bench_runs.py
-bench "annotator loop at 1/8/32 annotators, import, export" 180 bench/bench_annotation.py
+bench "annotator loop at 1/8/32 annotators and on the framework-free floor, import, export" 300 bench/bench_annotation.py --floor
 bench "SDK cost, ingest through the SDK, history" 180 bench/bench_sdk.py
 bench "large item uploads (HTTP -> worker, 94 MB)" 420 bench/bench_import.py
 bench "the loop: Sample into a study (HF, CPU) throughput; last judgment -> launched run" 240 bench/bench_loop.py
