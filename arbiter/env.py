@@ -84,7 +84,11 @@ def database_from_url(url: str, *, base_dir: Path, pool_max_size: int = 0) -> di
             "PASSWORD": unquote(parsed.password or ""),
             "HOST": parsed.hostname or "",
             "PORT": str(parsed.port or ""),
-            "CONN_MAX_AGE": 0 if pool_max_size > 0 else 60,
+            # No persistent connections in either case. With the pool, a request hands its connection back at its
+            # end. Without it (PgBouncer in front, say) a persistent connection would belong to the thread that
+            # opened it, and each of the server's reused request threads would hold one open while idle; Django
+            # advises against them under ASGI, so each request opens and closes its own.
+            "CONN_MAX_AGE": 0,
             # With the pool, each connection is tested as it is handed out (arbiter/pool.py: a round trip only
             # when its socket shows the server said something): after a database restart no request is
             # served a dead pooled connection.
