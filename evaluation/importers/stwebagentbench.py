@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from evaluation.importers.rows import ParsedAttachment, ParsedItem, RowError, RowInvalid, text
+from evaluation.importers.rows import ParsedAttachment, ParsedItem, RowError, RowInvalid, check_no_nul, text
 from evaluation.stats import POLICY_DIMENSIONS
 
 JUDGE = "ST-WebAgentBench evaluator"
@@ -258,6 +258,7 @@ def evaluator_rows(rows: Iterable[tuple[int, dict[str, Any] | RowError]]) -> Ite
             yield row
             continue
         try:
+            check_no_nul(row, "")  # agent_id and run_id go into the stored verdict's name as they are
             key = (agent_of(row, "agent"), task_id_of(row.get("task_id")), str(row.get("run_id") or "0"))
         except RowInvalid as exc:
             yield RowError(line, exc.field, exc.message)

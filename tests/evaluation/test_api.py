@@ -562,3 +562,35 @@ def test_the_sdk_follows_a_download_redirect_without_sending_its_key_there(tmp_p
     assert out.read_bytes() == b"a,b\n1,2\n"
     assert seen["arbiter"] == ("/api/studies/1/exports/2/download/", "Bearer arb_u_secret")
     assert seen["bucket"] == ("/b/export.csv?X-Amz-Signature=s", None)
+
+
+@pytest.mark.parametrize("column", ["agent_id", "run_id"])
+def test_a_nul_in_the_evaluators_csv_is_a_422_naming_its_line_and_column(
+    researcher: User, make_study: Any, column: str
+) -> None:
+    """ST-WebAgentBench's `*_full_res.csv`: its agent and run cells name the stored verdict as they are, so a NUL
+    there is refused by line and column like one in any other upload (PostgreSQL cannot store it: it was a 500)."""
+    from evaluation import services
+    from evaluation.models import AutomaticJudgment
+    from tests.evaluation.test_results_automatic import DATA
+
+    study = make_study(kind="violation", n_items=0)
+    services.import_items(study=study, data=(DATA / "stwebagentbench_2024_test_raw_sample.json").read_bytes())
+    lines = (DATA / "STBenchDemo_agent_full_res_sample.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    if column not in header:
+        header.append(column)
+        lines = [",".join(header)] + [f"{line},1" for line in lines[1:]]
+    cells = lines[3].split(",")
+    cells[header.index(column)] = "STBench\x00Demo"
+    lines[3] = ",".join(cells)
+    answer = Client(raise_request_exception=False).post(
+        f"/api/studies/{study.pk}/items/?filename=STBenchDemo_agent_full_res.csv",
+        ("\n".join(lines) + "\n").encode(),
+        content_type="application/octet-stream",
+        HTTP_AUTHORIZATION=f"Bearer {_key(researcher)}",
+    )
+    assert answer.status_code == 422, answer.content
+    errors = answer.json()["errors"]
+    assert [(e["line"], e["field"]) for e in errors] == [(4, column)] and "NUL" in errors[0]["message"]
+    assert not AutomaticJudgment.objects.filter(item__study=study).exists()
