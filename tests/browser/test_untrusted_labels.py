@@ -90,3 +90,33 @@ def test_study_results_axis_labels_show_model_names_as_typed(
         ticks = sorted(page.evaluate(SVG_TEXT, f"{chart} .xtick text"))
         assert ticks == sorted([model_a, model_b]), ticks
         assert _styled_or_linked(page, chart) == 0
+
+
+def test_models_leaderboard_shows_run_names_as_typed(
+    asgi_server: Any, page: Any, login_page: Any, researcher: User, tmp_path: Any
+) -> None:
+    """The Models page's leaderboard labels each checkpoint "#id <run name> @ step N" on its axis and hover."""
+    from loop.services.policies import policy_for_checkpoint
+    from tests.loop.conftest import judge, sourced_pairwise_study
+    from training.models import Checkpoint, Run
+
+    annotator = UserFactory(role=Role.ANNOTATOR)
+    run = Run.objects.create(owner=researcher, name=HTML_NAME, recipe="demo_grpo", status="succeeded")
+    early, late = (
+        policy_for_checkpoint(checkpoint=Checkpoint.objects.create(run=run, step=s, path=str(tmp_path / f"c{s}")))
+        for s in (10, 20)
+    )
+    study = sourced_pairwise_study(researcher, [(early, late)] * 4, annotators=[annotator])
+    judge(study, annotator, ["b", "b", "a", "b"])
+    login_page(page, asgi_server.url, researcher)
+    page.goto(f"{asgi_server.url}/models/")
+    page.wait_for_function("() => document.querySelectorAll('#leaderboard .ytick').length === 2")
+
+    ticks = page.evaluate(SVG_TEXT, "#leaderboard .ytick")
+    assert sorted(ticks) == sorted([f"#{run.id} {HTML_NAME} @ step 10", f"#{run.id} {HTML_NAME} @ step 20"])
+    assert _styled_or_linked(page, "#leaderboard") == 0
+    chart = "document.querySelector('#leaderboard .js-plotly-plot')"
+    page.evaluate(f"() => Plotly.Fx.hover({chart}, [{{curveNumber: 0, pointNumber: 0}}])")
+    page.wait_for_function("() => document.querySelector('#leaderboard .hoverlayer').textContent.length > 0")
+    hover = page.evaluate("() => document.querySelector('#leaderboard .hoverlayer').textContent")
+    assert HTML_NAME in hover and _styled_or_linked(page, "#leaderboard .hoverlayer") == 0
