@@ -61,6 +61,8 @@ def _row(raw: Any, where: str, field: str) -> PromptRow:
         if not isinstance(rubric, list) or not rubric or not all(isinstance(r, str) and r.strip() for r in rubric):
             raise ValidationError({field: f"{where}: field 'rubric' must be a non-empty list of non-empty strings"})
         row["rubric"] = [str(r) for r in rubric]
+    if b"\\u0000" in orjson.dumps(row):  # PostgreSQL's jsonb and text columns cannot hold U+0000
+        raise ValidationError({field: f"{where}: contains a NUL character (U+0000), which cannot be stored"})
     return row
 
 

@@ -122,15 +122,26 @@ def test_checkpoints_of_runs_the_user_cannot_see_are_not_offered(
     assert client_for(researcher).get(f"/samples/new/?run={theirs.pk}").status_code == 404
 
 
-def test_a_prompt_file_names_the_line_at_fault(researcher: Any, run_with_checkpoints: Any, client_for: Any) -> None:
+@pytest.mark.parametrize(
+    ("second", "says"),
+    [
+        (b'{"prompt": ""}', "line 2: field 'prompt' is empty"),
+        (b'{"prompt": "a\\u0000b"}', "line 2: contains a NUL character"),
+        (b'{"prompt": [{"role": "user", "content": "a\\u0000"}]}', "line 2: contains a NUL character"),
+        (b'{"prompt": "x", "rubric": ["ok", "a\\u0000"]}', "line 2: contains a NUL character"),
+    ],
+)
+def test_a_prompt_file_names_the_line_at_fault(
+    researcher: Any, run_with_checkpoints: Any, client_for: Any, second: bytes, says: str
+) -> None:
     run = run_with_checkpoints(researcher)
     ids = list(run.checkpoints.values_list("pk", flat=True))
-    bad = SimpleUploadedFile("p.jsonl", b'{"prompt": "ok"}\n{"prompt": ""}\n', content_type="application/jsonl")
+    bad = SimpleUploadedFile("p.jsonl", b'{"prompt": "ok"}\n' + second + b"\n", content_type="application/jsonl")
     response = client_for(researcher).post(
         "/samples/new/", _form_data(checkpoints=ids, prompt_source="file", prompts_file=bad)
     )
     assert response.status_code == 422
-    assert "line 2: field 'prompt' is empty" in " ".join(response.context["form"].errors["prompts_file"])
+    assert says in " ".join(response.context["form"].errors["prompts_file"])
 
 
 def test_prompt_sets_from_files_studies_and_runs(
