@@ -30,13 +30,16 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def zip_stream(store: LocalStore | S3Store, uri: uris.Uri, *, folder: str) -> Iterator[bytes]:
+def zip_stream(
+    store: LocalStore | S3Store, uri: uris.Uri, *, folder: str, listing: list[tuple[str, int]] | None = None
+) -> Iterator[bytes]:
     """The files under `uri` as a zip (stored, not deflated: weights do not compress) with paths under `folder/`.
+    `listing`: the store's listing of `uri` when the caller has it already (one LIST of a bucket, not two).
 
     Files gone by the time the zip is built (deleted after the view looked) raise FileNotFoundError, before or
     while they would be read: the download then ends short and the browser says it failed, never a complete zip
     that silently lacks them."""
-    listing = sorted(store.list(uri))
+    listing = sorted(store.list(uri) if listing is None else listing)
     if not listing:
         raise FileNotFoundError(f"no files under {uri} any more")
     sink = _Sink()

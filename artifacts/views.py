@@ -25,9 +25,11 @@ def checkpoint_download(request: AuthedHttpRequest, checkpoint_id: int) -> Strea
     except (uris.BadUri, services.OutsideRunLocation):
         raise Http404("This checkpoint is not in the artifact store.") from None
     store = services.default_store()
-    if not store.list(uri):
+    listing = store.list(uri)
+    if not listing:
         raise Http404("This checkpoint's files are gone.")
     name = f"run-{run.id}-checkpoint-{checkpoint.step}"
-    response = StreamingHttpResponse(in_thread(zip_stream(store, uri, folder=name)), content_type="application/zip")
+    stream = zip_stream(store, uri, folder=name, listing=listing)  # listed once: a bucket's LIST is paged and paid
+    response = StreamingHttpResponse(in_thread(stream), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{name}.zip"'
     return response

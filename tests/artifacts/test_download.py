@@ -64,8 +64,20 @@ def test_a_checkpoint_in_the_bucket_downloads_the_same_bytes(
     uri = run_uri(run_id=run.id).child("checkpoint-8")
     default_store().put_tree(tmp_path / "ckpt", uri)
     checkpoint = ingest.record_checkpoint(run=run, step=8, path=str(uri))
-    answer = client_for(researcher).get(f"/artifacts/checkpoints/{checkpoint.id}/download/")
-    assert answer.status_code == 200 and _zip(answer) == FILES
+    from artifacts.store import S3Store
+
+    listed = []
+    real_list = S3Store.list
+
+    def counted(self: S3Store, at: uris.Uri) -> list[tuple[str, int]]:
+        listed.append(str(at))
+        return real_list(self, at)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(S3Store, "list", counted)
+        answer = client_for(researcher).get(f"/artifacts/checkpoints/{checkpoint.id}/download/")
+        assert answer.status_code == 200 and _zip(answer) == FILES
+    assert listed == [str(uri)]  # the view's listing is the zip's: one LIST of the bucket a download
     assert str(uris.parse(checkpoint.path)) == str(uri)
 
 
