@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from arbiter.accounts.decorators import researcher_required
+from arbiter.ids import parse_ids
 from evaluation.models import Study
 from evaluation.selectors import get_study_for
 from loop import prompt_sets, selectors
@@ -70,7 +71,7 @@ def sample_new(request: AuthedHttpRequest) -> HttpResponse:
     page_run = _page_run(request)
     initial: dict[str, Any] = {}
     if ids := request.GET.get("checkpoints"):
-        initial["checkpoints"] = [int(i) for i in ids.split(",")[:100] if i.strip().isascii() and i.strip().isdigit()]
+        initial["checkpoints"] = parse_ids([ids], limit=100)
     form = SampleForm(request.POST or None, request.FILES or None, user=request.user, run=page_run, initial=initial)
     status = 200
     if request.method == "POST":

@@ -18,6 +18,7 @@ from django.views.decorators.vary import vary_on_headers
 
 from arbiter.accounts.decorators import researcher_required
 from arbiter.dependants import HasDependants
+from arbiter.ids import parse_ids
 from artifacts.access import is_hub_id, may_read
 from training import selectors
 from training.forms import ApiKeyForm, LaunchForm, RunEditForm, config_sections, diff_sections
@@ -409,10 +410,8 @@ def run_resume(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def run_compare(request: AuthedHttpRequest) -> HttpResponse:
     """`?runs=1&runs=2` (or `?runs=1,2`): overlaid curves and the config diff."""
-    ids: list[int] = []
-    for raw in request.GET.getlist("runs"):
-        ids.extend(int(p) for p in raw.split(",") if p.strip().isdigit())
-    chosen = list(selectors.visible_runs(user=request.user).filter(id__in=ids[:10]).order_by("id"))
+    ids = parse_ids(request.GET.getlist("runs"), limit=10)
+    chosen = list(selectors.visible_runs(user=request.user).filter(id__in=ids).order_by("id"))
     candidates = list(selectors.visible_runs(user=request.user).order_by("-created_at")[:50])
     show_all = request.GET.get("all") == "1"
     configs = [r.config or {} for r in chosen]

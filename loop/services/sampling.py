@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from arbiter.accounts.models import User
+from arbiter.ids import parse_id
 from evaluation import services as study_services
 from evaluation.models import Study, StudyKind
 from loop.models import Policy, PromptSource, SampleJob, SampleJobPolicy, SampleStatus
@@ -107,8 +108,8 @@ def check_model_path(*, user: User, path: str) -> str:
             raise ValidationError(
                 {"model_paths": f"{value}: local folders must be checkpoints of runs you can see; pick them above"}
             ) from None
-        run_id = relative.parts[0] if relative.parts else ""
-        if not run_id.isdigit() or not visible_runs(user=user).filter(id=int(run_id)).exists():
+        run_id = parse_id(relative.parts[0]) if relative.parts else None
+        if run_id is None or not visible_runs(user=user).filter(id=run_id).exists():
             raise ValidationError({"model_paths": f"{value}: not a folder of a run you can see"})
         return str(local.resolve())
     if not _HUB_ID.match(value) or (Path(settings.BASE_DIR) / value).exists():
