@@ -155,6 +155,9 @@ def send_table_rows(request: AuthedHttpRequest, run_id: int) -> HttpResponse:
     data = request.POST if request.method == "POST" else request.GET
     name = data.get("name", "samples")
     raw_step = data.get("step", "")
+    # Both are looked up before the form is read: no table has a name longer than a metric key's, or a NUL.
+    if len(name) > SendRowsForm.base_fields["name"].max_length or "\x00" in name:  # type: ignore[attr-defined]
+        raise Http404("No such table.")
     if raw_step and not (raw_step.isascii() and raw_step.isdigit() and len(raw_step) < 19):
         raise Http404("No such table.")
     table = table_at(run=run, name=name, step=int(raw_step) if raw_step else None)  # no step: the latest

@@ -179,3 +179,12 @@ def test_annotators_are_throttled_like_researchers() -> None:
     annotator = UserFactory(role=Role.ANNOTATOR)
     _fail(annotator.username, LIMIT, address="203.0.113.130")
     assert _login(annotator.username, TEST_PASSWORD, address="192.0.2.130").status_code == 429
+
+
+@pytest.mark.parametrize("username", ["a" * 100_000, "a" * 151, "ann\x00"])
+def test_a_username_no_account_can_have_is_a_wrong_login_not_a_500(db: None, username: str) -> None:
+    """Longer than a username may be (the form's maxlength is only the input's attribute) or with a NUL: refused
+    on the form before authenticate(), so nothing reaches django-axes' 255-wide column or the database."""
+    response = _login(username, "wrong-password")
+    assert response.status_code == 200 and response.context["form"].errors
+    assert not AccessAttempt.objects.exists()

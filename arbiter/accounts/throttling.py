@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.forms import AuthenticationForm
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -43,7 +42,9 @@ def lockout_response(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpRes
     unbound: validating it would authenticate once more and count another failure.
     """
     username = request.POST.get("username", "") if request.method == "POST" else ""
-    form = AuthenticationForm(request, initial={"username": username})
+    from arbiter.accounts.views import LoginForm  # views import this module
+
+    form = LoginForm(request, initial={"username": username[:150]})
     context = {"form": form, "lockout_message": lockout_message(), "next": request.POST.get("next", "")}
     return render(request, "registration/login.html", context, status=LOCKOUT_STATUS)
 

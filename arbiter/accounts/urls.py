@@ -8,7 +8,7 @@ from django.urls import path
 from arbiter.accounts import views
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # The same "check your inbox" page whether or not an account has that address: nothing to enumerate.
     path("password-reset/", views.PasswordResetView.as_view(), name="password_reset"),

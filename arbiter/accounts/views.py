@@ -7,12 +7,33 @@ import logging
 
 from axes.utils import reset as reset_login_failures
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.forms import PasswordResetForm, SetPasswordForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm, SetPasswordForm
+from django.core.validators import MaxLengthValidator
 from django.http import HttpResponse, HttpResponseRedirect
 
 from arbiter.accounts.throttling import client_address, password_reset_mail_allowed
 
 logger = logging.getLogger(__name__)
+
+
+class LoginForm(AuthenticationForm):
+    """Django's form, with its username's length enforced on the server.
+
+    AuthenticationForm sets the field's max_length after the field is built, so the length is only the input's
+    `maxlength` attribute: a longer name (a script, not the page) went on to authenticate(), and django-axes
+    failed to record the failure (its username column is 255 wide), a 500. Too long now fails like a wrong name,
+    before authenticate(): no account can have it.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        field = self.fields["username"]
+        field.validators.append(MaxLengthValidator(field.max_length))  # type: ignore[attr-defined]
+
+
+class LoginView(auth_views.LoginView):
+    authentication_form = LoginForm
+    redirect_authenticated_user = True
 
 
 class PasswordResetView(auth_views.PasswordResetView):

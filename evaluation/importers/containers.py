@@ -15,6 +15,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -75,7 +76,10 @@ class _Bounded(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self.inner.read(min(len(buffer), self.left + 1))
+        try:
+            data = self.inner.read(min(len(buffer), self.left + 1))
+        except (EOFError, OSError, zlib.error) as exc:  # cut short, or not gzip after its first two bytes
+            raise ContainerError(f"the gzip file is damaged or incomplete ({exc})") from None
         if len(data) > self.left:
             raise ContainerError(f"the decompressed file is larger than {MAX_DECOMPRESSED_BYTES >> 30} GiB")
         self.left -= len(data)
@@ -250,6 +254,8 @@ def _json_array_rows(stream: IO[bytes]) -> Iterator[RowOrError]:
         while True:
             try:
                 value, end = decoder.raw_decode(buf, pos)
+            except RecursionError:
+                raise ContainerError(f"line {start_line}: an item is nested too deeply to read") from None
             except json.JSONDecodeError as exc:
                 if len(buf) - pos > MAX_ROW_BYTES:
                     raise ContainerError(

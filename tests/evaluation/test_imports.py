@@ -3,9 +3,11 @@ ST-WebAgentBench's task file, trajectories, leaderboard evidence and evaluator o
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -240,3 +242,21 @@ def test_the_same_task_file_twice_is_refused_by_line(make_study) -> None:
     assert info.value.error_count == 4 and info.value.errors[0].field == "task_id"
     assert "task 0 is already in this study" in info.value.errors[0].message
     assert Item.objects.filter(study=study).count() == 4
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "says"),
+    [
+        ("items.jsonl.gz", gzip.compress(b'{"prompt": "q", "chosen": "a", "rejected": "b"}\n' * 50)[:-12], "gzip"),
+        ("items.jsonl.gz", b"\x1f\x8b\x08\x00garbage-after-the-magic", "gzip"),
+        ("items.json", b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", "nested too deeply"),
+    ],
+)
+def test_a_damaged_gzip_or_a_too_deep_json_array_is_a_422_saying_so(
+    client_for: Any, researcher: Any, make_study: Any, filename: str, data: bytes, says: str
+) -> None:
+    study = make_study(n_items=0)
+    upload = SimpleUploadedFile(filename, data)
+    response = client_for(researcher).post(reverse("evaluation:items_upload", args=[study.pk]), {"file": upload})
+    assert response.status_code == 422 and says in response.content.decode()
+    assert not Item.objects.filter(study=study).exists()

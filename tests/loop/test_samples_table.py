@@ -160,3 +160,17 @@ def test_pairwise_needs_two_rows_of_one_prompt(external_run: Any, client_for: An
     assert (item.payload["response_a"], item.payload["response_b"]) == ("4", "5")
     assert _send(client, run.pk, 11, [0]).status_code == 404  # no table at that step
     assert _send(client_for(UserFactory()), run.pk, 10, [0]).status_code == 404  # not their run
+
+
+@pytest.mark.parametrize("name", ["sam\x00ples", "s" * 65])
+def test_a_table_name_no_table_can_have_is_a_404(
+    external_run: Any, client_for: Any, researcher: Any, name: str
+) -> None:
+    """The table is looked up before the form is read: a NUL (which PostgreSQL refuses in a query) or a name
+    longer than any table's is no table, not a 500."""
+    run, token = external_run
+    _post(client_for(None), run.pk, token, table())
+    client = client_for(researcher)
+    asked = client.get(f"/samples/runs/{run.pk}/send/", {"name": name, "step": 10, "rows": 0})
+    assert asked.status_code in {400, 404}  # 400: the NUL in a query string, refused before any view
+    assert _send(client, run.pk, 10, [0], name=name).status_code == 404
