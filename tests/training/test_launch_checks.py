@@ -179,3 +179,35 @@ def test_train_on_this_names_the_model_for_a_recipe_without_limits(
     page = client_for(researcher).get("/runs/new/", {"recipe": "grpo", "dataset": path, "model": "tiny"})
     assert "Trains <strong>tiny</strong>" in page.content.decode()
     assert page.context["sizing"].profile is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"reward_funcs": ["numeric_answer"], "reward_weights": [float("inf")]}, "reward_weights"),
+        ({"reward_funcs": ["numeric_answer"], "reward_weights": [float("nan")]}, "reward_weights"),
+        ({"reward_funcs": ["numeric_answer"], "reward_weights": [1e9]}, "reward_weights"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"beta": float("nan")}, "beta"),
+    ],
+)
+def test_an_infinite_or_nan_number_in_a_config_is_refused_on_its_field(
+    researcher: User, config: dict[str, Any], field: str
+) -> None:
+    """JSON has no Infinity or NaN: PostgreSQL refused to store such a config (a 500 at launch)."""
+    errors = _launch_errors(researcher, "grpo", config)
+    assert [k.split(".")[0] for k in errors] == [field], errors  # reward_weights.0: the item at fault
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("weight", ["inf", "1e400", "nan"])
+def test_the_launch_form_refuses_an_infinite_reward_weight_with_a_422(
+    client_for: Any, researcher: User, weight: str
+) -> None:
+    response = client_for(researcher).post(
+        "/runs/new/?recipe=demo_grpo",
+        {"recipe": "demo_grpo", "queue": "gpu", "cfg_reward_weights": weight, "cfg_reward_funcs": "numeric_answer"},
+    )
+    assert response.status_code == 422 and "cfg_reward_weights" in response.context["form"].errors
+    assert Run.objects.count() == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
@@ -38,7 +38,9 @@ def field_error(config: BaseModel, field: str, message: str) -> ValidationError:
 class BaseRecipeConfig(BaseModel):
     """Fields every recipe shares: the model, the optimiser, the schedule, checkpoints and the device."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No infinities or NaNs in any float (a list's items included): JSON has none, so PostgreSQL refuses to store
+    # such a config (a 500 at launch), and no hyperparameter means them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model_name_or_path: str = Field(
         "tiny",
@@ -387,8 +389,8 @@ class GRPOConfig(BaseRecipeConfig):
         min_length=1,
         description="Reward functions, summed with reward_weights.",
     )
-    reward_weights: list[float] = Field(
-        default_factory=list, description="One weight per reward function; empty means all 1.0."
+    reward_weights: list[Annotated[float, Field(ge=-1000.0, le=1000.0)]] = Field(
+        default_factory=list, max_length=64, description="One weight per reward function; empty means all 1.0."
     )
     reward_regex: str = Field("", max_length=1000, description="Pattern for the 'regex' reward (full match = 1).")
     reward_model_path: str = Field("", max_length=500, description="Checkpoint of a reward_model run.")
