@@ -356,3 +356,15 @@ def test_sample_job_pages_are_their_owners(
     assert 'id="job-done">0</strong>' in page and 'id="job-total">6</span>' in page
     assert client_for(UserFactory(role=Role.RESEARCHER)).get(f"/samples/{job.pk}/").status_code == 404
     assert client_for(annotator).get(f"/samples/{job.pk}/").status_code == 403
+
+
+def test_a_model_path_under_a_run_folder_that_is_no_run_id_is_a_field_error(
+    researcher: Any, run_with_checkpoints: Any, client_for: Any, settings: Any
+) -> None:
+    """ "²" passes str.isdigit() but not int(): the run folder's name is parsed as an id (arbiter.ids), not a 500."""
+    run = run_with_checkpoints(researcher)
+    path = Path(settings.ARTIFACT_ROOT) / "runs" / "²" / "checkpoint-1"
+    data = _form_data(checkpoints=list(run.checkpoints.values_list("pk", flat=True))[:1], prompt_run=run.pk)
+    response = client_for(researcher).post("/samples/new/", {**data, "model_paths": str(path)})
+    assert response.status_code == 422
+    assert "not a folder of a run you can see" in " ".join(response.context["form"].errors["model_paths"])

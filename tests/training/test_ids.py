@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 
 from arbiter.ids import parse_id, parse_ids
 
@@ -42,31 +40,3 @@ def test_compare_ignores_ids_that_are_not_ids(client_for: Any, researcher: Any, 
     answer = client_for(researcher).get(f"/runs/compare/?runs={runs}&runs={mine.id}")
     assert answer.status_code == 200
     assert [r.id for r in answer.context["runs"]] == [mine.id]
-
-
-@pytest.mark.django_db
-def test_a_model_path_under_a_run_folder_that_is_no_run_id_is_a_field_error(
-    client_for: Any, researcher: Any, make_run: Any
-) -> None:
-    run = make_run(researcher, name="sampled")
-    checkpoint = run.checkpoints.create(step=1, path=str(Path(settings.ARTIFACT_ROOT) / "runs" / str(run.id) / "c"))
-    path = Path(settings.ARTIFACT_ROOT) / "runs" / "²" / "checkpoint-1"
-    data = {
-        "checkpoints": [checkpoint.pk],
-        "model_paths": str(path),
-        "prompt_source": "run",
-        "prompt_run": run.pk,
-        "max_prompts": 4,
-        "temperature": 1.0,
-        "top_p": 1.0,
-        "max_new_tokens": 8,
-        "n": 1,
-        "seed": 0,
-        "backend": "hf",
-        "queue": "gpu",
-        "study_kind": "pairwise",
-        "overlap": 1,
-    }
-    answer = client_for(researcher).post("/samples/new/", data)
-    assert answer.status_code == 422
-    assert "not a folder of a run you can see" in " ".join(answer.context["form"].errors["model_paths"])
